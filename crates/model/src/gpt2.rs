@@ -1,0 +1,463 @@
+//! GPT-2 (Radford et al. 2019) on libtorch, written for hidden-state recycling.
+//!
+//! The model reads top-down like the architecture: config, attention, MLP, block, model.
+//! Parameter names and layouts equal the keys of an HF `GPT2LMHeadModel` checkpoint
+//! (`transformer.h.{i}.attn.c_attn.weight`, ...). HF stores every projection as a `Conv1D`
+//! whose weight is `(in, out)`; we keep that layout and compute `x @ w + b`, so loading and
+//! saving never transpose. The LM head is tied to `wte`.
+//!
+//! What Coconut needs from the model, and nothing more: `embed(ids)`, a forward over input
+//! embeddings with explicit position ids, an additive attention bias and an explicit
+//! [`KvCache`], returning the last hidden state after `ln_f` (the continuous thought), and an
+//! LM head that can be applied to any subset of those hidden states.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
+
+/// The HF `config.json` of a GPT-2 model. Fields we do not use are kept in `extra` and
+/// written back unchanged, so a saved checkpoint carries the original configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gpt2Config {
+    /// Vocabulary size, including added tokens.
+    pub vocab_size: usize,
+    /// Largest number of positions (rows of `wpe`).
+    pub n_positions: usize,
+    /// Hidden size.
+    pub n_embd: usize,
+    /// Number of transformer blocks.
+    pub n_layer: usize,
+    /// Number of attention heads.
+    pub n_head: usize,
+    /// MLP inner size; `None` means 4 * n_embd.
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    /// Epsilon of every LayerNorm.
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    /// Activation of the MLP; GPT-2 uses `gelu_new` (the tanh approximation).
+    #[serde(default = "default_activation")]
+    pub activation_function: String,
+    /// Dropout on the sum of token and position embeddings (train mode only).
+    #[serde(default)]
+    pub embd_pdrop: f64,
+    /// Dropout on attention probabilities (train mode only).
+    #[serde(default)]
+    pub attn_pdrop: f64,
+    /// Dropout on each residual branch (train mode only).
+    #[serde(default)]
+    pub resid_pdrop: f64,
+    /// Every other key of the HF file, preserved verbatim.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+fn default_activation() -> String {
+    "gelu_new".to_string()
+}
+
+impl Gpt2Config {
+    /// A GPT-2-shaped config for a model trained from scratch (no dropout), with the HF
+    /// fields that `transformers` needs to load the saved checkpoint.
+    pub fn new(
+        vocab_size: usize,
+        n_positions: usize,
+        n_embd: usize,
+        n_layer: usize,
+        n_head: usize,
+    ) -> Self {
+        let extra = serde_json::json!({
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "n_ctx": n_positions,
+            "initializer_range": 0.02,
+            "scale_attn_weights": true,
+            "use_cache": true,
+        });
+        let serde_json::Value::Object(extra) = extra else { unreachable!("a JSON object literal") };
+        Self {
+            vocab_size,
+            n_positions,
+            n_embd,
+            n_layer,
+            n_head,
+            n_inner: None,
+            layer_norm_epsilon: 1e-5,
+            activation_function: default_activation(),
+            embd_pdrop: 0.0,
+            attn_pdrop: 0.0,
+            resid_pdrop: 0.0,
+            extra,
+        }
+    }
+
+    /// Checks the shape constraints the forward relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+            return Err(format!(
+                "n_embd ({}) must be a multiple of n_head ({})",
+                self.n_embd, self.n_head
+            ));
+        }
+        if self.activation_function != "gelu_new" && self.activation_function != "gelu" {
+            return Err(format!("unsupported activation_function {:?}", self.activation_function));
+        }
+        if self.vocab_size == 0 || self.n_layer == 0 || self.n_positions == 0 {
+            return Err("vocab_size, n_layer and n_positions must be positive".to_string());
+        }
+        Ok(())
+    }
+
+    fn inner_size(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+}
+
+/// The keys and values of every layer for the positions processed so far, kept outside the
+/// model so that the caller decides what to keep: Coconut runs one pass per thought and each
+/// pass attends to everything before it.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>, // per layer: (B, nh, T_past, hs) twice
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of cached positions (columns).
+    pub fn len(&self) -> i64 {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.size()[2],
+            _ => 0,
+        }
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps the first `len` positions and drops the rest.
+    pub fn truncate(&mut self, len: i64) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.narrow(2, 0, len);
+            *v = v.narrow(2, 0, len);
+        }
+    }
+
+    /// Appends the new keys and values of `layer` and returns all of them.
+    pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        if self.layers.len() <= layer {
+            self.layers.resize_with(layer + 1, || None);
+        }
+        let (k, v) = match self.layers[layer].take() {
+            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)),
+            None => (k, v),
+        };
+        self.layers[layer] = Some((k.shallow_clone(), v.shallow_clone()));
+        (k, v)
+    }
+
+    /// Selects rows of the batch (for example the rows still decoding).
+    pub fn index_rows(&mut self, rows: &Tensor) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(0, rows);
+            *v = v.index_select(0, rows);
+        }
+    }
+}
+
+/// Builds the additive attention bias for a whole sequence: causal plus key padding.
+///
+/// `attention_mask` is (B, T) with 1 for real tokens and 0 for padding. The result is
+/// (B, 1, T, T): 0 where query t may attend to key s (s <= t and s is real), a large negative
+/// number elsewhere. A large finite number rather than -inf keeps the softmax of a padded
+/// query row (which sees no real key) finite, so padding never produces NaN.
+pub fn causal_bias(attention_mask: &Tensor, kind: Kind) -> Tensor {
+    let (_, t) = attention_mask.size2().expect("attention_mask must be (B, T)");
+    let device = attention_mask.device();
+    let causal = Tensor::ones([t, t], (Kind::Bool, device)).tril(0); // (T, T)
+    let keys = attention_mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1); // (B, 1, 1, T)
+    let allowed = keys.logical_and(&causal); // (B, 1, T, T)
+    Tensor::zeros(allowed.size(), (kind, device)).masked_fill(&allowed.logical_not(), NEG_INF)
+}
+
+/// The bias for one query column that may see every real key (incremental decoding):
+/// `attention_mask` is (B, T_keys); the result is (B, 1, 1, T_keys).
+pub fn padding_bias(attention_mask: &Tensor, kind: Kind) -> Tensor {
+    let masked = attention_mask.eq(0).unsqueeze(1).unsqueeze(1); // (B, 1, 1, Tk)
+    Tensor::zeros(masked.size(), (kind, attention_mask.device())).masked_fill(&masked, NEG_INF)
+}
+
+/// Large enough to zero a softmax weight, small enough not to overflow f32 or bf16.
+const NEG_INF: f64 = -1e9;
+
+/// LayerNorm over the last dimension, named like the checkpoint (`weight`, `bias`).
+#[derive(Debug)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn new(vs: nn::Path, dim: i64, eps: f64) -> Self {
+        Self {
+            weight: vs.var("weight", &[dim], Init::Const(1.0)),
+            bias: vs.var("bias", &[dim], Init::Const(0.0)),
+            eps,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let dim = *x.size().last().expect("non-scalar input");
+        x.layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+/// HF's `Conv1D`: a linear map whose weight is stored (in, out).
+#[derive(Debug)]
+struct Conv1D {
+    weight: Tensor, // (in, out)
+    bias: Tensor,   // (out)
+}
+
+impl Conv1D {
+    fn new(vs: nn::Path, n_in: i64, n_out: i64, std: f64) -> Self {
+        Self {
+            weight: vs.var("weight", &[n_in, n_out], Init::Randn { mean: 0.0, stdev: std }),
+            bias: vs.var("bias", &[n_out], Init::Const(0.0)),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.matmul(&self.weight) + &self.bias
+    }
+}
+
+/// Multi-head causal self-attention with an external KV cache.
+#[derive(Debug)]
+struct Attention {
+    c_attn: Conv1D, // (C, 3C): query, key and value in one projection
+    c_proj: Conv1D, // (C, C)
+    n_head: i64,
+    attn_pdrop: f64,
+    resid_pdrop: f64,
+}
+
+impl Attention {
+    fn new(vs: nn::Path, cfg: &Gpt2Config, proj_std: f64) -> Self {
+        let c = cfg.n_embd as i64;
+        Self {
+            c_attn: Conv1D::new(&vs / "c_attn", c, 3 * c, 0.02),
+            c_proj: Conv1D::new(&vs / "c_proj", c, c, proj_std),
+            n_head: cfg.n_head as i64,
+            attn_pdrop: cfg.attn_pdrop,
+            resid_pdrop: cfg.resid_pdrop,
+        }
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        layer: usize,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
+        let (b, t, c) = x.size3().expect("attention input must be (B, T, C)");
+        let hs = c / self.n_head;
+        let heads = |z: &Tensor| z.view([b, t, self.n_head, hs]).transpose(1, 2); // (B, nh, T, hs)
+        let qkv = self.c_attn.forward(x).split(c, 2); // 3 x (B, T, C)
+        let (q, k, v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
+        // With a cache, the new keys and values join those of every earlier position.
+        let (k, v) = match cache {
+            Some(cache) => cache.append(layer, k, v), // (B, nh, T_past + T, hs)
+            None => (k, v),
+        };
+        let dropout = if train { self.attn_pdrop } else { 0.0 };
+        let y = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(bias),
+            dropout,
+            false,
+            None,
+            false,
+        ); // (B, nh, T, hs)
+        let y = y.transpose(1, 2).contiguous().view([b, t, c]); // (B, T, C)
+        self.c_proj.forward(&y).dropout(self.resid_pdrop, train)
+    }
+}
+
+/// The position-wise feed-forward network.
+#[derive(Debug)]
+struct Mlp {
+    c_fc: Conv1D,   // (C, 4C)
+    c_proj: Conv1D, // (4C, C)
+    approximate: &'static str,
+    resid_pdrop: f64,
+}
+
+impl Mlp {
+    fn new(vs: nn::Path, cfg: &Gpt2Config, proj_std: f64) -> Self {
+        let (c, inner) = (cfg.n_embd as i64, cfg.inner_size() as i64);
+        let approximate = if cfg.activation_function == "gelu" { "none" } else { "tanh" };
+        Self {
+            c_fc: Conv1D::new(&vs / "c_fc", c, inner, 0.02),
+            c_proj: Conv1D::new(&vs / "c_proj", inner, c, proj_std),
+            approximate,
+            resid_pdrop: cfg.resid_pdrop,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = self.c_fc.forward(x).gelu(self.approximate);
+        self.c_proj.forward(&h).dropout(self.resid_pdrop, train)
+    }
+}
+
+/// A pre-LayerNorm transformer block.
+#[derive(Debug)]
+struct Block {
+    ln_1: LayerNorm,
+    attn: Attention,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(vs: nn::Path, cfg: &Gpt2Config) -> Self {
+        // GPT-2 scales the init of residual projections by 1/sqrt(2 * n_layer).
+        let proj_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
+        let c = cfg.n_embd as i64;
+        Self {
+            ln_1: LayerNorm::new(&vs / "ln_1", c, cfg.layer_norm_epsilon),
+            attn: Attention::new(&vs / "attn", cfg, proj_std),
+            ln_2: LayerNorm::new(&vs / "ln_2", c, cfg.layer_norm_epsilon),
+            mlp: Mlp::new(&vs / "mlp", cfg, proj_std),
+        }
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        layer: usize,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
+        let x = x + self.attn.forward(&self.ln_1.forward(x), bias, layer, cache, train);
+        &x + self.mlp.forward(&self.ln_2.forward(&x), train)
+    }
+}
+
+/// GPT-2 with a tied LM head. Its variables live in the `VarStore` passed to [`Gpt2::new`]
+/// under `transformer.*`, exactly the HF checkpoint keys.
+#[derive(Debug)]
+pub struct Gpt2 {
+    config: Gpt2Config,
+    wte: Tensor, // (V, C) token embeddings, also the LM head
+    wpe: Tensor, // (n_positions, C) position embeddings
+    h: Vec<Block>,
+    ln_f: LayerNorm,
+}
+
+impl Gpt2 {
+    /// A freshly initialised model (GPT-2's initialisation: normal(0, 0.02), residual
+    /// projections scaled down, LayerNorms at identity).
+    pub fn new(vs: &nn::Path, config: &Gpt2Config) -> Self {
+        let vs = vs / "transformer";
+        let c = config.n_embd as i64;
+        let init = Init::Randn { mean: 0.0, stdev: 0.02 };
+        Self {
+            config: config.clone(),
+            wte: (&vs / "wte").var("weight", &[config.vocab_size as i64, c], init),
+            wpe: (&vs / "wpe").var("weight", &[config.n_positions as i64, c], init),
+            h: (0..config.n_layer).map(|i| Block::new(&vs / "h" / i, config)).collect(),
+            ln_f: LayerNorm::new(&vs / "ln_f", c, config.layer_norm_epsilon),
+        }
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    /// Token embeddings: (B, T) ids to (B, T, C).
+    pub fn embed(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.wte, ids, -1, false, false)
+    }
+
+    /// The transformer over input embeddings.
+    ///
+    /// - `embeds`: (B, T, C), usually `embed(ids)` with some columns replaced by thoughts.
+    /// - `position_ids`: (B, T), absolute positions (they skip left padding).
+    /// - `bias`: (B, 1, T, T_past + T) additive attention bias, see [`causal_bias`].
+    /// - `cache`: the keys and values of earlier positions, extended in place by this call.
+    ///
+    /// Returns the last hidden state after `ln_f`, (B, T, C): the input of the LM head and,
+    /// in Coconut, the continuous thought.
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        position_ids: &Tensor,
+        bias: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
+        let pos = Tensor::embedding(&self.wpe, position_ids, -1, false, false); // (B, T, C)
+        let mut x = (embeds + pos).dropout(self.config.embd_pdrop, train);
+        for (layer, block) in self.h.iter().enumerate() {
+            x = block.forward(&x, bias, layer, cache.as_deref_mut(), train);
+        }
+        self.ln_f.forward(&x)
+    }
+
+    /// The tied LM head: hidden states (..., C) to logits (..., V).
+    pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
+        hidden.matmul(&self.wte.tr())
+    }
+
+    /// A plain forward over token ids: returns (logits (B, T, V), hidden (B, T, C)).
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        position_ids: &Tensor,
+        bias: &Tensor,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> (Tensor, Tensor) {
+        let hidden = self.forward_embeds(&self.embed(ids), position_ids, bias, cache, train);
+        (self.lm_head(&hidden), hidden)
+    }
+
+    /// Grows the vocabulary to `new_vocab` rows (for added tokens such as the latent
+    /// markers), initialising every new row of `wte` (and so of the tied head) to the
+    /// embedding of the existing token `init_from`. A no-op when the size already matches.
+    pub fn resize_token_embeddings(&mut self, new_vocab: usize, init_from: i64) {
+        let old = self.config.vocab_size as i64;
+        let new = new_vocab as i64;
+        assert!(new >= old, "the vocabulary can only grow ({old} -> {new})");
+        assert!((0..old).contains(&init_from), "init token {init_from} is outside the vocabulary");
+        if new == old {
+            return;
+        }
+        tch::no_grad(|| {
+            let extra = self.wte.get(init_from).unsqueeze(0).expand([new - old, -1], false); // (new-old, C)
+            let grown = Tensor::cat(&[self.wte.detach(), extra.contiguous()], 0); // (new, C)
+                                                                                  // set_data swaps the storage under the same variable, so the VarStore (and an
+                                                                                  // optimizer created afterwards) sees the grown matrix.
+            self.wte.set_data(&grown);
+        });
+        self.config.vocab_size = new_vocab;
+    }
+}

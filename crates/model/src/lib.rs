@@ -1,0 +1,78 @@
+//! GPT-2 on libtorch for Coconut: a forward over input embeddings with an explicit KV cache
+//! that returns the last hidden state, and HF checkpoint loading and saving.
+//!
+//! ```no_run
+//! use coconut_model::{causal_bias, load_pretrained};
+//! use tch::{nn::VarStore, Device, Kind, Tensor};
+//! let vs = VarStore::new(Device::Cpu);
+//! let model = load_pretrained(&vs, std::path::Path::new("gpt2")).unwrap();
+//! let ids = Tensor::from_slice(&[15496i64, 995]).unsqueeze(0); // (1, 2)
+//! let mask = ids.ones_like();
+//! let positions = Tensor::arange(2, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+//! let (logits, hidden) = model.forward(&ids, &positions, &causal_bias(&mask, Kind::Float), None, false);
+//! ```
+
+mod checkpoint;
+mod gpt2;
+
+use std::path::PathBuf;
+
+pub use checkpoint::{load_config, load_pretrained, save_pretrained, CONFIG_FILE, WEIGHTS_FILE};
+pub use gpt2::{causal_bias, padding_bias, Gpt2, Gpt2Config, KvCache};
+
+/// What can go wrong when reading or writing a checkpoint. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file at fault.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// `config.json` is not a valid GPT-2 configuration.
+    #[error("{path}: invalid GPT-2 config: {message}")]
+    Config {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The weights file is not a readable safetensors file.
+    #[error("{path}: invalid weights: {message}")]
+    Weights {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A parameter of the model is absent from the file.
+    #[error("{path}: missing tensor {name}")]
+    MissingTensor {
+        /// The file at fault.
+        path: PathBuf,
+        /// The parameter's checkpoint key.
+        name: String,
+    },
+    /// The file holds a tensor the model has no parameter for.
+    #[error("{path}: unexpected tensor {name} (not a GPT-2 parameter)")]
+    UnexpectedTensor {
+        /// The file at fault.
+        path: PathBuf,
+        /// The unknown key.
+        name: String,
+    },
+    /// A tensor's shape disagrees with `config.json`.
+    #[error("{path}: tensor {name} has shape {found:?}, the config implies {expected:?}")]
+    ShapeMismatch {
+        /// The file at fault.
+        path: PathBuf,
+        /// The checkpoint key.
+        name: String,
+        /// Shape implied by the config.
+        expected: Vec<i64>,
+        /// Shape found in the file.
+        found: Vec<i64>,
+    },
+}

@@ -1,0 +1,116 @@
+//! `cargo xtask`: the project's task runner.
+//!
+//! - `setup [--cuda]` installs LibTorch for tch (PyTorch 2.11.0) from PyPI into `.libtorch/`.
+//! - `test` runs setup, then the whole workspace's tests.
+//! - every other command (`train-all-stages`, `eval`, `data`, `compare`, `bench`, `stats`, ...)
+//!   runs setup, then the `coconut` binary in release mode with the same arguments.
+
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "coconut-rs project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install LibTorch (CPU by default) into .libtorch/, reusing a per-user wheel cache.
+    Setup {
+        /// Install the CUDA build and compile the release binary against it (target/cuda).
+        #[arg(long)]
+        cuda: bool,
+    },
+    /// Install LibTorch if needed, then run every test of the workspace.
+    Test {
+        /// Extra arguments for `cargo test` (for example a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Any command of the `coconut` binary (run `cargo xtask help-coconut` for the list).
+    #[command(external_subcommand)]
+    Coconut(Vec<String>),
+}
+
+fn main() -> Result<()> {
+    let root = project_root();
+    match Cli::parse().command {
+        Task::Setup { cuda: false } => {
+            setup::libtorch(&root, setup::Flavor::Cpu)?;
+        }
+        Task::Setup { cuda: true } => {
+            let libtorch = setup::libtorch(&root, setup::Flavor::Cuda)?;
+            // A separate target folder: switching LIBTORCH in one folder rebuilds torch-sys.
+            let status = cargo(&root)
+                .args(["build", "--release", "-p", "coconut-cli"])
+                .env("LIBTORCH", &libtorch)
+                .env("CARGO_TARGET_DIR", root.join("target/cuda"))
+                .status()?;
+            check(status, "cargo build --release (CUDA)")?;
+            println!("CUDA binary: {}", root.join("target/cuda/release/coconut").display());
+        }
+        Task::Test { args } => {
+            setup::libtorch(&root, setup::Flavor::Cpu)?;
+            let status = cargo(&root).args(["test", "--workspace"]).args(&args).status()?;
+            check(status, "cargo test")?;
+        }
+        Task::Coconut(args) => {
+            setup::libtorch(&root, setup::Flavor::Cpu)?;
+            let args = if args.first().map(String::as_str) == Some("help-coconut") {
+                vec!["help".to_string()]
+            } else {
+                args
+            };
+            let status = cargo(&root)
+                .args([
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "coconut-cli",
+                    "--bin",
+                    "coconut",
+                    "--",
+                ])
+                .args(&args)
+                .status()?;
+            check(status, &format!("coconut {}", args.join(" ")))?;
+        }
+    }
+    Ok(())
+}
+
+/// The workspace root (the parent of this crate).
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// The cargo that runs us, in the workspace root.
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+fn check(status: std::process::ExitStatus, what: &str) -> Result<()> {
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs a command and fails with its name when it does.
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("could not start {what}"))?;
+    check(status, what)
+}
