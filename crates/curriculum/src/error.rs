@@ -1,0 +1,85 @@
+//! The one error type of this crate.
+//!
+//! Every variant names what a person needs to fix the input: the file, the sample index
+//! (0-based, JSON arrays) or line number (1-based, text and JSONL files), and the field.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading data, building a tokenizer or checking a
+/// curriculum configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum CurriculumError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file at fault.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The file is not valid JSON, or not a JSON array of samples.
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        /// The file at fault.
+        path: PathBuf,
+        /// The parser error (it carries the line and column).
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A field of one sample is missing, has the wrong type or an invalid value.
+    #[error("{path}: {location}: field `{field}`: {reason}")]
+    Field {
+        /// The file at fault.
+        path: PathBuf,
+        /// Where in the file: `sample 12` (JSON array, 0-based) or `line 13` (1-based).
+        location: String,
+        /// The field at fault (`question`, `steps[2]`, `answer`, ...).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The file holds no sample at all (never treated as an empty data set).
+    #[error("{path}: no samples in the file")]
+    Empty {
+        /// The file at fault.
+        path: PathBuf,
+    },
+
+    /// The extension does not say which of the three formats the file is in.
+    #[error("{path}: unknown data format (expected .json, .txt or .jsonl)")]
+    UnknownFormat {
+        /// The file at fault.
+        path: PathBuf,
+    },
+
+    /// The tokenizers crate failed (bad tokenizer.json, training failure, ...).
+    #[error("tokenizer {context}: {message}")]
+    Tokenizer {
+        /// The file, or the operation when no file is involved (`training`).
+        context: String,
+        /// The tokenizers crate's message.
+        message: String,
+    },
+
+    /// A token the curriculum needs is not in the vocabulary.
+    #[error("tokenizer {context}: required token `{token}` is missing")]
+    MissingToken {
+        /// The file, or the operation when no file is involved.
+        context: String,
+        /// The missing token.
+        token: String,
+    },
+
+    /// A configuration field has a value the curriculum cannot run with.
+    #[error("curriculum config: field `{field}`: {reason}")]
+    Config {
+        /// The field at fault.
+        field: &'static str,
+        /// Why its value is invalid.
+        reason: String,
+    },
+}

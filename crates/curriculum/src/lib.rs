@@ -1,0 +1,28 @@
+//! Coconut data: loaders, tokenization, the stage-k curriculum and batching.
+//!
+//! Pure Rust and model-free (no tch): the trainer and evaluator turn [`Batch`] vectors into
+//! tensors. The algorithm is DESIGN.md's ("Data", "Tokens and one training sample at stage
+//! k", "Batching"), itself the reference implementation's (facebookresearch/coconut).
+//!
+//! - [`data`]: [`Sample`] and the Coconut JSON, iCoT line and GSM8k JSONL formats;
+//! - [`tokenizer`]: a HF tokenizer with the latent and pause tokens added, or one trained here;
+//! - [`curriculum`]: the stage-k training sequence and labels of every [`Mode`], and the
+//!   evaluation prompt;
+//! - [`batch`]: padding that lines up the latents of every row, and shuffled index batches.
+
+pub mod batch;
+pub mod curriculum;
+pub mod data;
+pub mod error;
+pub mod tokenizer;
+
+pub use batch::{batches, collate_prompts, collate_training, Batch};
+pub use curriculum::{
+    eval_prompt, sample_stage, tokenize_samples, training_sample, CurriculumConfig, Mode,
+    StagedSample, TokenizedSample, IGNORE_INDEX,
+};
+pub use data::{
+    load_coconut_json, load_gsm8k_jsonl, load_icot_lines, load_samples, save_samples, Sample,
+};
+pub use error::CurriculumError;
+pub use tokenizer::{SpecialTokens, Tokenizer, END_LATENT, EOS, LATENT, PAUSE, START_LATENT};

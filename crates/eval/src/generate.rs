@@ -1,0 +1,163 @@
+//! Batched greedy generation after the stage-k evaluation prompt.
+//!
+//! The reference decodes one sample at a time and recomputes the whole prefix for every
+//! new token. Here a whole batch of left-padded prompts goes through the latent passes
+//! once (the same multi-pass forward as training, which leaves every prompt position in the
+//! KV cache), then decodes one column per step from the cache. Rows that reach eos leave
+//! the batch, so finished rows cost nothing.
+
+use std::collections::BTreeMap;
+
+use coconut_curriculum::{collate_prompts, SpecialTokens};
+use coconut_model::{causal_bias, padding_bias, Gpt2, KvCache};
+use coconut_trainer::{latent_hidden_states, DeviceBatch};
+use tch::{Device, Kind, Tensor};
+
+/// The greedy continuation of one prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    /// New tokens, up to and including eos when it was produced.
+    pub tokens: Vec<u32>,
+    /// Whether decoding stopped at eos (rather than at `max_new_tokens`).
+    pub stopped_at_eos: bool,
+}
+
+/// Greedily continues every prompt, at most `max_new_tokens` tokens each, stopping a row at
+/// eos (unless `ignore_eos`, for benchmarks that need a fixed amount of work).
+pub fn generate(
+    model: &Gpt2,
+    prompts: &[Vec<u32>],
+    special: &SpecialTokens,
+    max_new_tokens: usize,
+    ignore_eos: bool,
+    device: Device,
+) -> Vec<Generation> {
+    // The latent passes need every row's thoughts in the same columns, so prompts with
+    // different thought counts are decoded as separate batches.
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, p) in prompts.iter().enumerate() {
+        groups.entry(p.iter().filter(|&&t| t == special.latent).count()).or_default().push(i);
+    }
+    if groups.len() > 1 {
+        let mut out = vec![None; prompts.len()];
+        for rows in groups.values() {
+            let group: Vec<Vec<u32>> = rows.iter().map(|&i| prompts[i].clone()).collect();
+            for (&i, g) in rows.iter().zip(generate(
+                model,
+                &group,
+                special,
+                max_new_tokens,
+                ignore_eos,
+                device,
+            )) {
+                out[i] = Some(g);
+            }
+        }
+        return out.into_iter().map(|g| g.expect("every prompt is in one group")).collect();
+    }
+    tch::no_grad(|| {
+        let batch = collate_prompts(prompts, special);
+        let device_batch = DeviceBatch::new(&batch, device, Kind::Float);
+        let mut cache = KvCache::new();
+        let hidden = latent_hidden_states(model, &device_batch, &mut cache, false); // (B, T, C)
+        let mut logits = model.lm_head(&hidden.narrow(1, -1, 1)).squeeze_dim(1); // (B, V)
+
+        let b = prompts.len();
+        let mut out: Vec<Generation> =
+            vec![Generation { tokens: Vec::new(), stopped_at_eos: false }; b];
+        let mut active: Vec<usize> = (0..b).collect(); // batch row -> prompt index
+        let mut mask = device_batch.attention_mask.shallow_clone(); // (B_active, T_so_far)
+        let mut next_pos = device_batch.position_ids.narrow(1, -1, 1) + 1; // (B_active, 1)
+        for step in 0..max_new_tokens {
+            let next = logits.argmax(-1, false); // (B_active)
+            let ids: Vec<i64> = Vec::try_from(&next).expect("token ids");
+            let mut keep = Vec::with_capacity(active.len());
+            for (row, (&prompt, &id)) in active.iter().zip(&ids).enumerate() {
+                out[prompt].tokens.push(id as u32);
+                if id as u32 == special.eos && !ignore_eos {
+                    out[prompt].stopped_at_eos = true;
+                } else {
+                    keep.push(row as i64);
+                }
+            }
+            let mut tokens = next.unsqueeze(1); // (B_active, 1)
+            if keep.len() < active.len() {
+                if keep.is_empty() {
+                    break;
+                }
+                // Drop finished rows from everything that is indexed by batch row.
+                let rows = Tensor::from_slice(&keep).to_device(device);
+                cache.index_rows(&rows);
+                mask = mask.index_select(0, &rows);
+                next_pos = next_pos.index_select(0, &rows);
+                tokens = tokens.index_select(0, &rows);
+                active = keep.iter().map(|&r| active[r as usize]).collect();
+            }
+            if step + 1 == max_new_tokens {
+                break;
+            }
+            mask = Tensor::cat(&[&mask, &mask.ones_like().narrow(1, 0, 1)], 1); // (B_active, T+1)
+            let bias = padding_bias(&mask, Kind::Float); // (B_active, 1, 1, T+1)
+            let h = model.forward_embeds(
+                &model.embed(&tokens),
+                &next_pos,
+                &bias,
+                Some(&mut cache),
+                false,
+            );
+            logits = model.lm_head(&h).squeeze_dim(1);
+            next_pos += 1;
+        }
+        out
+    })
+}
+
+/// Greedy decoding of one prompt the way the reference implementation does it: no cache,
+/// every thought and every new token recomputes the whole prefix. The baseline that
+/// [`generate`] must agree with token for token, and the benchmark's slow side.
+pub fn generate_without_cache(
+    model: &Gpt2,
+    prompt: &[u32],
+    special: &SpecialTokens,
+    max_new_tokens: usize,
+    ignore_eos: bool,
+    device: Device,
+) -> Generation {
+    tch::no_grad(|| {
+        let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+        let mut embeds = model.embed(&Tensor::from_slice(&ids).to_device(device).unsqueeze(0)); // (1, T, C)
+        let run = |embeds: &Tensor| {
+            let t = embeds.size()[1];
+            let pos = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0); // (1, T)
+            let bias = causal_bias(&Tensor::ones([1, t], (Kind::Int64, device)), Kind::Float);
+            model.forward_embeds(embeds, &pos, &bias, None, false) // (1, T, C)
+        };
+        for (col, _) in prompt.iter().enumerate().filter(|(_, &t)| t == special.latent) {
+            // The thought at `col` is the last hidden state of the prefix before it.
+            let col = col as i64;
+            let hidden = run(&embeds.narrow(1, 0, col));
+            let rest = embeds.size()[1] - col - 1;
+            embeds = Tensor::cat(
+                &[
+                    embeds.narrow(1, 0, col),
+                    hidden.narrow(1, -1, 1),
+                    embeds.narrow(1, col + 1, rest),
+                ],
+                1,
+            );
+        }
+        let mut out = Generation { tokens: Vec::new(), stopped_at_eos: false };
+        for _ in 0..max_new_tokens {
+            let hidden = run(&embeds);
+            let next = model.lm_head(&hidden.narrow(1, -1, 1)).argmax(-1, false); // (1, 1)
+            let id = next.int64_value(&[0, 0]) as u32;
+            out.tokens.push(id);
+            if id == special.eos && !ignore_eos {
+                out.stopped_at_eos = true;
+                break;
+            }
+            embeds = Tensor::cat(&[embeds, model.embed(&next)], 1);
+        }
+        out
+    })
+}

@@ -1,0 +1,17 @@
+//! Coconut evaluation: batched latent generation with a KV cache ([`generate`]), the
+//! figures of the paper's Table 1 ([`evaluate`]), thought inspection ([`inspect_thoughts`])
+//! and comparison tables ([`comparison_table`]).
+
+mod generate;
+mod inspect;
+mod metrics;
+mod table;
+
+pub use generate::{generate, generate_without_cache, Generation};
+pub use inspect::{
+    inspect_thoughts, mean_embedding_norm, thoughts_report, SampleThoughts, Thought,
+};
+pub use metrics::{
+    evaluate, extract_answer, normalize_answer, EvalMetrics, EvalOptions, Prediction,
+};
+pub use table::{comparison_table, TableRow};

@@ -1,0 +1,154 @@
+//! AdamW (Loshchilov & Hutter 2019) whose state can be saved and restored.
+//!
+//! tch's optimizers keep their moments inside libtorch with no way to read them back, and
+//! a resumed run must continue with the same moments to end with the same weights. So the
+//! update is written out here over named tensors: it is the PyTorch `AdamW` update, with
+//! weight decay applied only to 2-D parameters (matrices and embeddings), as nanoGPT does.
+
+use std::collections::BTreeMap;
+
+use tch::{Kind, Tensor};
+
+/// AdamW hyperparameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// First and second moment decay.
+    pub betas: (f64, f64),
+    /// Denominator epsilon.
+    pub eps: f64,
+    /// Decoupled weight decay for 2-D parameters.
+    pub weight_decay: f64,
+}
+
+/// The optimizer: the parameters by checkpoint name, their moments and the step count.
+#[derive(Debug)]
+pub struct AdamW {
+    config: AdamWConfig,
+    params: BTreeMap<String, Tensor>,
+    exp_avg: BTreeMap<String, Tensor>,
+    exp_avg_sq: BTreeMap<String, Tensor>,
+    step: i64,
+}
+
+impl AdamW {
+    /// A fresh optimizer over `params` (zero moments).
+    pub fn new(params: impl IntoIterator<Item = (String, Tensor)>, config: AdamWConfig) -> Self {
+        let params: BTreeMap<String, Tensor> = params.into_iter().collect();
+        let zeros = |p: &Tensor| tch::no_grad(|| p.zeros_like().to_kind(Kind::Float));
+        let exp_avg = params.iter().map(|(n, p)| (n.clone(), zeros(p))).collect();
+        let exp_avg_sq = params.iter().map(|(n, p)| (n.clone(), zeros(p))).collect();
+        Self { config, params, exp_avg, exp_avg_sq, step: 0 }
+    }
+
+    /// Forgets the moments (a new optimizer, as the paper does at a stage switch).
+    pub fn reset(&mut self) {
+        tch::no_grad(|| {
+            for t in self.exp_avg.values_mut().chain(self.exp_avg_sq.values_mut()) {
+                let _ = t.zero_();
+            }
+        });
+        self.step = 0;
+    }
+
+    /// Number of updates since the last reset.
+    pub fn step_count(&self) -> i64 {
+        self.step
+    }
+
+    /// Sets every gradient to zero.
+    pub fn zero_grad(&mut self) {
+        for p in self.params.values_mut() {
+            p.zero_grad();
+        }
+    }
+
+    /// Scales gradients so that their global norm is at most `max_norm`; returns the norm
+    /// before clipping.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+        tch::no_grad(|| {
+            let norms: Vec<Tensor> = self
+                .params
+                .values()
+                .map(|p| p.grad())
+                .filter(|g| g.defined())
+                .map(|g| g.norm())
+                .collect();
+            let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
+            if total > max_norm {
+                let scale = max_norm / (total + 1e-6);
+                for p in self.params.values() {
+                    let mut g = p.grad();
+                    if g.defined() {
+                        let _ = g.g_mul_scalar_(scale);
+                    }
+                }
+            }
+            total
+        })
+    }
+
+    /// One AdamW update from the accumulated gradients.
+    pub fn step(&mut self) {
+        self.step += 1;
+        let AdamWConfig { lr, betas: (b1, b2), eps, weight_decay } = self.config;
+        let bias1 = 1.0 - b1.powi(self.step as i32);
+        let bias2 = 1.0 - b2.powi(self.step as i32);
+        tch::no_grad(|| {
+            for (name, p) in self.params.iter_mut() {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                if weight_decay > 0.0 && p.dim() >= 2 {
+                    let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
+                }
+                let m = self.exp_avg.get_mut(name).expect("a moment per parameter");
+                let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
+                let v = self.exp_avg_sq.get_mut(name).expect("a moment per parameter");
+                let _ = v.g_mul_scalar_(b2).addcmul_(&g, &g.g_mul_scalar(1.0 - b2));
+                let denom = (v.sqrt() / bias2.sqrt()) + eps;
+                let _ = p.addcdiv_(&(&*m * (-lr / bias1)), &denom);
+            }
+        });
+    }
+
+    /// The moments and step as named tensors, for a checkpoint.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("step".to_string(), Tensor::from(self.step))];
+        for (n, t) in &self.exp_avg {
+            out.push((format!("exp_avg.{n}"), t.shallow_clone()));
+        }
+        for (n, t) in &self.exp_avg_sq {
+            out.push((format!("exp_avg_sq.{n}"), t.shallow_clone()));
+        }
+        out
+    }
+
+    /// Restores what [`AdamW::state`] produced. Errors name the missing or mismatched tensor.
+    pub fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), String> {
+        let step = state.get("step").ok_or("missing tensor step")?;
+        tch::no_grad(|| {
+            for (prefix, moments) in
+                [("exp_avg", &mut self.exp_avg), ("exp_avg_sq", &mut self.exp_avg_sq)]
+            {
+                for (n, t) in moments.iter_mut() {
+                    let key = format!("{prefix}.{n}");
+                    let src = state.get(&key).ok_or_else(|| format!("missing tensor {key}"))?;
+                    if src.size() != t.size() {
+                        return Err(format!(
+                            "tensor {key} has shape {:?}, expected {:?}",
+                            src.size(),
+                            t.size()
+                        ));
+                    }
+                    t.copy_(src);
+                }
+            }
+            Ok(())
+        })?;
+        self.step = step.int64_value(&[]);
+        Ok(())
+    }
+}

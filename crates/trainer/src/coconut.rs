@@ -1,0 +1,163 @@
+//! The Coconut multi-pass forward (Hao et al. 2024, section 3, figure 1).
+//!
+//! A training sequence at stage k reads
+//!
+//! ```text
+//!   question  <bot>  <latent> <latent> ... <latent>  <eot>  remaining steps  ### answer
+//!   [0, f)           f        f+1         f+n-1
+//! ```
+//!
+//! where every `<latent>` is a continuous thought: its input embedding is the last hidden
+//! state (after `ln_f`) of the position before it. Thought i therefore exists only once
+//! the model has run up to column f+i-1, which gives n+1 sequential passes:
+//!
+//! ```text
+//!   pass 0      columns [0, f)            -> hidden at f-1 becomes thought 0 (column f)
+//!   pass i      column  f+i-1  (1 <= i < n) -> hidden at f+i-1 becomes thought i
+//!   final pass  columns [f+n-1, T)
+//! ```
+//!
+//! Each pass attends to the keys and values of the earlier passes through the KV cache, so
+//! every token is processed once and the whole thing costs about one ordinary forward.
+//! Gradients flow through every thought and through the cache (nothing is detached).
+//! Collation left-pads rows so the first latent of every row sits in column f; a row with
+//! fewer latents than the batch maximum simply keeps its own token embeddings in the later
+//! latent columns.
+
+use coconut_curriculum::Batch;
+use coconut_model::{causal_bias, Gpt2, KvCache};
+use tch::{Device, Kind, Tensor};
+
+/// A collated batch on the device, with everything the passes need built once.
+#[derive(Debug)]
+pub struct DeviceBatch {
+    /// (B, T) token ids.
+    pub input_ids: Tensor,
+    /// (B, T) 1 for real tokens, 0 for padding.
+    pub attention_mask: Tensor,
+    /// (B, T) positions over real tokens.
+    pub position_ids: Tensor,
+    /// (B, 1, T, T) additive causal + padding bias.
+    pub bias: Tensor,
+    /// Column of the first latent (the same in every row that has latents).
+    pub first_latent: i64,
+    /// For latent i, a (B, 1, 1) mask of the rows that have an i-th latent.
+    pub has_latent: Vec<Tensor>,
+    /// Flat indices into the (B * (T-1)) shifted positions whose next token is supervised.
+    pub supervised_positions: Tensor,
+    /// The supervised next tokens, aligned with `supervised_positions`.
+    pub targets: Tensor,
+}
+
+impl DeviceBatch {
+    /// Moves a collated batch to `device` and precomputes masks and label positions, so
+    /// that the pass loop makes no host round trips.
+    pub fn new(batch: &Batch, device: Device, kind: Kind) -> Self {
+        let (b, t) = (batch.batch_size as i64, batch.seq_len as i64);
+        let tensor = |v: &[i64]| Tensor::from_slice(v).view([b, t]).to_device(device);
+        let attention_mask = tensor(&batch.attention_mask);
+        let n = batch.max_latents();
+        let first_latent =
+            batch.latent_columns.iter().find_map(|c| c.first()).map_or(t, |&c| c as i64);
+        let has_latent = (0..n)
+            .map(|i| {
+                let rows: Vec<bool> = batch.latent_columns.iter().map(|c| c.len() > i).collect();
+                Tensor::from_slice(&rows).view([b, 1, 1]).to_device(device)
+            })
+            .collect();
+        // Position p predicts the label at p+1 (the shift of a causal LM).
+        let (mut positions, mut targets) = (Vec::new(), Vec::new());
+        for row in 0..batch.batch_size {
+            for p in 0..batch.seq_len - 1 {
+                let label = batch.labels[row * batch.seq_len + p + 1];
+                if label != -100 {
+                    positions.push((row * (batch.seq_len - 1) + p) as i64);
+                    targets.push(label);
+                }
+            }
+        }
+        Self {
+            input_ids: tensor(&batch.input_ids),
+            bias: causal_bias(&attention_mask, kind),
+            attention_mask,
+            position_ids: tensor(&batch.position_ids),
+            first_latent,
+            has_latent,
+            supervised_positions: Tensor::from_slice(&positions).to_device(device),
+            targets: Tensor::from_slice(&targets).to_device(device),
+        }
+    }
+
+    /// Largest number of latents of a row.
+    pub fn max_latents(&self) -> usize {
+        self.has_latent.len()
+    }
+
+    /// Number of supervised tokens.
+    pub fn supervised_tokens(&self) -> i64 {
+        self.targets.size()[0]
+    }
+}
+
+/// The column ranges of the passes: `[0, f)`, then one column per later thought, then the
+/// rest. Without latents it is one pass over the whole sequence.
+pub fn pass_ranges(first_latent: i64, n_latents: usize, seq_len: i64) -> Vec<(i64, i64)> {
+    if n_latents == 0 {
+        return vec![(0, seq_len)];
+    }
+    let f = first_latent;
+    let n = n_latents as i64;
+    let mut ranges = vec![(0, f)];
+    ranges.extend((1..n).map(|i| (f + i - 1, f + i)));
+    ranges.push((f + n - 1, seq_len));
+    ranges
+}
+
+/// Runs the multi-pass forward and returns the last hidden states of every position,
+/// (B, T, C), with each thought fed back as the input embedding of its latent column.
+/// `cache` must be empty; it ends up holding every position (generation continues from it).
+pub fn latent_hidden_states(
+    model: &Gpt2,
+    batch: &DeviceBatch,
+    cache: &mut KvCache,
+    train: bool,
+) -> Tensor {
+    let embeds = model.embed(&batch.input_ids); // (B, T, C)
+    let t = embeds.size()[1];
+    let mut hidden: Vec<Tensor> = Vec::new(); // per pass: (B, len, C)
+    for (pass, (start, end)) in
+        pass_ranges(batch.first_latent, batch.max_latents(), t).into_iter().enumerate()
+    {
+        let mut x = embeds.narrow(1, start, end - start); // (B, len, C)
+        if pass > 0 {
+            // Column `start` holds latent pass-1. Its input is the hidden state of the
+            // column before it: the last column of the previous pass. One out-of-place
+            // select over rows keeps autograd intact (an in-place write would break it).
+            let thought = hidden.last().expect("a previous pass").narrow(1, -1, 1); // (B, 1, C)
+            let first =
+                x.narrow(1, 0, 1).where_self(&batch.has_latent[pass - 1].logical_not(), &thought); // (B, 1, C)
+            x = Tensor::cat(&[first, x.narrow(1, 1, end - start - 1)], 1);
+        }
+        // Queries [start, end) see keys [0, end): the cache holds [0, start).
+        let bias = batch.bias.narrow(2, start, end - start).narrow(3, 0, end);
+        let pos = batch.position_ids.narrow(1, start, end - start);
+        hidden.push(model.forward_embeds(&x, &pos, &bias, Some(&mut *cache), train));
+    }
+    Tensor::cat(&hidden, 1)
+}
+
+/// The Coconut loss: cross-entropy of the next token, averaged over the supervised tokens
+/// of the whole batch.
+///
+/// Logits are computed only at positions whose next token is supervised. That gives the
+/// same loss and gradients as logits over every position with `ignore_index = -100`, at a
+/// fraction of the cost: with a 50k vocabulary the LM head dominates a small model, and at
+/// late stages only a few percent of the positions carry a label.
+pub fn coconut_loss(model: &Gpt2, batch: &DeviceBatch, train: bool) -> Tensor {
+    let hidden = latent_hidden_states(model, batch, &mut KvCache::new(), train); // (B, T, C)
+    let (b, t, c) = hidden.size3().expect("(B, T, C)");
+    let shifted = hidden.narrow(1, 0, t - 1).reshape([b * (t - 1), c]); // (B*(T-1), C)
+    let selected = shifted.index_select(0, &batch.supervised_positions); // (N, C)
+    let logits = model.lm_head(&selected).to_kind(Kind::Float); // (N, V)
+    logits.cross_entropy_for_logits(&batch.targets)
+}

@@ -1,0 +1,122 @@
+//! Building the model and tokenizer a run trains: a pretrained HF GPT-2 folder, an earlier
+//! checkpoint, or a small GPT-2 trained from scratch with a tokenizer trained on the data.
+
+use std::path::Path;
+
+use coconut_curriculum::{Sample, Tokenizer};
+use coconut_model::{load_pretrained, Gpt2, Gpt2Config};
+use tch::{nn::VarStore, Device};
+
+use crate::config::RunConfig;
+use crate::TrainError;
+
+/// File name of the tokenizer inside a model folder.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// A model, its variables and its tokenizer.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The variables (checkpoint keys `transformer.*`).
+    pub vs: VarStore,
+    /// The model.
+    pub model: Gpt2,
+    /// The tokenizer, with the latent tokens added.
+    pub tokenizer: Tokenizer,
+}
+
+/// Checks that the model folders a config names exist, before any data is loaded or made.
+pub fn check_model_paths(config: &RunConfig, config_path: &Path) -> Result<(), TrainError> {
+    let m = &config.model;
+    for (key, dir) in
+        [("model.init_checkpoint", &m.init_checkpoint), ("model.pretrained", &m.pretrained)]
+    {
+        if let Some(dir) = dir {
+            if !dir.join("config.json").exists() {
+                return Err(TrainError::Config {
+                    path: config_path.to_path_buf(),
+                    message: format!(
+                        "{key} = {:?}: no model folder there (config.json, model.safetensors, tokenizer.json); \
+                         for GPT-2, download it where a model hub is reachable (for example \
+                         `huggingface-cli download gpt2 --local-dir models/gpt2`) and point {key} at it",
+                        dir.display()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds the model a run starts from (before any resume).
+pub fn build_model(
+    config: &RunConfig,
+    config_path: &Path,
+    train: &[Sample],
+) -> Result<LoadedModel, TrainError> {
+    check_model_paths(config, config_path)?;
+    let device = config.device();
+    let m = &config.model;
+    if let Some(dir) = m.init_checkpoint.as_ref().or(m.pretrained.as_ref()) {
+        return load_model_dir(dir, device, &m.latent_init_token);
+    }
+    // From scratch: a byte-level BPE trained on the training text, then a fresh GPT-2.
+    let texts: Vec<String> = train
+        .iter()
+        .map(|s| format!("{}\n{}\n### {}", s.question, s.steps.join("\n"), s.answer))
+        .collect();
+    let tokenizer = Tokenizer::train(&texts, m.vocab_size)?;
+    tch::manual_seed(config.train.seed as i64);
+    let vs = VarStore::new(device);
+    let gpt2 =
+        Gpt2Config::new(tokenizer.vocab_size(), m.n_positions, m.n_embd, m.n_layer, m.n_head);
+    let model = Gpt2::new(&vs.root(), &gpt2);
+    Ok(LoadedModel { vs, model, tokenizer })
+}
+
+/// Loads a model folder with `config.json`, `model.safetensors` and `tokenizer.json` (an
+/// HF GPT-2 folder or one of our checkpoints). When the tokenizer gains the latent tokens,
+/// the embedding grows and the new rows copy the embedding of `init_token`. A tokenizer
+/// that does not fit the model is an error naming both files.
+pub fn load_model_dir(
+    dir: &Path,
+    device: Device,
+    init_token: &str,
+) -> Result<LoadedModel, TrainError> {
+    let tokenizer_path = dir.join(TOKENIZER_FILE);
+    let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
+    let vs = VarStore::new(device);
+    let mut model = load_pretrained(&vs, dir)?;
+    let (model_vocab, tok_vocab) = (model.config().vocab_size, tokenizer.vocab_size());
+    let mismatch = || TrainError::TokenizerMismatch {
+        tokenizer: tokenizer_path.clone(),
+        model: dir.join("config.json"),
+        tokenizer_vocab: tok_vocab,
+        model_vocab,
+    };
+    if tok_vocab < model_vocab {
+        return Err(mismatch());
+    }
+    if tok_vocab > model_vocab {
+        // Only the added latent tokens may be new to the model; anything more means the
+        // tokenizer belongs to another model.
+        let s = tokenizer.special();
+        let first_added =
+            [s.start_latent, s.end_latent, s.latent, s.pause].into_iter().min().unwrap_or(0);
+        if first_added as usize != model_vocab {
+            return Err(mismatch());
+        }
+        let init = match tokenizer.encode(init_token).as_slice() {
+            [id] => *id as i64,
+            other => {
+                return Err(TrainError::Config {
+                    path: tokenizer_path,
+                    message: format!(
+                        "latent_init_token {init_token:?} is not a single token ({other:?})"
+                    ),
+                })
+            }
+        };
+        model.resize_token_embeddings(tok_vocab, init);
+    }
+    Ok(LoadedModel { vs, model, tokenizer })
+}

@@ -1,0 +1,478 @@
+//! The staged training loop: one curriculum stage per `epochs_per_stage` epochs, AdamW with
+//! gradient accumulation, checkpoints at epoch ends (and every N steps), exact resume.
+//!
+//! Every source of randomness is derived from the seed and the position in the run (epoch,
+//! sample, step), never from state carried along: the shuffle of an epoch, the stage drawn
+//! for a sample with `uniform_prob`, and the dropout of a step (torch is reseeded from the
+//! global step). A run resumed from any checkpoint therefore ends with the same weights as
+//! an uninterrupted one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use coconut_curriculum::{
+    batches, collate_training, load_samples, sample_stage, tokenize_samples, training_sample,
+    CurriculumConfig, Sample, StagedSample, TokenizedSample,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use serde::Serialize;
+use tch::Kind;
+
+use crate::adamw::{AdamW, AdamWConfig};
+use crate::checkpoint::{
+    list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint, TrainState,
+};
+use crate::coconut::{coconut_loss, DeviceBatch};
+use crate::config::{OptimizerReset, RunConfig};
+use crate::model_setup::{build_model, check_model_paths, LoadedModel};
+use crate::TrainError;
+
+/// What the caller's evaluation reports at the end of an epoch (the trainer knows nothing
+/// of generation; the eval crate does).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EpochEval {
+    /// Validation accuracy in [0, 1].
+    pub accuracy: Option<f64>,
+    /// Anything else worth logging (token counts, ...).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MetricLine {
+    /// Logged every `log_every_steps` optimizer steps.
+    Step {
+        /// Epoch.
+        epoch: usize,
+        /// Curriculum stage of the epoch.
+        stage: usize,
+        /// Optimizer steps since the start of the run.
+        global_step: u64,
+        /// Mean training loss over the steps since the last line.
+        loss: f64,
+        /// Real (non-pad) tokens processed per second.
+        tokens_per_s: f64,
+    },
+    /// Logged at each epoch end.
+    Epoch {
+        /// Epoch.
+        epoch: usize,
+        /// Curriculum stage of the epoch.
+        stage: usize,
+        /// Optimizer steps since the start of the run.
+        global_step: u64,
+        /// Mean training loss of the epoch.
+        train_loss: f64,
+        /// Teacher-forced validation loss at this stage.
+        valid_loss: f64,
+        /// What the evaluation callback reported.
+        eval: EpochEval,
+        /// Seconds spent in this epoch, evaluation included.
+        seconds: f64,
+    },
+}
+
+/// The result of [`Trainer::run`].
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// The newest checkpoint.
+    pub last_checkpoint: Option<PathBuf>,
+    /// Epochs run in this call (0 when the run was already complete).
+    pub epochs_run: usize,
+    /// Optimizer steps since the start of the run.
+    pub global_step: u64,
+}
+
+/// A training run: configuration, data, model, optimizer and position.
+pub struct Trainer {
+    /// The configuration.
+    pub config: RunConfig,
+    /// The model, its variables and its tokenizer.
+    pub loaded: LoadedModel,
+    /// Raw validation samples (for evaluation callbacks).
+    pub valid_samples: Vec<Sample>,
+    train: Vec<TokenizedSample>,
+    valid: Vec<TokenizedSample>,
+    optimizer: AdamW,
+    state: TrainState,
+    run_dir: PathBuf,
+}
+
+impl Trainer {
+    /// Loads the data and builds the model, or resumes from the newest complete checkpoint
+    /// of the run folder when `train.resume` is set. A checkpoint that fails to load is
+    /// reported and the one before it is tried.
+    pub fn new(config: RunConfig, config_path: &Path) -> Result<Self, TrainError> {
+        if config.train.threads > 0 {
+            tch::set_num_threads(config.train.threads as i32);
+        }
+        check_model_paths(&config, config_path)?;
+        let run_dir = config.run_dir();
+        let mut train_samples = load_samples(&config.data.train)?;
+        if config.data.max_train_samples > 0 {
+            train_samples.truncate(config.data.max_train_samples);
+        }
+        let valid_samples = load_samples(&config.data.valid)?;
+        let adamw = adamw_config(&config);
+
+        let mut resumed = None;
+        if config.train.resume {
+            for ckpt in list_checkpoints(&run_dir.join("checkpoints")).iter().rev() {
+                match load_checkpoint(ckpt, config.device(), adamw) {
+                    Ok(found) => {
+                        tracing::info!("resuming from {}", ckpt.display());
+                        resumed = Some(found);
+                        break;
+                    }
+                    Err(e) => tracing::warn!("skipping unreadable checkpoint: {e}"),
+                }
+            }
+        }
+        let (loaded, optimizer, state) = match resumed {
+            Some((loaded, optimizer, mut state)) => {
+                // The checkpoint's position, this file's settings (e.g. more epochs).
+                state.config = config.clone();
+                (loaded, optimizer, state)
+            }
+            None => {
+                let loaded = build_model(&config, config_path, &train_samples)?;
+                let optimizer = AdamW::new(loaded.vs.variables(), adamw);
+                let state = TrainState {
+                    epoch: config.train.start_epoch,
+                    step_in_epoch: 0,
+                    global_step: 0,
+                    best_accuracy: None,
+                    config: config.clone(),
+                };
+                (loaded, optimizer, state)
+            }
+        };
+        let train = tokenize_samples(&loaded.tokenizer, &train_samples);
+        let valid = tokenize_samples(&loaded.tokenizer, &valid_samples);
+        Ok(Self { config, loaded, valid_samples, train, valid, optimizer, state, run_dir })
+    }
+
+    /// The run folder.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// Where training stands.
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    /// Trains until `num_epochs`, checkpointing as configured and calling `evaluate` after
+    /// every epoch (with the model in eval mode semantics: no gradients are recorded).
+    pub fn run(
+        &mut self,
+        evaluate: &mut dyn FnMut(&Trainer, usize) -> Result<EpochEval, TrainError>,
+    ) -> Result<TrainSummary, TrainError> {
+        let ckpt_dir = self.run_dir.join("checkpoints");
+        std::fs::create_dir_all(&ckpt_dir)
+            .map_err(|source| TrainError::Io { path: ckpt_dir.clone(), source })?;
+        let resolved = self.run_dir.join("config.toml");
+        let toml = toml::to_string_pretty(&self.config).expect("the config serialises");
+        std::fs::write(&resolved, toml)
+            .map_err(|source| TrainError::Io { path: resolved, source })?;
+        let mut metrics = MetricsFile::open(&self.run_dir.join("metrics.jsonl"))?;
+
+        let mut last_checkpoint = list_checkpoints(&ckpt_dir).pop();
+        let first_epoch = self.state.epoch;
+        let cfg = self.config.clone();
+        for epoch in first_epoch..cfg.train.num_epochs {
+            let started = Instant::now();
+            let stage = cfg.curriculum.stage_of_epoch(epoch);
+            if self.state.step_in_epoch == 0 {
+                let previous_stage = epoch.checked_sub(1).map(|e| cfg.curriculum.stage_of_epoch(e));
+                let reset = match cfg.train.optimizer_reset {
+                    OptimizerReset::Epoch => true,
+                    OptimizerReset::Stage => previous_stage != Some(stage),
+                    OptimizerReset::Never => false,
+                };
+                if reset {
+                    self.optimizer.reset();
+                }
+            }
+            let train_loss =
+                self.train_epoch(epoch, stage, &ckpt_dir, &mut metrics, &mut last_checkpoint)?;
+            let valid_loss = self.validation_loss(stage);
+            let eval = if cfg.eval.every_epoch || epoch + 1 == cfg.train.num_epochs {
+                evaluate(self, epoch)?
+            } else {
+                EpochEval::default()
+            };
+            tracing::info!(epoch, stage, train_loss, valid_loss, accuracy = ?eval.accuracy, "epoch done");
+            let improved = match (eval.accuracy, self.state.best_accuracy) {
+                (Some(a), Some(best)) => a > best,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            if improved {
+                self.state.best_accuracy = eval.accuracy;
+            }
+            metrics.write(&MetricLine::Epoch {
+                epoch,
+                stage,
+                global_step: self.state.global_step,
+                train_loss,
+                valid_loss,
+                eval,
+                seconds: started.elapsed().as_secs_f64(),
+            })?;
+            self.state.epoch = epoch + 1;
+            self.state.step_in_epoch = 0;
+            last_checkpoint =
+                Some(save_checkpoint(&ckpt_dir, &self.loaded, &self.optimizer, &self.state)?);
+            if cfg.train.save_only_improve && improved {
+                // `best/` is an HF folder of the best model so far, replaced atomically.
+                let best = self.run_dir.join("best");
+                let saved = last_checkpoint.as_ref().expect("just saved");
+                copy_model_folder(saved, &best)?;
+            }
+            prune_checkpoints(&ckpt_dir, cfg.train.keep_last)?;
+        }
+        Ok(TrainSummary {
+            run_dir: self.run_dir.clone(),
+            last_checkpoint,
+            epochs_run: cfg.train.num_epochs.saturating_sub(first_epoch),
+            global_step: self.state.global_step,
+        })
+    }
+
+    /// Trains one epoch (from `state.step_in_epoch` when resuming) and returns its mean loss.
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        stage: usize,
+        ckpt_dir: &Path,
+        metrics: &mut MetricsFile,
+        last_checkpoint: &mut Option<PathBuf>,
+    ) -> Result<f64, TrainError> {
+        let cfg = self.config.clone();
+        let t = &cfg.train;
+        let order = batches(self.train.len(), t.batch_size, Some(t.seed), epoch);
+        let steps = order.len().div_ceil(t.grad_accum);
+        let bar = progress_bar(steps as u64, epoch, stage);
+        bar.set_position(self.state.step_in_epoch as u64);
+        let (mut epoch_loss, mut epoch_steps) = (0.0, 0usize);
+        let (mut window_loss, mut window_steps, mut window_tokens) = (0.0, 0usize, 0usize);
+        let mut window_start = Instant::now();
+        for step in self.state.step_in_epoch..steps {
+            tch::manual_seed((t.seed as i64).wrapping_add(self.state.global_step as i64));
+            let micro = &order[step * t.grad_accum..((step + 1) * t.grad_accum).min(order.len())];
+            let total_samples: usize = micro.iter().map(Vec::len).sum();
+            self.optimizer.zero_grad();
+            let mut step_loss = 0.0;
+            for indices in micro {
+                let staged: Vec<StagedSample> =
+                    indices.iter().map(|&i| self.staged_sample(i, epoch, stage)).collect();
+                let batch = collate_training(&staged, &self.loaded.tokenizer.special());
+                window_tokens += batch.attention_mask.iter().filter(|&&m| m == 1).count();
+                let device_batch = DeviceBatch::new(&batch, self.loaded.vs.device(), Kind::Float);
+                if device_batch.supervised_tokens() == 0 {
+                    continue;
+                }
+                let loss = self.autocast(|| coconut_loss(&self.loaded.model, &device_batch, true));
+                // Weight each micro-batch by its share of the samples of the step.
+                let weight = indices.len() as f64 / total_samples as f64;
+                (&loss * weight).backward();
+                step_loss += loss.double_value(&[]) * weight;
+            }
+            if !step_loss.is_finite() {
+                return Err(TrainError::NonFiniteLoss {
+                    epoch,
+                    step: self.state.global_step,
+                    loss: step_loss,
+                });
+            }
+            if let Some(max_norm) = t.grad_clip {
+                self.optimizer.clip_grad_norm(max_norm);
+            }
+            self.optimizer.step();
+            self.state.global_step += 1;
+            self.state.step_in_epoch = step + 1;
+            epoch_loss += step_loss;
+            epoch_steps += 1;
+            window_loss += step_loss;
+            window_steps += 1;
+            bar.inc(1);
+            bar.set_message(format!("loss {step_loss:.4}"));
+            if window_steps >= t.log_every_steps.max(1) || step + 1 == steps {
+                let seconds = window_start.elapsed().as_secs_f64();
+                metrics.write(&MetricLine::Step {
+                    epoch,
+                    stage,
+                    global_step: self.state.global_step,
+                    loss: window_loss / window_steps as f64,
+                    tokens_per_s: window_tokens as f64 / seconds.max(1e-9),
+                })?;
+                bar.set_message(format!(
+                    "loss {:.4} | {:.0} tok/s",
+                    window_loss / window_steps as f64,
+                    window_tokens as f64 / seconds
+                ));
+                (window_loss, window_steps, window_tokens) = (0.0, 0, 0);
+                window_start = Instant::now();
+            }
+            if t.save_every_steps > 0
+                && self.state.global_step % t.save_every_steps as u64 == 0
+                && step + 1 < steps
+            {
+                *last_checkpoint =
+                    Some(save_checkpoint(ckpt_dir, &self.loaded, &self.optimizer, &self.state)?);
+                prune_checkpoints(ckpt_dir, t.keep_last)?;
+            }
+        }
+        bar.finish_and_clear();
+        Ok(if epoch_steps > 0 { epoch_loss / epoch_steps as f64 } else { f64::NAN })
+    }
+
+    /// The stage-k training sample of training example `index` in `epoch`.
+    fn staged_sample(&self, index: usize, epoch: usize, epoch_stage: usize) -> StagedSample {
+        let sample = &self.train[index];
+        // A per-sample generator keyed by (seed, epoch, index): reproducible and order-free.
+        let key = self.config.train.seed
+            ^ ((epoch as u64) << 32)
+            ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(key);
+        let stage =
+            sample_stage(&self.config.curriculum, epoch_stage, sample.steps.len(), &mut rng);
+        training_sample(&self.config.curriculum, &self.loaded.tokenizer.special(), sample, stage)
+    }
+
+    /// Teacher-forced loss on the validation set at `stage`, averaged over supervised tokens.
+    pub fn validation_loss(&self, stage: usize) -> f64 {
+        let n = match self.config.data.max_valid_samples {
+            0 => self.valid.len(),
+            n => n.min(self.valid.len()),
+        };
+        self.autocast(|| {
+            teacher_forced_loss(
+                &self.loaded,
+                &self.config.curriculum,
+                &self.valid[..n],
+                stage,
+                self.config.eval.batch_size,
+            )
+        })
+    }
+
+    /// The tokenized validation samples.
+    pub fn valid_tokenized(&self) -> &[TokenizedSample] {
+        &self.valid
+    }
+
+    /// Runs `f` under bf16 autocast when configured (CUDA only).
+    fn autocast<T>(&self, f: impl FnOnce() -> T) -> T {
+        if self.config.train.bf16 {
+            tch::autocast(true, f)
+        } else {
+            f()
+        }
+    }
+}
+
+/// The loss of the stage-`stage` training sequences of `samples` (no gradients), averaged
+/// over their supervised tokens: the paper's validation loss.
+pub fn teacher_forced_loss(
+    loaded: &LoadedModel,
+    curriculum: &CurriculumConfig,
+    samples: &[TokenizedSample],
+    stage: usize,
+    batch_size: usize,
+) -> f64 {
+    let special = loaded.tokenizer.special();
+    let (mut total, mut tokens) = (0.0, 0i64);
+    tch::no_grad(|| {
+        for indices in batches(samples.len(), batch_size, None, 0) {
+            let staged: Vec<StagedSample> = indices
+                .iter()
+                .map(|&i| training_sample(curriculum, &special, &samples[i], stage))
+                .collect();
+            let batch = DeviceBatch::new(
+                &collate_training(&staged, &special),
+                loaded.vs.device(),
+                Kind::Float,
+            );
+            let count = batch.supervised_tokens();
+            if count > 0 {
+                total +=
+                    coconut_loss(&loaded.model, &batch, false).double_value(&[]) * count as f64;
+                tokens += count;
+            }
+        }
+    });
+    total / tokens.max(1) as f64
+}
+
+fn adamw_config(config: &RunConfig) -> AdamWConfig {
+    let t = &config.train;
+    AdamWConfig { lr: t.lr, betas: t.betas, eps: t.eps, weight_decay: t.weight_decay }
+}
+
+fn progress_bar(steps: u64, epoch: usize, stage: usize) -> ProgressBar {
+    let bar = ProgressBar::new(steps);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} steps {msg} ({elapsed}<{eta})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("epoch {epoch} stage {stage}"));
+    bar
+}
+
+/// Copies the HF part of a checkpoint (config, weights, tokenizer) to `dst`, replacing it
+/// only once the copy is complete.
+fn copy_model_folder(src: &Path, dst: &Path) -> Result<(), TrainError> {
+    let tmp = dst.with_extension("tmp");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TrainError::Io { path, source }
+    };
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    for file in [
+        coconut_model::CONFIG_FILE,
+        coconut_model::WEIGHTS_FILE,
+        crate::model_setup::TOKENIZER_FILE,
+    ] {
+        std::fs::copy(src.join(file), tmp.join(file)).map_err(io(&src.join(file)))?;
+    }
+    if dst.exists() {
+        std::fs::remove_dir_all(dst).map_err(io(dst))?;
+    }
+    std::fs::rename(&tmp, dst).map_err(io(dst))
+}
+
+/// `metrics.jsonl`, appended to (a resumed run continues the same file).
+struct MetricsFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsFile {
+    fn open(path: &Path) -> Result<Self, TrainError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+        Ok(Self { path: path.to_path_buf(), file })
+    }
+
+    fn write(&mut self, line: &MetricLine) -> Result<(), TrainError> {
+        let json = serde_json::to_string(line).expect("metrics serialise");
+        writeln!(self.file, "{json}")
+            .map_err(|source| TrainError::Io { path: self.path.clone(), source })
+    }
+}

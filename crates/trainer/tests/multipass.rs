@@ -1,0 +1,174 @@
+//! The multi-pass forward against a naive implementation that recomputes the whole prefix
+//! without a cache at every pass: same loss, same gradients for every parameter.
+
+use coconut_curriculum::{
+    collate_training, training_sample, Batch, CurriculumConfig, Mode, SpecialTokens,
+    TokenizedSample,
+};
+use coconut_model::{causal_bias, Gpt2, Gpt2Config, KvCache};
+use coconut_trainer::{coconut_loss, latent_hidden_states, pass_ranges, DeviceBatch};
+use tch::{nn::VarStore, Device, Kind, Reduction, Tensor};
+
+const SPECIAL: SpecialTokens =
+    SpecialTokens { eos: 0, start_latent: 40, end_latent: 41, latent: 42, pause: 43 };
+
+fn tiny_model() -> (VarStore, Gpt2) {
+    tch::manual_seed(7);
+    let vs = VarStore::new(Device::Cpu);
+    let model = Gpt2::new(&vs.root(), &Gpt2Config::new(44, 64, 16, 2, 2));
+    (vs, model)
+}
+
+/// Samples with different question lengths and numbers of steps.
+fn samples() -> Vec<TokenizedSample> {
+    let ids = |start: u32, n: u32| (start..start + n).map(|i| 1 + i % 38).collect::<Vec<u32>>();
+    vec![
+        TokenizedSample {
+            question: ids(0, 5),
+            steps: vec![ids(5, 3), ids(8, 2), ids(10, 4)],
+            answer: [ids(14, 2), vec![0]].concat(),
+        },
+        TokenizedSample {
+            question: ids(3, 9),
+            steps: vec![ids(20, 2)],
+            answer: [ids(22, 3), vec![0]].concat(),
+        },
+        TokenizedSample {
+            question: ids(7, 2),
+            steps: vec![ids(1, 2), ids(30, 3)],
+            answer: [ids(9, 1), vec![0]].concat(),
+        },
+    ]
+}
+
+/// A batch whose rows have 3, 1 and 2 latents (stage 3, no padding to the maximum) and
+/// questions of 5, 9 and 2 tokens.
+fn latent_batch() -> Batch {
+    let config = CurriculumConfig {
+        mode: Mode::Coconut,
+        max_latent_stage: 3,
+        ..CurriculumConfig::default()
+    };
+    let staged: Vec<_> =
+        samples().iter().map(|s| training_sample(&config, &SPECIAL, s, 4)).collect();
+    let batch = collate_training(&staged, &SPECIAL);
+    assert_eq!(batch.latent_columns.iter().map(Vec::len).collect::<Vec<_>>(), [3, 1, 2]);
+    batch
+}
+
+/// The naive Coconut forward: before thought i, the whole sequence is recomputed from
+/// scratch and the hidden state before each i-th latent is written into its embedding.
+fn naive_loss(model: &Gpt2, batch: &Batch) -> Tensor {
+    let (b, t) = (batch.batch_size as i64, batch.seq_len as i64);
+    let ids = Tensor::from_slice(&batch.input_ids).view([b, t]);
+    let mask = Tensor::from_slice(&batch.attention_mask).view([b, t]);
+    let pos = Tensor::from_slice(&batch.position_ids).view([b, t]);
+    let labels = Tensor::from_slice(&batch.labels).view([b, t]);
+    let bias = causal_bias(&mask, Kind::Float);
+    let mut embeds = model.embed(&ids);
+    for i in 0..batch.max_latents() {
+        let hidden = model.forward_embeds(&embeds, &pos, &bias, None, true);
+        let mut rows = Vec::new();
+        for (r, cols) in batch.latent_columns.iter().enumerate() {
+            let row = embeds.get(r as i64);
+            rows.push(match cols.get(i) {
+                Some(&c) => {
+                    let c = c as i64;
+                    let thought = hidden.get(r as i64).get(c - 1).unsqueeze(0);
+                    Tensor::cat(&[row.narrow(0, 0, c), thought, row.narrow(0, c + 1, t - c - 1)], 0)
+                }
+                None => row,
+            });
+        }
+        embeds = Tensor::stack(&rows, 0);
+    }
+    let hidden = model.forward_embeds(&embeds, &pos, &bias, None, true);
+    let logits = model.lm_head(&hidden); // (B, T, V): every position, as the reference does
+    let v = logits.size()[2];
+    logits.narrow(1, 0, t - 1).reshape([-1, v]).cross_entropy_loss::<Tensor>(
+        &labels.narrow(1, 1, t - 1).reshape([-1]),
+        None,
+        Reduction::Mean,
+        -100,
+        0.0,
+    )
+}
+
+fn gradients(vs: &VarStore, loss: &Tensor) -> Vec<(String, Tensor)> {
+    for v in vs.trainable_variables() {
+        let mut v = v;
+        v.zero_grad();
+    }
+    loss.backward();
+    let mut grads: Vec<(String, Tensor)> =
+        vs.variables().into_iter().map(|(n, v)| (n, v.grad().copy())).collect();
+    grads.sort_by(|a, b| a.0.cmp(&b.0));
+    grads
+}
+
+#[test]
+fn multipass_equals_naive_recompute_in_loss_and_gradients() {
+    let (vs, model) = tiny_model();
+    let batch = latent_batch();
+    let fast = coconut_loss(&model, &DeviceBatch::new(&batch, Device::Cpu, Kind::Float), true);
+    let fast_grads = gradients(&vs, &fast);
+    let naive = naive_loss(&model, &batch);
+    let naive_grads = gradients(&vs, &naive);
+    let (a, b) = (fast.double_value(&[]), naive.double_value(&[]));
+    assert!((a - b).abs() < 1e-5, "loss {a} vs naive {b}");
+    assert_eq!(fast_grads.len(), naive_grads.len());
+    for ((name, g1), (_, g2)) in fast_grads.iter().zip(&naive_grads) {
+        let diff = (g1 - g2).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "gradient of {name} differs by {diff}");
+        assert!(g1.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{name} got no gradient");
+    }
+}
+
+#[test]
+fn one_pass_per_thought_plus_one() {
+    assert_eq!(pass_ranges(5, 0, 20), [(0, 20)]);
+    assert_eq!(pass_ranges(5, 1, 20), [(0, 5), (5, 20)]);
+    assert_eq!(pass_ranges(5, 3, 20), [(0, 5), (5, 6), (6, 7), (7, 20)]);
+}
+
+#[test]
+fn without_latents_it_is_a_plain_forward() {
+    let (_vs, model) = tiny_model();
+    let config = CurriculumConfig { mode: Mode::Cot, ..CurriculumConfig::default() };
+    let staged: Vec<_> =
+        samples().iter().map(|s| training_sample(&config, &SPECIAL, s, 0)).collect();
+    let batch = collate_training(&staged, &SPECIAL);
+    assert_eq!(batch.max_latents(), 0);
+    let fast = coconut_loss(&model, &DeviceBatch::new(&batch, Device::Cpu, Kind::Float), true)
+        .double_value(&[]);
+    let plain = naive_loss(&model, &batch).double_value(&[]);
+    assert!((fast - plain).abs() < 1e-6, "{fast} vs {plain}");
+}
+
+#[test]
+fn a_later_token_does_not_change_earlier_thoughts() {
+    let (_vs, model) = tiny_model();
+    let batch = latent_batch();
+    let thoughts = |batch: &Batch| {
+        let hidden = latent_hidden_states(
+            &model,
+            &DeviceBatch::new(batch, Device::Cpu, Kind::Float),
+            &mut KvCache::new(),
+            false,
+        );
+        // Thought i of row 0 is the hidden state just before its i-th latent column.
+        let cols: Vec<i64> = batch.latent_columns[0].iter().map(|&c| c as i64 - 1).collect();
+        hidden.get(0).index_select(0, &Tensor::from_slice(&cols))
+    };
+    let before = thoughts(&batch);
+    let mut changed = batch.clone();
+    let last_real = (0..changed.seq_len).rev().find(|&c| changed.attention_mask[c] == 1).unwrap();
+    changed.input_ids[last_real] = (changed.input_ids[last_real] + 5) % 38 + 1;
+    let after = thoughts(&changed);
+    assert!(before.equal(&after), "a token after the thoughts changed them");
+    // ... while a question token does change them.
+    let mut changed = batch.clone();
+    let first_real = (0..changed.seq_len).find(|&c| changed.attention_mask[c] == 1).unwrap();
+    changed.input_ids[first_real] = (changed.input_ids[first_real] + 5) % 38 + 1;
+    assert!(!before.equal(&thoughts(&changed)));
+}

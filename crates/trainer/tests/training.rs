@@ -1,0 +1,104 @@
+//! The staged loop on real ProsQA samples: a tiny model overfits them through stages 0..2,
+//! checkpoints load back, and a corrupt newest checkpoint falls back to the one before.
+
+use std::path::{Path, PathBuf};
+
+use coconut_trainer::checkpoint::{list_checkpoints, read_state};
+use coconut_trainer::{EpochEval, RunConfig, Trainer};
+
+fn prosqa_valid() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/prosqa/prosqa_valid.json")
+}
+
+fn config(out: &Path, epochs: usize, extra: &str) -> RunConfig {
+    let data = prosqa_valid();
+    let text = format!(
+        r#"
+name = "overfit"
+output_dir = "{out}"
+[data]
+train = "{data}"
+valid = "{data}"
+max_train_samples = 4
+max_valid_samples = 4
+[model]
+n_layer = 2
+n_embd = 48
+n_head = 2
+vocab_size = 300
+[curriculum]
+mode = "coconut"
+max_latent_stage = 2
+epochs_per_stage = 20
+[train]
+num_epochs = {epochs}
+batch_size = 4
+lr = 5e-3
+weight_decay = 0.0
+threads = 1
+log_every_steps = 1
+{extra}
+"#,
+        out = out.display(),
+        data = data.display()
+    );
+    RunConfig::parse(&text, Path::new("test.toml")).unwrap()
+}
+
+fn no_eval(_: &Trainer, _: usize) -> Result<EpochEval, coconut_trainer::TrainError> {
+    Ok(EpochEval::default())
+}
+
+fn step_losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_tiny_model_overfits_a_few_samples_through_the_stages() {
+    let out = tempfile::tempdir().unwrap();
+    let cfg = config(out.path(), 60, "");
+    let mut trainer = Trainer::new(cfg.clone(), Path::new("test.toml")).unwrap();
+    let summary = trainer.run(&mut no_eval).unwrap();
+    assert_eq!(summary.global_step, 60);
+    let losses = step_losses(&cfg.run_dir());
+    let first = losses[0];
+    // Stage 0 (epochs 0-19) must already have learned most of the sequences.
+    let end_of_stage0 = losses[19];
+    assert!(end_of_stage0 < 0.5 * first, "loss {first} -> {end_of_stage0} over stage 0");
+    // And stage 2 (thoughts replacing two steps) ends far below the start too.
+    let last = *losses.last().unwrap();
+    assert!(last < 0.5 * first, "loss {first} -> {last} at the end of stage 2");
+    // The teacher-forced validation loss at stage 2 (same samples) is low as well.
+    assert!(trainer.validation_loss(2) < 0.5 * first);
+}
+
+#[test]
+fn a_corrupt_newest_checkpoint_is_skipped_for_the_one_before() {
+    let out = tempfile::tempdir().unwrap();
+    let cfg = config(out.path(), 2, "keep_last = 0");
+    Trainer::new(cfg.clone(), Path::new("test.toml")).unwrap().run(&mut no_eval).unwrap();
+    let ckpts = list_checkpoints(&cfg.run_dir().join("checkpoints"));
+    assert_eq!(ckpts.len(), 2);
+    // The newest checkpoint's weights are cut in half.
+    let weights = ckpts[1].join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let resumed = Trainer::new(cfg.clone(), Path::new("test.toml")).unwrap();
+    assert_eq!(resumed.state(), &read_state(&ckpts[0]).unwrap().tap(|s| s.config = cfg.clone()));
+    assert_eq!(resumed.state().epoch, 1);
+}
+
+/// `x.tap(f)`: apply `f` to a value and return it.
+trait Tap: Sized {
+    fn tap(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+}
+impl<T> Tap for T {}
