@@ -97,7 +97,7 @@ impl Gpt2Config {
 
     /// Checks the shape constraints the forward relies on.
     pub fn validate(&self) -> Result<(), String> {
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return Err(format!(
                 "n_embd ({}) must be a multiple of n_head ({})",
                 self.n_embd, self.n_head

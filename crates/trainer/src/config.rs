@@ -253,7 +253,7 @@ impl RunConfig {
         if t.batch_size == 0 || t.grad_accum == 0 {
             return Err("train.batch_size and train.grad_accum must be at least 1".into());
         }
-        if !(t.lr > 0.0) || t.weight_decay < 0.0 {
+        if t.lr.is_nan() || t.lr <= 0.0 || t.weight_decay < 0.0 {
             return Err("train.lr must be positive and train.weight_decay non-negative".into());
         }
         if t.device != "cpu" && !t.device.starts_with("cuda") {
@@ -283,7 +283,7 @@ impl RunConfig {
             }
         }
         let m = &self.model;
-        if m.pretrained.is_none() && (m.n_head == 0 || m.n_embd % m.n_head != 0) {
+        if m.pretrained.is_none() && (m.n_head == 0 || !m.n_embd.is_multiple_of(m.n_head)) {
             return Err(format!(
                 "model.n_embd ({}) must be a multiple of model.n_head ({})",
                 m.n_embd, m.n_head

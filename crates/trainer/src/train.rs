@@ -321,7 +321,7 @@ impl Trainer {
                 window_start = Instant::now();
             }
             if t.save_every_steps > 0
-                && self.state.global_step % t.save_every_steps as u64 == 0
+                && self.state.global_step.is_multiple_of(t.save_every_steps as u64)
                 && step + 1 < steps
             {
                 *last_checkpoint =

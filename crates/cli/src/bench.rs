@@ -1,0 +1,331 @@
+//! `bench`: the training step and generation at one thread, with the shapes of the PyTorch
+//! reference (`tiny` = 4 layers x 256, and the GPT-2 124M shape; random weights; the GPT-2
+//! tokenizer; ProsQA batches of 8). Each measurement runs in a child process so that its
+//! peak RSS is its own. One JSON line per measurement, then the ratios scripts read.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use coconut_curriculum::{
+    collate_training, eval_prompt, load_samples, tokenize_samples, training_sample,
+    CurriculumConfig, Mode, StagedSample, Tokenizer,
+};
+use coconut_eval::{generate, generate_without_cache};
+use coconut_model::{Gpt2, Gpt2Config};
+use coconut_trainer::adamw::{AdamW, AdamWConfig};
+use coconut_trainer::{coconut_loss, DeviceBatch};
+use serde_json::{json, Value};
+use tch::{nn::VarStore, Device, Kind};
+
+/// Arguments of `coconut bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// ProsQA-format samples for the batches (the real validation split matches the reference).
+    #[arg(long, default_value = "datasets/prosqa/valid.json")]
+    data: PathBuf,
+    /// The GPT-2 `tokenizer.json` (the benchmark needs GPT-2's 50k vocabulary).
+    #[arg(long, default_value = "../shared/models/tiny-gpt2/tokenizer.json")]
+    tokenizer: PathBuf,
+    /// Where the JSON lines go (a later run can be compared with it).
+    #[arg(long, default_value = "bench-results.jsonl")]
+    out: PathBuf,
+    /// The reference's results (JSON lines) to print speedups against.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Skip the GPT-2-shape training steps (about 2 minutes each).
+    #[arg(long)]
+    skip_gpt2: bool,
+    /// Run one measurement in this process (used by the parent run).
+    #[arg(long, hide = true)]
+    only: Option<String>,
+}
+
+/// The fixed set: (name, model, batch, stage, steps).
+const MEASUREMENTS: [(&str, &str, usize, usize, usize); 7] = [
+    ("train_step", "tiny", 8, 6, 5),
+    ("plain_step", "tiny", 8, 6, 3),
+    ("train_step", "tiny", 8, 0, 2),
+    ("train_step", "gpt2", 8, 6, 1),
+    ("plain_step", "gpt2", 8, 6, 1),
+    ("generate_reference", "tiny", 1, 6, 2),
+    ("generate_batched", "tiny", 32, 6, 1),
+];
+
+fn key(m: &(&str, &str, usize, usize, usize)) -> String {
+    format!("{}:{}:{}:{}", m.0, m.1, m.2, m.3)
+}
+
+/// Runs every measurement in a child process and prints the ratios.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(only) = &args.only {
+        let m = MEASUREMENTS
+            .iter()
+            .find(|m| key(m) == *only)
+            .with_context(|| format!("no measurement {only}"))?;
+        let line = measure(args, m)?;
+        println!("{line}");
+        return Ok(());
+    }
+    if !args.tokenizer.exists() {
+        bail!("{}: no GPT-2 tokenizer.json there (pass --tokenizer)", args.tokenizer.display());
+    }
+    if !args.data.exists() {
+        bail!(
+            "{}: no ProsQA data there (run `cargo xtask data`, or pass --data)",
+            args.data.display()
+        );
+    }
+    let exe = std::env::current_exe()?;
+    let mut out = std::fs::File::create(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut lines: Vec<Value> = Vec::new();
+    for m in MEASUREMENTS.iter().filter(|m| !(args.skip_gpt2 && m.1 == "gpt2")) {
+        let output = Command::new(&exe)
+            .args(["bench", "--only", &key(m), "--data"])
+            .arg(&args.data)
+            .arg("--tokenizer")
+            .arg(&args.tokenizer)
+            .output()?;
+        if !output.status.success() {
+            bail!("measurement {} failed: {}", key(m), String::from_utf8_lossy(&output.stderr));
+        }
+        let text = String::from_utf8(output.stdout)?;
+        let line = text.lines().last().context("no output")?.to_string();
+        println!("{line}");
+        writeln!(out, "{line}")?;
+        lines.push(serde_json::from_str(&line)?);
+    }
+    let find = |name: &str, model: &str, stage: u64| {
+        lines
+            .iter()
+            .find(|l| l["name"] == name && l["model"] == model && l["stage"] == stage)
+            .cloned()
+    };
+    let (train, plain) = (find("train_step", "tiny", 6), find("plain_step", "tiny", 6));
+    if let (Some(t), Some(p)) = (&train, &plain) {
+        println!(
+            "latent_overhead_stage6={:.3}",
+            t["median_s"].as_f64().unwrap_or(f64::NAN) / p["median_s"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    if let (Some(b), Some(r)) =
+        (find("generate_batched", "tiny", 6), find("generate_reference", "tiny", 6))
+    {
+        println!(
+            "batched_eval_speedup={:.1}",
+            b["samples_per_s"].as_f64().unwrap_or(0.0)
+                / r["samples_per_s"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    if let Some(t) = &train {
+        println!("collate_share={:.5}", t["collate_share"].as_f64().unwrap_or(f64::NAN));
+    }
+    if let Some(reference) = &args.reference {
+        print_speedups(&lines, reference)?;
+    }
+    Ok(())
+}
+
+/// For every measurement with a counterpart in the reference file, ours beside theirs.
+fn print_speedups(lines: &[Value], reference: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(reference)
+        .with_context(|| format!("reading {}", reference.display()))?;
+    let theirs: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    println!("\n| measurement | reference | ours | speedup | RSS reference | RSS ours |\n|---|---|---|---|---|---|");
+    for ours in lines {
+        let same = |r: &&Value| {
+            r["name"] == ours["name"] && r["model"] == ours["model"] && r["stage"] == ours["stage"]
+        };
+        let Some(r) = theirs
+            .iter()
+            .filter(same)
+            .find(|r| r["batch"] == ours["batch"] || ours["name"] == "generate_batched")
+        else {
+            continue;
+        };
+        let (label, a, b, speedup) = if ours["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("generate"))
+        {
+            let (a, b) = (
+                r["samples_per_s"].as_f64().unwrap_or(0.0),
+                ours["samples_per_s"].as_f64().unwrap_or(0.0),
+            );
+            ("samples/s", a, b, b / a)
+        } else {
+            let (a, b) =
+                (r["median_s"].as_f64().unwrap_or(0.0), ours["median_s"].as_f64().unwrap_or(0.0));
+            ("s", a, b, a / b)
+        };
+        println!(
+            "| {} {} b{} stage {} | {a:.3} {label} | {b:.3} {label} | {speedup:.2}x | {:.0} MB | {:.0} MB |",
+            ours["name"].as_str().unwrap_or(""),
+            ours["model"].as_str().unwrap_or(""),
+            ours["batch"],
+            ours["stage"],
+            r["peak_rss_mb"].as_f64().unwrap_or(0.0),
+            ours["peak_rss_mb"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process so far, in MB (`VmHWM`).
+fn peak_rss_mb() -> f64 {
+    rss_field("VmHWM:")
+}
+
+/// Current resident memory of this process, in MB (`VmRSS`).
+fn rss_mb() -> f64 {
+    rss_field("VmRSS:")
+}
+
+fn rss_field(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn model_shape(name: &str) -> (usize, usize, usize) {
+    match name {
+        "gpt2" => (12, 768, 12),
+        _ => (4, 256, 4),
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One measurement, in this process, at one thread.
+fn measure(
+    args: &BenchArgs,
+    &(name, model_name, batch, stage, steps): &(&str, &str, usize, usize, usize),
+) -> Result<String> {
+    tch::set_num_threads(1);
+    tch::manual_seed(0);
+    let tokenizer = Tokenizer::from_file(&args.tokenizer)?;
+    let special = tokenizer.special();
+    let samples = load_samples(&args.data)?;
+    // The reference's stage-k sample: k latents even past the last step.
+    let curriculum = CurriculumConfig {
+        mode: Mode::Coconut,
+        max_latent_stage: 6,
+        pad_latent_to_max: true,
+        ..CurriculumConfig::default()
+    };
+    let (n_layer, n_embd, n_head) = model_shape(model_name);
+    let mut config = Gpt2Config::new(tokenizer.vocab_size(), 1024, n_embd, n_layer, n_head);
+    // GPT-2's dropout, as the reference trains with it.
+    (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop) = (0.1, 0.1, 0.1);
+    let vs = VarStore::new(Device::Cpu);
+    let model = Gpt2::new(&vs.root(), &config);
+
+    if name.starts_with("generate") {
+        let n = batch.max(steps);
+        let started = Instant::now();
+        let tokenized = tokenize_samples(&tokenizer, &samples[..n]);
+        let prompts: Vec<Vec<u32>> =
+            tokenized.iter().map(|s| eval_prompt(&curriculum, &special, s, stage)).collect();
+        let tokenize_s = started.elapsed().as_secs_f64();
+        let max_new = 64;
+        let started = Instant::now();
+        let generated: usize = if name == "generate_batched" {
+            generate(&model, &prompts, &special, max_new, true, Device::Cpu)
+                .iter()
+                .map(|g| g.tokens.len())
+                .sum()
+        } else {
+            prompts
+                .iter()
+                .map(|p| {
+                    generate_without_cache(&model, p, &special, max_new, true, Device::Cpu)
+                        .tokens
+                        .len()
+                })
+                .sum()
+        };
+        let total = started.elapsed().as_secs_f64();
+        let mean_prompt = prompts.iter().map(Vec::len).sum::<usize>() as f64 / n as f64;
+        return Ok(json!({
+            "name": name, "model": model_name, "batch": batch, "stage": stage, "n_samples": n, "max_new": max_new,
+            "ignore_eos": true, "mean_prompt_len": mean_prompt, "generated_tokens": generated,
+            "total_s": total, "samples_per_s": n as f64 / total, "gen_tokens_per_s": generated as f64 / total,
+            "tokenize_s": tokenize_s, "peak_rss_mb": peak_rss_mb(), "threads": 1,
+        })
+        .to_string());
+    }
+
+    let plain = name == "plain_step";
+    let mut optimizer = AdamW::new(
+        vs.variables(),
+        AdamWConfig { lr: 1e-4, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 },
+    );
+    let warmup = 1;
+    let (mut times, mut fwd, mut bwd, mut opt, mut rss) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut tokenize_s, mut collate_s, mut final_loss) = (0.0, 0.0, 0.0);
+    let (mut seq_len, mut real, mut supervised, mut calls) = (0, 0, 0, 0);
+    for step in 0..warmup + steps {
+        let t0 = Instant::now();
+        // Collation is part of the step: it runs for every batch of a real epoch.
+        let tokenized = tokenize_samples(&tokenizer, &samples[..batch]);
+        let t1 = Instant::now();
+        let staged: Vec<StagedSample> =
+            tokenized.iter().map(|s| training_sample(&curriculum, &special, s, stage)).collect();
+        let mut collated = collate_training(&staged, &special);
+        if plain {
+            // The same tokens in one ordinary pass: the latents are treated as plain tokens.
+            collated.latent_columns.iter_mut().for_each(Vec::clear);
+        }
+        let device_batch = DeviceBatch::new(&collated, Device::Cpu, Kind::Float);
+        let t2 = Instant::now();
+        let loss = coconut_loss(&model, &device_batch, true);
+        let t3 = Instant::now();
+        optimizer.zero_grad();
+        loss.backward();
+        let t4 = Instant::now();
+        optimizer.step();
+        let t5 = Instant::now();
+        if step >= warmup {
+            times.push((t5 - t0).as_secs_f64());
+            fwd.push((t3 - t2).as_secs_f64());
+            bwd.push((t4 - t3).as_secs_f64());
+            opt.push((t5 - t4).as_secs_f64());
+            tokenize_s = (t1 - t0).as_secs_f64();
+            collate_s = (t2 - t1).as_secs_f64();
+        }
+        rss.push(rss_mb());
+        final_loss = loss.double_value(&[]);
+        seq_len = collated.seq_len;
+        real = collated.attention_mask.iter().filter(|&&m| m == 1).count();
+        supervised = device_batch.supervised_tokens();
+        calls = if plain { 1 } else { device_batch.max_latents() + 1 };
+        eprintln!(
+            "# {name} {model_name} step {step}: loss {final_loss:.4}, {:.3} s",
+            (t5 - t0).as_secs_f64()
+        );
+    }
+    let med = median(&times);
+    Ok(json!({
+        "name": name, "model": model_name, "batch": batch, "stage": stage, "seq_len": seq_len,
+        "real_tokens": real, "supervised_tokens": supervised, "model_calls": calls, "steps": steps, "warmup": warmup,
+        "median_s": med, "min_s": times.iter().copied().fold(f64::INFINITY, f64::min),
+        "max_s": times.iter().copied().fold(0.0, f64::max),
+        "fwd_s": median(&fwd), "bwd_s": median(&bwd), "opt_s": median(&opt),
+        "padded_tokens_per_s": (batch * seq_len) as f64 / med, "real_tokens_per_s": real as f64 / med,
+        "tokenize_s": tokenize_s, "collate_s": collate_s, "collate_share": (tokenize_s + collate_s) / med,
+        "final_loss": final_loss, "all_s": times, "rss_mb_after_each_step": rss,
+        "rss_growth_mb": rss.last().copied().unwrap_or(0.0) - rss.get(1).copied().unwrap_or(0.0),
+        "peak_rss_mb": peak_rss_mb(), "threads": 1,
+    })
+    .to_string())
+}

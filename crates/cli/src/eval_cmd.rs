@@ -1,0 +1,133 @@
+//! `eval`: evaluate one or more checkpoints and print one comparison table.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use coconut_curriculum::{load_samples, tokenize_samples};
+use coconut_eval::{
+    comparison_table, evaluate, inspect_thoughts, mean_embedding_norm, thoughts_report,
+    EvalOptions, SampleThoughts, TableRow,
+};
+use coconut_trainer::checkpoint::{read_state, STATE_FILE};
+use coconut_trainer::{load_model_dir, teacher_forced_loss, RunConfig};
+
+use crate::data::Split;
+use crate::run::write_predictions;
+
+/// Evaluates every checkpoint on `split` and writes metrics, predictions, thoughts and the
+/// comparison table.
+#[allow(clippy::too_many_arguments)]
+pub fn eval(
+    config: &RunConfig,
+    config_path: &Path,
+    checkpoints: &[PathBuf],
+    split: Split,
+    stage: Option<usize>,
+    limit: usize,
+    inspect: usize,
+    out: Option<&Path>,
+) -> Result<()> {
+    let data = match split {
+        Split::Valid => config.data.valid.clone(),
+        Split::Test => match &config.data.test {
+            Some(t) => t.clone(),
+            None => {
+                bail!("{}: data.test is not set, so there is no test split", config_path.display())
+            }
+        },
+    };
+    crate::data::ensure_generated(config)?;
+    let mut samples = load_samples(&data)?;
+    if limit > 0 {
+        samples.truncate(limit);
+    }
+    let split_name = split.name();
+    let mut rows = Vec::new();
+    for ckpt in checkpoints {
+        // Our checkpoints carry their run config; a bare HF folder uses --config's curriculum.
+        let run =
+            if ckpt.join(STATE_FILE).exists() { read_state(ckpt)?.config } else { config.clone() };
+        let curriculum = &run.curriculum;
+        let stage = stage
+            .unwrap_or_else(|| curriculum.stage_of_epoch(run.train.num_epochs.saturating_sub(1)));
+        let device = config.device();
+        let loaded = load_model_dir(ckpt, device, &config.model.latent_init_token)?;
+        let tokenized = tokenize_samples(&loaded.tokenizer, &samples);
+        let options = EvalOptions {
+            stage,
+            max_new_tokens: config.eval.max_new_tokens,
+            batch_size: config.eval.batch_size,
+            device,
+        };
+        let (metrics, predictions) =
+            evaluate(&loaded.model, &loaded.tokenizer, curriculum, &samples, &tokenized, &options);
+        let valid_loss =
+            teacher_forced_loss(&loaded, curriculum, &tokenized, stage, config.eval.batch_size);
+        let thoughts: Vec<SampleThoughts> = (0..samples.len().min(inspect))
+            .map(|i| SampleThoughts {
+                sample: i,
+                question: samples[i].question.clone(),
+                mean_token_embedding_norm: mean_embedding_norm(
+                    &loaded.model,
+                    &tokenized[i].question,
+                    device,
+                ),
+                thoughts: inspect_thoughts(
+                    &loaded.model,
+                    &loaded.tokenizer,
+                    curriculum,
+                    &tokenized[i],
+                    stage,
+                    5,
+                    device,
+                ),
+            })
+            .collect();
+
+        let dir = out.map_or_else(|| ckpt.join("eval"), Path::to_path_buf);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let name = checkpoint_label(ckpt);
+        let json = serde_json::json!({
+            "checkpoint": ckpt, "split": split_name, "mode": curriculum.mode, "metrics": metrics, "teacher_forced_loss": valid_loss,
+        });
+        std::fs::write(
+            dir.join(format!("metrics_{name}_{split_name}.json")),
+            serde_json::to_string_pretty(&json)?,
+        )?;
+        write_predictions(
+            &dir.join(format!("predictions_{name}_{split_name}.jsonl")),
+            &predictions,
+        )?;
+        std::fs::write(
+            dir.join(format!("thoughts_{name}_{split_name}.json")),
+            serde_json::to_string_pretty(&thoughts)?,
+        )?;
+        if !thoughts.iter().all(|t| t.thoughts.is_empty()) {
+            println!("{}", thoughts_report(&thoughts));
+        }
+        println!(
+            "{}: accuracy {:.1}% on {} {split_name} samples at stage {stage}, teacher-forced loss {valid_loss:.4} ({})",
+            ckpt.display(),
+            100.0 * metrics.accuracy,
+            metrics.samples,
+            dir.display()
+        );
+        rows.push(TableRow { method: format!("{name} ({:?})", curriculum.mode), metrics });
+    }
+    let table = comparison_table(&rows);
+    println!("\n{table}");
+    let dir = out.map_or_else(|| checkpoints[0].join("eval"), Path::to_path_buf);
+    std::fs::write(dir.join("comparison.md"), &table)?;
+    std::fs::write(dir.join("comparison.json"), serde_json::to_string_pretty(&rows)?)?;
+    Ok(())
+}
+
+/// A short name for a checkpoint folder: `<run>/<checkpoint>` when it sits in a run.
+fn checkpoint_label(ckpt: &Path) -> String {
+    let name =
+        |p: &Path| p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    match ckpt.parent().filter(|p| name(p) == "checkpoints").and_then(Path::parent) {
+        Some(run) => format!("{}-{}", name(run), name(ckpt)),
+        None => name(ckpt),
+    }
+}

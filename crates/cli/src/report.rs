@@ -1,0 +1,242 @@
+//! The run report: `summary.json`, `report.md` and its plots (SVG).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use coconut_eval::{thoughts_report, EvalMetrics, Prediction, SampleThoughts};
+use coconut_trainer::RunConfig;
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// The figures of one stage: its last epoch's validation evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRow {
+    /// Curriculum stage.
+    pub stage: usize,
+    /// The last epoch of the stage.
+    pub epoch: usize,
+    /// Validation accuracy at the end of the stage.
+    pub accuracy: Option<f64>,
+    /// Mean generated tokens (thoughts included) at the end of the stage.
+    pub mean_tokens: Option<f64>,
+    /// Teacher-forced validation loss at the end of the stage.
+    pub valid_loss: f64,
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    /// Run name.
+    pub name: String,
+    /// Per-stage validation figures.
+    pub per_stage: Vec<StageRow>,
+    /// Split of the final evaluation.
+    pub final_split: String,
+    /// Final evaluation figures.
+    pub final_metrics: EvalMetrics,
+    /// Final accuracy (the same as `final_metrics.accuracy`, for scripts).
+    pub final_accuracy: f64,
+    /// Seconds of training and evaluation over all sessions of the run.
+    pub wall_seconds: f64,
+}
+
+/// Points read back from `metrics.jsonl`.
+struct Curves {
+    steps: Vec<(f64, f64, usize)>, // (global step, loss, stage)
+    epochs: Vec<(usize, usize, f64, serde_json::Value, f64)>, // (epoch, stage, valid loss, eval, seconds)
+}
+
+fn read_curves(path: &Path) -> Result<Curves> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut curves = Curves { steps: Vec::new(), epochs: Vec::new() };
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: bad line", path.display()))?;
+        let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        match v["kind"].as_str() {
+            Some("step") => {
+                curves.steps.push((num("global_step"), num("loss"), num("stage") as usize))
+            }
+            Some("epoch") => {
+                let epoch = num("epoch") as usize;
+                // A resumed run repeats epochs it had not finished: keep the newest line.
+                curves.epochs.retain(|e| e.0 != epoch);
+                curves.epochs.push((
+                    epoch,
+                    num("stage") as usize,
+                    num("valid_loss"),
+                    v["eval"].clone(),
+                    num("seconds"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    curves.steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    curves.steps.dedup_by(|a, b| a.0 == b.0);
+    curves.epochs.sort_by_key(|e| e.0);
+    Ok(curves)
+}
+
+/// Writes `summary.json`, `report.md`, `loss.svg` and `accuracy.svg` into the run folder.
+pub fn write_report(
+    run_dir: &Path,
+    config: &RunConfig,
+    split: &str,
+    metrics: &EvalMetrics,
+    predictions: &[Prediction],
+    thoughts: &[SampleThoughts],
+    _session_seconds: f64,
+) -> Result<()> {
+    let curves = read_curves(&run_dir.join("metrics.jsonl"))?;
+    let mut per_stage: Vec<StageRow> = Vec::new();
+    for (epoch, stage, valid_loss, eval, _) in &curves.epochs {
+        let row = StageRow {
+            stage: *stage,
+            epoch: *epoch,
+            accuracy: eval["accuracy"].as_f64(),
+            mean_tokens: eval["extra"]["mean_tokens"].as_f64(),
+            valid_loss: *valid_loss,
+        };
+        match per_stage.last_mut() {
+            Some(last) if last.stage == *stage => *last = row,
+            _ => per_stage.push(row),
+        }
+    }
+    let wall_seconds = curves.epochs.iter().map(|e| e.4).sum::<f64>() + metrics.seconds;
+    let summary = Summary {
+        name: config.name.clone(),
+        per_stage: per_stage.clone(),
+        final_split: split.to_string(),
+        final_metrics: metrics.clone(),
+        final_accuracy: metrics.accuracy,
+        wall_seconds,
+    };
+    std::fs::write(run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    plot_loss(&run_dir.join("loss.svg"), &curves)?;
+    plot_accuracy(&run_dir.join("accuracy.svg"), &curves)?;
+
+    let mut md = format!(
+        "# Run `{}`\n\nMode `{:?}`, c = {}, {} epochs ({} per stage, max latent stage {}), batch {} x {} accumulation, lr {}, {} thread(s).\n\n",
+        config.name,
+        config.curriculum.mode,
+        config.curriculum.c_thought,
+        config.train.num_epochs,
+        config.curriculum.epochs_per_stage,
+        config.curriculum.max_latent_stage,
+        config.train.batch_size,
+        config.train.grad_accum,
+        config.train.lr,
+        if config.train.threads == 0 { "default".to_string() } else { config.train.threads.to_string() },
+    );
+    md.push_str("## Validation after each stage\n\n| stage | last epoch | accuracy % | # tokens (with thoughts) | valid loss |\n|---|---|---|---|---|\n");
+    for r in &per_stage {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {:.4} |\n",
+            r.stage,
+            r.epoch,
+            r.accuracy.map_or("-".into(), |a| format!("{:.1}", 100.0 * a)),
+            r.mean_tokens.map_or("-".into(), |t| format!("{t:.1}")),
+            r.valid_loss
+        ));
+    }
+    md.push_str(&format!(
+        "\n## Final ({split} split, stage {})\n\nAccuracy **{:.1}%** on {} samples; {:.1} tokens per answer with thoughts, {:.1} without; CoT exact match {:.1}%. Total time {:.0} s.\n\n",
+        metrics.stage,
+        100.0 * metrics.accuracy,
+        metrics.samples,
+        metrics.mean_tokens,
+        metrics.mean_tokens_without_thoughts,
+        100.0 * metrics.cot_exact_match,
+        wall_seconds
+    ));
+    md.push_str("![training loss](loss.svg)\n\n![validation accuracy and tokens](accuracy.svg)\n\n## Sample outputs\n\n");
+    for p in predictions.iter().take(5) {
+        md.push_str(&format!(
+            "- sample {} ({}): `{}` → answer `{}`, reference `{}`\n",
+            p.index,
+            if p.correct { "correct" } else { "wrong" },
+            p.generated.replace('\n', "\\n"),
+            p.prediction,
+            p.answer
+        ));
+    }
+    md.push('\n');
+    md.push_str(&thoughts_report(thoughts).replacen(
+        "# Continuous thoughts",
+        "## Continuous thoughts",
+        1,
+    ));
+    std::fs::write(run_dir.join("report.md"), md)?;
+    Ok(())
+}
+
+fn plot_loss(path: &Path, curves: &Curves) -> Result<()> {
+    let root = SVGBackend::new(path, (800, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_step = curves.steps.last().map_or(1.0, |s| s.0).max(1.0);
+    let max_loss = curves.steps.iter().map(|s| s.1).filter(|l| l.is_finite()).fold(0.1, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("training loss (dashes: stage boundaries)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..max_step, 0.0..max_loss * 1.05)?;
+    chart.configure_mesh().x_desc("optimizer step").y_desc("loss per token").draw()?;
+    chart.draw_series(LineSeries::new(
+        curves.steps.iter().map(|s| (s.0, s.1)),
+        BLUE.stroke_width(2),
+    ))?;
+    for pair in curves.steps.windows(2) {
+        if pair[0].2 != pair[1].2 {
+            let x = pair[1].0;
+            chart.draw_series(DashedLineSeries::new(
+                [(x, 0.0), (x, max_loss * 1.05)],
+                4,
+                4,
+                BLACK.mix(0.5).into(),
+            ))?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn plot_accuracy(path: &Path, curves: &Curves) -> Result<()> {
+    let root = SVGBackend::new(path, (800, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(400);
+    let last_epoch = curves.epochs.last().map_or(1, |e| e.0).max(1) as f64;
+    let acc: Vec<(f64, f64)> = curves
+        .epochs
+        .iter()
+        .filter_map(|e| e.3["accuracy"].as_f64().map(|a| (e.0 as f64, 100.0 * a)))
+        .collect();
+    let tokens: Vec<(f64, f64)> = curves
+        .epochs
+        .iter()
+        .filter_map(|e| e.3["extra"]["mean_tokens"].as_f64().map(|t| (e.0 as f64, t)))
+        .collect();
+    let mut chart = ChartBuilder::on(&left)
+        .caption("validation accuracy %", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(40)
+        .build_cartesian_2d(0.0..last_epoch, 0.0..100.0)?;
+    chart.configure_mesh().x_desc("epoch").draw()?;
+    chart.draw_series(LineSeries::new(acc.iter().copied(), RED.stroke_width(2)))?;
+    chart.draw_series(acc.iter().map(|&p| Circle::new(p, 3, RED.filled())))?;
+    let max_tokens = tokens.iter().map(|t| t.1).fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&right)
+        .caption("generated tokens (with thoughts)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(40)
+        .build_cartesian_2d(0.0..last_epoch, 0.0..max_tokens * 1.1)?;
+    chart.configure_mesh().x_desc("epoch").draw()?;
+    chart.draw_series(LineSeries::new(tokens.iter().copied(), GREEN.stroke_width(2)))?;
+    chart.draw_series(tokens.iter().map(|&p| Circle::new(p, 3, GREEN.filled())))?;
+    root.present()?;
+    Ok(())
+}
