@@ -75,6 +75,14 @@ pub struct ProntoQaConfig {
     pub person_distractor: bool,
     /// An unrelated concept carries the queried property with the opposite sign.
     pub property_distractor: bool,
+    /// Queries may be negated ("True or false: Alex is not happy."), as in the real files: the
+    /// answer is then the XOR of two signs. Without them the query is always positive and the
+    /// answer is the sign the chain derives, a smaller task for models trained from scratch.
+    pub negated_queries: bool,
+    /// Rules take the three surface forms of the real files ("Xuses are Yuses.", "Each X is
+    /// a Y.", "Every X is a Y."). Without them every rule reads "Every X is ...", so a concept
+    /// is always the same token, which a model trained from scratch matches much sooner.
+    pub surface_forms: bool,
 }
 
 impl Default for ProntoQaConfig {
@@ -88,6 +96,8 @@ impl Default for ProntoQaConfig {
             extra_leaf: true,
             person_distractor: true,
             property_distractor: true,
+            negated_queries: true,
+            surface_forms: true,
         }
     }
 }
@@ -95,7 +105,8 @@ impl Default for ProntoQaConfig {
 impl ProntoQaConfig {
     /// Short questions for fast CPU training: 2 or 3 hops, and only the two distractors that
     /// keep the task from being read off one sentence (the person's second concept, and the
-    /// opposite-sign property); about 6 to 7 sentences.
+    /// opposite-sign property); about 6 to 7 sentences; queries are never negated, so the
+    /// answer is the sign at the end of the chain; every rule reads "Every X is ...".
     pub fn small() -> Self {
         Self {
             min_hops: 2,
@@ -105,6 +116,8 @@ impl ProntoQaConfig {
             extra_leaf: false,
             person_distractor: true,
             property_distractor: true,
+            negated_queries: false,
+            surface_forms: false,
         }
     }
 
@@ -187,45 +200,46 @@ pub fn generate_sample(cfg: &ProntoQaConfig, rng: &mut StdRng, answer_true: bool
     let chain: Vec<usize> = (0..hops).map(|_| new_concept()).collect();
     let last = chain[hops - 1];
     let target_property = property(rng);
-    let target_negated = rng.random_bool(0.5);
+    // With positive queries only, the derived sign decides the (balanced) answer.
+    let target_negated = if cfg.negated_queries { rng.random_bool(0.5) } else { !answer_true };
 
     let mut rules: Vec<Rule> = Vec::new();
     let mut chain_rule = vec![0; hops];
     for i in 0..hops - 1 {
         chain_rule[i] = rules.len();
-        rules.push(is_a_rule(&names, chain[i], chain[i + 1], rng));
+        rules.push(is_a_rule(cfg, &names, chain[i], chain[i + 1], rng));
         if cfg.chain_properties {
             let p = property(rng);
             let negated = rng.random_bool(NEGATED_CHAIN);
-            rules.push(property_rule(&names[chain[i]], p, negated, rng));
+            rules.push(property_rule(cfg, &names[chain[i]], p, negated, rng));
         }
     }
     chain_rule[hops - 1] = rules.len();
-    rules.push(property_rule(&names[last], target_property, target_negated, rng));
+    rules.push(property_rule(cfg, &names[last], target_property, target_negated, rng));
     if cfg.side_branches {
         for &c in &chain {
             let side = new_concept();
-            rules.push(is_a_rule(&names, c, side, rng));
+            rules.push(is_a_rule(cfg, &names, c, side, rng));
             let (p, negated) = (property(rng), rng.random_bool(NEGATED_OTHER));
-            rules.push(property_rule(&names[side], p, negated, rng));
+            rules.push(property_rule(cfg, &names[side], p, negated, rng));
         }
     }
     if cfg.extra_leaf {
         let leaf = new_concept();
-        rules.push(is_a_rule(&names, last, leaf, rng));
+        rules.push(is_a_rule(cfg, &names, last, leaf, rng));
     }
     let mut memberships = vec![chain[0]];
     if cfg.person_distractor {
         let (member, parent) = (new_concept(), new_concept());
         let (p, negated) = (property(rng), rng.random_bool(NEGATED_OTHER));
-        rules.push(property_rule(&names[member], p, negated, rng));
-        rules.push(is_a_rule(&names, member, parent, rng));
+        rules.push(property_rule(cfg, &names[member], p, negated, rng));
+        rules.push(is_a_rule(cfg, &names, member, parent, rng));
         memberships.push(member);
     }
     let mut distractor = None;
     if cfg.property_distractor {
         let z = new_concept();
-        rules.push(property_rule(&names[z], target_property, !target_negated, rng));
+        rules.push(property_rule(cfg, &names[z], target_property, !target_negated, rng));
         distractor = Some(z);
     }
 
@@ -248,7 +262,7 @@ pub fn generate_sample(cfg: &ProntoQaConfig, rng: &mut StdRng, answer_true: bool
     let mut sentences: Vec<String> = order.iter().map(|&r| rules[r].text.clone()).collect();
     sentences.extend(memberships.iter().map(|&c| membership(person, &names[c])));
     // The answer is "True" when the query's sign matches the derived one.
-    let query_negated = target_negated == answer_true;
+    let query_negated = cfg.negated_queries && target_negated == answer_true;
     let question = format!(
         "{} True or false: {person} is {}{target_property}.",
         sentences.join(" "),
@@ -302,7 +316,10 @@ enum Form {
     Every,
 }
 
-fn form(rng: &mut StdRng) -> Form {
+fn form(cfg: &ProntoQaConfig, rng: &mut StdRng) -> Form {
+    if !cfg.surface_forms {
+        return Form::Every;
+    }
     match rng.random_range(0..4) {
         0 | 1 => Form::Plural,
         2 => Form::Each,
@@ -310,9 +327,15 @@ fn form(rng: &mut StdRng) -> Form {
     }
 }
 
-fn is_a_rule(names: &[String], sub: usize, sup: usize, rng: &mut StdRng) -> Rule {
+fn is_a_rule(
+    cfg: &ProntoQaConfig,
+    names: &[String],
+    sub: usize,
+    sup: usize,
+    rng: &mut StdRng,
+) -> Rule {
     let (x, y) = (&names[sub], &names[sup]);
-    let text = match form(rng) {
+    let text = match form(cfg, rng) {
         Form::Plural => format!("{} are {}.", capitalized_plural(x), plural(y)),
         Form::Each => format!("Each {x} is {} {y}.", article(y)),
         Form::Every => format!("Every {x} is {} {y}.", article(y)),
@@ -320,9 +343,15 @@ fn is_a_rule(names: &[String], sub: usize, sup: usize, rng: &mut StdRng) -> Rule
     Rule { text, is_a: Some((sub, sup)) }
 }
 
-fn property_rule(concept: &str, property: &str, negated: bool, rng: &mut StdRng) -> Rule {
+fn property_rule(
+    cfg: &ProntoQaConfig,
+    concept: &str,
+    property: &str,
+    negated: bool,
+    rng: &mut StdRng,
+) -> Rule {
     let not = if negated { "not " } else { "" };
-    let text = match form(rng) {
+    let text = match form(cfg, rng) {
         Form::Plural => format!("{} are {not}{property}.", capitalized_plural(concept)),
         Form::Each => format!("Each {concept} is {not}{property}."),
         Form::Every => format!("Every {concept} is {not}{property}."),

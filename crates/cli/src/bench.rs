@@ -78,9 +78,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             args.data.display()
         );
     }
+    if args.reference.as_deref() == Some(args.out.as_path()) {
+        bail!(
+            "--out and --reference are the same file ({}): the results would replace the reference",
+            args.out.display()
+        );
+    }
     let exe = std::env::current_exe()?;
-    let mut out = std::fs::File::create(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    // Written beside the target and renamed at the end: a failed run leaves an earlier file intact.
+    let partial = args.out.with_extension("partial");
+    let mut out = std::fs::File::create(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
     let mut lines: Vec<Value> = Vec::new();
     for m in MEASUREMENTS.iter().filter(|m| !(args.skip_gpt2 && m.1 == "gpt2")) {
         let output = Command::new(&exe)
@@ -98,6 +106,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         writeln!(out, "{line}")?;
         lines.push(serde_json::from_str(&line)?);
     }
+    drop(out);
+    std::fs::rename(&partial, &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     let find = |name: &str, model: &str, stage: u64| {
         lines
             .iter()
@@ -215,6 +226,14 @@ fn measure(
     let tokenizer = Tokenizer::from_file(&args.tokenizer)?;
     let special = tokenizer.special();
     let samples = load_samples(&args.data)?;
+    if samples.len() < batch.max(steps) {
+        bail!(
+            "{}: {} samples, the benchmark needs {}",
+            args.data.display(),
+            samples.len(),
+            batch.max(steps)
+        );
+    }
     // The reference's stage-k sample: k latents even past the last step.
     let curriculum = CurriculumConfig {
         mode: Mode::Coconut,

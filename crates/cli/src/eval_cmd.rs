@@ -45,11 +45,16 @@ pub fn eval(
     let mut rows = Vec::new();
     for ckpt in checkpoints {
         // Our checkpoints carry their run config; a bare HF folder uses --config's curriculum.
-        let run =
-            if ckpt.join(STATE_FILE).exists() { read_state(ckpt)?.config } else { config.clone() };
+        // Default stage: the one the checkpoint was last trained at (the final one for a bare
+        // HF folder).
+        let (run, last_epoch) = if ckpt.join(STATE_FILE).exists() {
+            let state = read_state(ckpt)?;
+            (state.config, state.epoch.saturating_sub(1))
+        } else {
+            (config.clone(), config.train.num_epochs.saturating_sub(1))
+        };
         let curriculum = &run.curriculum;
-        let stage = stage
-            .unwrap_or_else(|| curriculum.stage_of_epoch(run.train.num_epochs.saturating_sub(1)));
+        let stage = stage.unwrap_or_else(|| curriculum.stage_of_epoch(last_epoch));
         let device = config.device();
         let loaded = load_model_dir(ckpt, device, &config.model.latent_init_token)?;
         let tokenized = tokenize_samples(&loaded.tokenizer, &samples);

@@ -51,8 +51,11 @@ fn read_curves(path: &Path) -> Result<Curves> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut curves = Curves { steps: Vec::new(), epochs: Vec::new() };
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}: bad line", path.display()))?;
+        // A line cut short by a killed process is skipped, not fatal.
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            tracing::warn!("{}: skipping an unreadable line", path.display());
+            continue;
+        };
         let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
         match v["kind"].as_str() {
             Some("step") => {

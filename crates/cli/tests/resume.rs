@@ -24,6 +24,7 @@ n_layer = 2
 n_embd = 64
 n_head = 2
 vocab_size = 300
+n_positions = 1024
 [curriculum]
 max_latent_stage = 2
 epochs_per_stage = 1

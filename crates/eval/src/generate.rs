@@ -62,6 +62,9 @@ pub fn generate(
         let hidden = latent_hidden_states(model, &device_batch, &mut cache, false); // (B, T, C)
         let mut logits = model.lm_head(&hidden.narrow(1, -1, 1)).squeeze_dim(1); // (B, V)
 
+        // Never decode past the model's last position.
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let max_new_tokens = max_new_tokens.min(model.config().n_positions.saturating_sub(longest));
         let b = prompts.len();
         let mut out: Vec<Generation> =
             vec![Generation { tokens: Vec::new(), stopped_at_eos: false }; b];
@@ -113,8 +116,9 @@ pub fn generate(
 }
 
 /// Greedy decoding of one prompt the way the reference implementation does it: no cache,
-/// every thought and every new token recomputes the whole prefix. The baseline that
-/// [`generate`] must agree with token for token, and the benchmark's slow side.
+/// every thought and every new token recomputes the whole prefix (and the logits of every
+/// position). The baseline that [`generate`] must agree with token for token, and the
+/// benchmark's slow side.
 pub fn generate_without_cache(
     model: &Gpt2,
     prompt: &[u32],
@@ -148,8 +152,9 @@ pub fn generate_without_cache(
         }
         let mut out = Generation { tokens: Vec::new(), stopped_at_eos: false };
         for _ in 0..max_new_tokens {
-            let hidden = run(&embeds);
-            let next = model.lm_head(&hidden.narrow(1, -1, 1)).argmax(-1, false); // (1, 1)
+            // Logits at every position, as a plain forward of the reference computes them.
+            let logits = model.lm_head(&run(&embeds)); // (1, T, V)
+            let next = logits.narrow(1, -1, 1).argmax(-1, false); // (1, 1)
             let id = next.int64_value(&[0, 0]) as u32;
             out.tokens.push(id);
             if id == special.eos && !ignore_eos {

@@ -35,7 +35,7 @@ pub struct Prediction {
     pub correct: bool,
     /// Everything the model generated after the prompt.
     pub generated: String,
-    /// Continuous thoughts (or pause tokens) in the prompt.
+    /// Continuous thoughts in the prompt.
     pub thoughts: usize,
     /// Generated tokens, eos excluded.
     pub generated_tokens: usize,
@@ -78,7 +78,7 @@ pub fn normalize_answer(answer: &str) -> String {
 fn expected_reasoning(config: &CurriculumConfig, sample: &Sample, stage: usize) -> String {
     let removed = match config.mode {
         Mode::Cot => 0,
-        Mode::NoCot | Mode::PauseToken => sample.steps.len(),
+        Mode::NoCot | Mode::PauseToken | Mode::NoCurriculum => sample.steps.len(),
         _ if stage > config.max_latent_stage => sample.steps.len(),
         _ => stage.min(sample.steps.len()),
     };
@@ -121,8 +121,9 @@ pub fn evaluate(
         let generated = tokenizer.decode(&tokens);
         let prediction = extract_answer(&generated);
         let reasoning = generated.split("###").next().unwrap_or("").trim().to_string();
-        let thoughts =
-            prompts[index].iter().filter(|&&t| t == special.latent || t == special.pause).count();
+        // Only continuous thoughts count as generated (the paper counts pause tokens as
+        // part of the prompt).
+        let thoughts = prompts[index].iter().filter(|&&t| t == special.latent).count();
         predictions.push(Prediction {
             index,
             correct: prediction == normalize_answer(&sample.answer),

@@ -218,7 +218,8 @@ impl LayerNorm {
 
     fn forward(&self, x: &Tensor) -> Tensor {
         let dim = *x.size().last().expect("non-scalar input");
-        x.layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+        let (w, b) = (self.weight.to_kind(x.kind()), self.bias.to_kind(x.kind()));
+        x.layer_norm([dim], Some(&w), Some(&b), self.eps, true)
     }
 }
 
@@ -237,8 +238,9 @@ impl Conv1D {
         }
     }
 
+    /// Computes in the kind of `x` (the f32 master weights are cast for bf16 compute).
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.matmul(&self.weight) + &self.bias
+        x.matmul(&self.weight.to_kind(x.kind())) + self.bias.to_kind(x.kind())
     }
 }
 
@@ -283,11 +285,12 @@ impl Attention {
             None => (k, v),
         };
         let dropout = if train { self.attn_pdrop } else { 0.0 };
+        let bias = bias.to_kind(q.kind()); // SDPA wants the mask in the compute kind
         let y = Tensor::scaled_dot_product_attention(
             &q,
             &k,
             &v,
-            Some(bias),
+            Some(&bias),
             dropout,
             false,
             None,
@@ -365,8 +368,9 @@ impl Block {
 #[derive(Debug)]
 pub struct Gpt2 {
     config: Gpt2Config,
-    wte: Tensor, // (V, C) token embeddings, also the LM head
-    wpe: Tensor, // (n_positions, C) position embeddings
+    compute: Kind, // kind of activations and matmuls; parameters keep their own kind
+    wte: Tensor,   // (V, C) token embeddings, also the LM head
+    wpe: Tensor,   // (n_positions, C) position embeddings
     h: Vec<Block>,
     ln_f: LayerNorm,
 }
@@ -380,6 +384,7 @@ impl Gpt2 {
         let init = Init::Randn { mean: 0.0, stdev: 0.02 };
         Self {
             config: config.clone(),
+            compute: Kind::Float,
             wte: (&vs / "wte").var("weight", &[config.vocab_size as i64, c], init),
             wpe: (&vs / "wpe").var("weight", &[config.n_positions as i64, c], init),
             h: (0..config.n_layer).map(|i| Block::new(&vs / "h" / i, config)).collect(),
@@ -390,6 +395,24 @@ impl Gpt2 {
     /// The model's configuration.
     pub fn config(&self) -> &Gpt2Config {
         &self.config
+    }
+
+    /// Computes activations in `kind` (bf16 on a GPU) while the parameters keep their own
+    /// kind: weights are cast where they are used, so gradients and optimizer updates stay
+    /// in f32 (mixed precision without autocast).
+    pub fn set_compute_kind(&mut self, kind: Kind) {
+        self.compute = kind;
+    }
+
+    /// Sets the embedding rows (and so the tied head rows) of `tokens` to the embedding of
+    /// `source`, as for freshly added tokens.
+    pub fn copy_token_embedding(&mut self, tokens: &[i64], source: i64) {
+        tch::no_grad(|| {
+            let row = self.wte.get(source); // (C)
+            for &t in tokens {
+                self.wte.get(t).copy_(&row);
+            }
+        });
     }
 
     /// Token embeddings: (B, T) ids to (B, T, C).
@@ -415,7 +438,7 @@ impl Gpt2 {
         train: bool,
     ) -> Tensor {
         let pos = Tensor::embedding(&self.wpe, position_ids, -1, false, false); // (B, T, C)
-        let mut x = (embeds + pos).dropout(self.config.embd_pdrop, train);
+        let mut x = (embeds + pos).to_kind(self.compute).dropout(self.config.embd_pdrop, train);
         for (layer, block) in self.h.iter().enumerate() {
             x = block.forward(&x, bias, layer, cache.as_deref_mut(), train);
         }
@@ -424,7 +447,7 @@ impl Gpt2 {
 
     /// The tied LM head: hidden states (..., C) to logits (..., V).
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
-        hidden.matmul(&self.wte.tr())
+        hidden.matmul(&self.wte.to_kind(hidden.kind()).tr())
     }
 
     /// A plain forward over token ids: returns (logits (B, T, V), hidden (B, T, C)).

@@ -166,7 +166,7 @@ pub struct TrainConfig {
     pub seed: u64,
     /// `cpu` or `cuda:N`.
     pub device: String,
-    /// bf16 autocast (CUDA only).
+    /// Compute in bf16 with f32 master weights (CUDA only).
     pub bf16: bool,
     /// Torch intra-op threads (0 = leave the default).
     pub threads: usize,
@@ -256,9 +256,7 @@ impl RunConfig {
         if t.lr.is_nan() || t.lr <= 0.0 || t.weight_decay < 0.0 {
             return Err("train.lr must be positive and train.weight_decay non-negative".into());
         }
-        if t.device != "cpu" && !t.device.starts_with("cuda") {
-            return Err(format!("train.device must be `cpu` or `cuda:N`, not {:?}", t.device));
-        }
+        parse_device(&t.device)?;
         if t.bf16 && t.device == "cpu" {
             return Err("train.bf16 needs a CUDA device".into());
         }
@@ -300,11 +298,21 @@ impl RunConfig {
         self.output_dir.join(&self.name)
     }
 
-    /// The device named by `train.device`.
+    /// The device named by `train.device` (validated at load).
     pub fn device(&self) -> tch::Device {
-        match self.train.device.strip_prefix("cuda") {
-            None => tch::Device::Cpu,
-            Some(rest) => tch::Device::Cuda(rest.trim_start_matches(':').parse().unwrap_or(0)),
+        parse_device(&self.train.device).expect("validated at load")
+    }
+}
+
+/// `cpu`, `cuda` (device 0) or `cuda:N`.
+fn parse_device(name: &str) -> Result<tch::Device, String> {
+    let bad = || format!("train.device must be `cpu`, `cuda` or `cuda:N`, not {name:?}");
+    match name {
+        "cpu" => Ok(tch::Device::Cpu),
+        "cuda" => Ok(tch::Device::Cuda(0)),
+        _ => {
+            let index = name.strip_prefix("cuda:").ok_or_else(bad)?;
+            index.parse().map(tch::Device::Cuda).map_err(|_| bad())
         }
     }
 }

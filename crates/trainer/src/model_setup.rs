@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use coconut_curriculum::{Sample, Tokenizer};
+use coconut_curriculum::{Mode, Sample, Tokenizer};
 use coconut_model::{load_pretrained, Gpt2, Gpt2Config};
 use tch::{nn::VarStore, Device};
 
@@ -56,7 +56,27 @@ pub fn build_model(
     check_model_paths(config, config_path)?;
     let device = config.device();
     let m = &config.model;
-    if let Some(dir) = m.init_checkpoint.as_ref().or(m.pretrained.as_ref()) {
+    if let Some(dir) = &m.init_checkpoint {
+        let mut loaded = load_model_dir(dir, device, &m.latent_init_token)?;
+        let earlier_mode =
+            crate::checkpoint::read_state(dir).ok().map(|s| s.config.curriculum.mode);
+        if matches!(earlier_mode, Some(Mode::Cot | Mode::NoCot | Mode::NoThoughts)) {
+            // That run never fed the latent markers, but its softmax kept pushing their tied
+            // rows down. Start them afresh from the init token, as the reference does when
+            // Coconut starts from the CoT checkpoint.
+            let init = single_token(
+                &loaded.tokenizer,
+                &m.latent_init_token,
+                loaded.model.config().vocab_size,
+                dir,
+            )?;
+            let s = loaded.tokenizer.special();
+            let added = [s.start_latent, s.end_latent, s.latent, s.pause].map(i64::from);
+            loaded.model.copy_token_embedding(&added, init);
+        }
+        return Ok(loaded);
+    }
+    if let Some(dir) = &m.pretrained {
         return load_model_dir(dir, device, &m.latent_init_token);
     }
     // From scratch: a byte-level BPE trained on the training text, then a fresh GPT-2.
@@ -105,18 +125,24 @@ pub fn load_model_dir(
         if first_added as usize != model_vocab {
             return Err(mismatch());
         }
-        let init = match tokenizer.encode(init_token).as_slice() {
-            [id] => *id as i64,
-            other => {
-                return Err(TrainError::Config {
-                    path: tokenizer_path,
-                    message: format!(
-                        "latent_init_token {init_token:?} is not a single token ({other:?})"
-                    ),
-                })
-            }
-        };
+        let init = single_token(&tokenizer, init_token, model_vocab, dir)?;
         model.resize_token_embeddings(tok_vocab, init);
     }
     Ok(LoadedModel { vs, model, tokenizer })
+}
+
+/// The id of `token`, which must be a single token the model already had.
+fn single_token(
+    tokenizer: &Tokenizer,
+    token: &str,
+    model_vocab: usize,
+    dir: &Path,
+) -> Result<i64, TrainError> {
+    match tokenizer.encode(token).as_slice() {
+        [id] if (*id as usize) < model_vocab => Ok(*id as i64),
+        other => Err(TrainError::Config {
+            path: dir.join(TOKENIZER_FILE),
+            message: format!("latent_init_token {token:?} must be one token the model already has, not {other:?}"),
+        }),
+    }
 }

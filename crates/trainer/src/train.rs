@@ -120,22 +120,54 @@ impl Trainer {
         let valid_samples = load_samples(&config.data.valid)?;
         let adamw = adamw_config(&config);
 
+        // Resume from the newest checkpoint that loads. A run folder that holds checkpoints
+        // is never started afresh over them: that would mix two runs and prune the new one.
+        let existing = list_checkpoints(&run_dir.join("checkpoints"));
         let mut resumed = None;
+        let mut failures = Vec::new();
         if config.train.resume {
-            for ckpt in list_checkpoints(&run_dir.join("checkpoints")).iter().rev() {
+            for ckpt in existing.iter().rev() {
                 match load_checkpoint(ckpt, config.device(), adamw) {
                     Ok(found) => {
                         tracing::info!("resuming from {}", ckpt.display());
                         resumed = Some(found);
                         break;
                     }
-                    Err(e) => tracing::warn!("skipping unreadable checkpoint: {e}"),
+                    Err(e) => {
+                        tracing::warn!("skipping unreadable checkpoint: {e}");
+                        failures.push(e.to_string());
+                    }
                 }
             }
         }
+        if resumed.is_none() && !existing.is_empty() {
+            let why = if config.train.resume {
+                format!("none of its checkpoints loads ({})", failures.join("; "))
+            } else {
+                "train.resume is false".to_string()
+            };
+            return Err(TrainError::Config {
+                path: config_path.to_path_buf(),
+                message: format!(
+                    "{} already holds checkpoints and {why}: choose another name or output_dir, or move that folder away",
+                    run_dir.display()
+                ),
+            });
+        }
         let (loaded, optimizer, state) = match resumed {
             Some((loaded, optimizer, mut state)) => {
-                // The checkpoint's position, this file's settings (e.g. more epochs).
+                let changed = incompatible_changes(&state.config, &config);
+                if !changed.is_empty() {
+                    return Err(TrainError::Config {
+                        path: config_path.to_path_buf(),
+                        message: format!(
+                            "the run in {} was trained with other settings ({}); resuming would not continue the same run",
+                            run_dir.display(),
+                            changed.join(", ")
+                        ),
+                    });
+                }
+                // The checkpoint's position, this file's harmless settings (e.g. more epochs).
                 state.config = config.clone();
                 (loaded, optimizer, state)
             }
@@ -152,8 +184,48 @@ impl Trainer {
                 (loaded, optimizer, state)
             }
         };
+        let mut loaded = loaded;
+        if config.train.bf16 {
+            loaded.model.set_compute_kind(Kind::BFloat16);
+        }
         let train = tokenize_samples(&loaded.tokenizer, &train_samples);
         let valid = tokenize_samples(&loaded.tokenizer, &valid_samples);
+        let positions = loaded.model.config().n_positions;
+        let longest = |samples: &[TokenizedSample]| {
+            samples
+                .iter()
+                .map(|s| {
+                    // The longest form a sample takes: every step kept, plus the most thoughts.
+                    s.question.len()
+                        + s.steps.iter().map(Vec::len).sum::<usize>()
+                        + s.answer.len()
+                        + config.curriculum.max_thoughts()
+                        + 2
+                })
+                .enumerate()
+                .max_by_key(|&(_, len)| len)
+        };
+        let used_valid = match config.data.max_valid_samples {
+            0 => valid.len(),
+            n => n.min(valid.len()),
+        };
+        for (file, samples, extra) in [
+            (&config.data.train, &train[..], 0),
+            (&config.data.valid, &valid[..used_valid], config.eval.max_new_tokens),
+        ] {
+            if let Some((index, len)) = longest(samples) {
+                if len + extra > positions {
+                    return Err(TrainError::Config {
+                        path: config_path.to_path_buf(),
+                        message: format!(
+                            "sample {index} of {} needs {} positions (with eval.max_new_tokens for validation), the model has {positions}: raise model.n_positions or shorten the data",
+                            file.display(),
+                            len + extra
+                        ),
+                    });
+                }
+            }
+        }
         Ok(Self { config, loaded, valid_samples, train, valid, optimizer, state, run_dir })
     }
 
@@ -278,7 +350,7 @@ impl Trainer {
                 if device_batch.supervised_tokens() == 0 {
                     continue;
                 }
-                let loss = self.autocast(|| coconut_loss(&self.loaded.model, &device_batch, true));
+                let loss = coconut_loss(&self.loaded.model, &device_batch, true);
                 // Weight each micro-batch by its share of the samples of the step.
                 let weight = indices.len() as f64 / total_samples as f64;
                 (&loss * weight).backward();
@@ -352,29 +424,18 @@ impl Trainer {
             0 => self.valid.len(),
             n => n.min(self.valid.len()),
         };
-        self.autocast(|| {
-            teacher_forced_loss(
-                &self.loaded,
-                &self.config.curriculum,
-                &self.valid[..n],
-                stage,
-                self.config.eval.batch_size,
-            )
-        })
+        teacher_forced_loss(
+            &self.loaded,
+            &self.config.curriculum,
+            &self.valid[..n],
+            stage,
+            self.config.eval.batch_size,
+        )
     }
 
     /// The tokenized validation samples.
     pub fn valid_tokenized(&self) -> &[TokenizedSample] {
         &self.valid
-    }
-
-    /// Runs `f` under bf16 autocast when configured (CUDA only).
-    fn autocast<T>(&self, f: impl FnOnce() -> T) -> T {
-        if self.config.train.bf16 {
-            tch::autocast(true, f)
-        } else {
-            f()
-        }
     }
 }
 
@@ -409,6 +470,42 @@ pub fn teacher_forced_loss(
         }
     });
     total / tokens.max(1) as f64
+}
+
+/// The settings that differ between a checkpoint's run config and a new one, other than
+/// those that may change when a run is resumed (epochs, evaluation, threads, device,
+/// checkpoint frequency and retention, logging).
+fn incompatible_changes(old: &RunConfig, new: &RunConfig) -> Vec<String> {
+    let neutral = |c: &RunConfig| {
+        let mut c = c.clone();
+        c.train.num_epochs = 0;
+        c.train.threads = 0;
+        c.train.device = String::new();
+        c.train.bf16 = false;
+        c.train.save_every_steps = 0;
+        c.train.keep_last = 0;
+        c.train.save_only_improve = false;
+        c.train.log_every_steps = 0;
+        c.data.max_valid_samples = 0;
+        c.eval = Default::default();
+        serde_json::to_value(c).expect("the config serialises")
+    };
+    let (a, b) = (neutral(old), neutral(new));
+    let mut changed = Vec::new();
+    for section in ["name", "output_dir", "data", "model", "curriculum", "train"] {
+        match (&a[section], &b[section]) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                for key in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                    if x.get(key) != y.get(key) {
+                        changed.push(format!("{section}.{key}"));
+                    }
+                }
+            }
+            (x, y) if x != y => changed.push(section.to_string()),
+            _ => {}
+        }
+    }
+    changed
 }
 
 fn adamw_config(config: &RunConfig) -> AdamWConfig {

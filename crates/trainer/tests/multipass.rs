@@ -172,3 +172,20 @@ fn a_later_token_does_not_change_earlier_thoughts() {
     changed.input_ids[first_real] = (changed.input_ids[first_real] + 5) % 38 + 1;
     assert!(!before.equal(&thoughts(&changed)));
 }
+
+#[test]
+fn bf16_compute_keeps_f32_weights_and_tracks_the_f32_loss() {
+    let (vs, mut model) = tiny_model();
+    let batch = DeviceBatch::new(&latent_batch(), Device::Cpu, Kind::Float);
+    let f32_loss = coconut_loss(&model, &batch, true).double_value(&[]);
+    model.set_compute_kind(Kind::BFloat16);
+    let bf16_loss = coconut_loss(&model, &batch, true);
+    bf16_loss.backward();
+    let b = bf16_loss.double_value(&[]);
+    assert!((b - f32_loss).abs() < 0.02 * f32_loss, "bf16 {b} vs f32 {f32_loss}");
+    // Gradients reach the f32 master weights.
+    for (name, v) in vs.variables() {
+        assert_eq!(v.kind(), Kind::Float, "{name}");
+        assert_eq!(v.grad().kind(), Kind::Float, "{name}");
+    }
+}

@@ -26,6 +26,7 @@ n_layer = 2
 n_embd = 48
 n_head = 2
 vocab_size = 300
+n_positions = 1024
 [curriculum]
 mode = "coconut"
 max_latent_stage = 2
