@@ -120,9 +120,34 @@ impl Gpt2Config {
 /// The keys and values of every layer for the positions processed so far, kept outside the
 /// model so that the caller decides what to keep: Coconut runs one pass per thought and each
 /// pass attends to everything before it.
+///
+/// With gradients (training) each forward call's keys and values stay a chunk of their own:
+/// concatenating them would keep a full copy of the prefix alive for the backward pass at
+/// every thought, so attention reads the chunks side by side instead. Without gradients
+/// (decoding) they are written into a preallocated buffer that grows by doubling, so a new
+/// token costs no copy of the past.
 #[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>, // per layer: (B, nh, T_past, hs) twice
+    layers: Vec<LayerCache>,
+}
+
+#[derive(Debug, Default)]
+struct LayerCache {
+    chunks: Vec<(Tensor, Tensor)>, // with gradients: (B, nh, T_chunk, hs) twice, per call
+    buffer: Option<(Tensor, Tensor)>, // without: (B, nh, capacity, hs) twice
+    len: i64,                      // positions held
+}
+
+impl LayerCache {
+    /// Everything held, as chunks.
+    fn views(&self) -> Vec<(Tensor, Tensor)> {
+        match &self.buffer {
+            Some((k, v)) => vec![(k.narrow(2, 0, self.len), v.narrow(2, 0, self.len))],
+            None => {
+                self.chunks.iter().map(|(k, v)| (k.shallow_clone(), v.shallow_clone())).collect()
+            }
+        }
+    }
 }
 
 impl KvCache {
@@ -133,10 +158,7 @@ impl KvCache {
 
     /// Number of cached positions (columns).
     pub fn len(&self) -> i64 {
-        match self.layers.first() {
-            Some(Some((k, _))) => k.size()[2],
-            _ => 0,
-        }
+        self.layers.first().map_or(0, |l| l.len)
     }
 
     /// Whether nothing is cached yet.
@@ -146,32 +168,66 @@ impl KvCache {
 
     /// Keeps the first `len` positions and drops the rest.
     pub fn truncate(&mut self, len: i64) {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.narrow(2, 0, len);
-            *v = v.narrow(2, 0, len);
+        for layer in &mut self.layers {
+            if layer.buffer.is_none() && !layer.chunks.is_empty() {
+                let (k, v) = concat(&layer.chunks);
+                layer.chunks = vec![(k.narrow(2, 0, len), v.narrow(2, 0, len))];
+            }
+            layer.len = layer.len.min(len);
         }
     }
 
-    /// Appends the new keys and values of `layer` and returns all of them.
-    pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+    /// Appends the new keys and values of `layer` and returns everything that layer holds.
+    pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Vec<(Tensor, Tensor)> {
         if self.layers.len() <= layer {
-            self.layers.resize_with(layer + 1, || None);
+            self.layers.resize_with(layer + 1, LayerCache::default);
         }
-        let (k, v) = match self.layers[layer].take() {
-            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)),
-            None => (k, v),
-        };
-        self.layers[layer] = Some((k.shallow_clone(), v.shallow_clone()));
-        (k, v)
+        let cache = &mut self.layers[layer];
+        let t = k.size()[2];
+        if k.requires_grad() || !cache.chunks.is_empty() {
+            if let Some((kb, vb)) = cache.buffer.take() {
+                cache.chunks.push((kb.narrow(2, 0, cache.len), vb.narrow(2, 0, cache.len)));
+            }
+            cache.chunks.push((k, v));
+            cache.len += t;
+            return cache.views();
+        }
+        let capacity = cache.buffer.as_ref().map_or(0, |(kb, _)| kb.size()[2]);
+        if cache.len + t > capacity {
+            let mut size = k.size();
+            size[2] = (2 * (cache.len + t)).max(64);
+            let grown = (
+                Tensor::zeros(&size, (k.kind(), k.device())),
+                Tensor::zeros(&size, (v.kind(), v.device())),
+            );
+            if let Some((kb, vb)) = &cache.buffer {
+                grown.0.narrow(2, 0, cache.len).copy_(&kb.narrow(2, 0, cache.len));
+                grown.1.narrow(2, 0, cache.len).copy_(&vb.narrow(2, 0, cache.len));
+            }
+            cache.buffer = Some(grown);
+        }
+        let (kb, vb) = cache.buffer.as_ref().expect("allocated above");
+        kb.narrow(2, cache.len, t).copy_(&k);
+        vb.narrow(2, cache.len, t).copy_(&v);
+        cache.len += t;
+        cache.views()
     }
 
     /// Selects rows of the batch (for example the rows still decoding).
     pub fn index_rows(&mut self, rows: &Tensor) {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(0, rows);
-            *v = v.index_select(0, rows);
+        for layer in &mut self.layers {
+            for (k, v) in layer.chunks.iter_mut().chain(layer.buffer.iter_mut()) {
+                *k = k.index_select(0, rows);
+                *v = v.index_select(0, rows);
+            }
         }
     }
+}
+
+/// The chunks of one layer as one (keys, values) pair.
+fn concat(chunks: &[(Tensor, Tensor)]) -> (Tensor, Tensor) {
+    let (ks, vs): (Vec<&Tensor>, Vec<&Tensor>) = chunks.iter().map(|(k, v)| (k, v)).unzip();
+    (Tensor::cat(&ks, 2), Tensor::cat(&vs, 2))
 }
 
 /// Builds the additive attention bias for a whole sequence: causal plus key padding.
@@ -280,25 +336,55 @@ impl Attention {
         let qkv = self.c_attn.forward(x).split(c, 2); // 3 x (B, T, C)
         let (q, k, v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
         // With a cache, the new keys and values join those of every earlier position.
-        let (k, v) = match cache {
-            Some(cache) => cache.append(layer, k, v), // (B, nh, T_past + T, hs)
-            None => (k, v),
+        let chunks = match cache {
+            Some(cache) => cache.append(layer, k, v),
+            None => vec![(k, v)],
         };
         let dropout = if train { self.attn_pdrop } else { 0.0 };
-        let bias = bias.to_kind(q.kind()); // SDPA wants the mask in the compute kind
-        let y = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            Some(&bias),
-            dropout,
-            false,
-            None,
-            false,
-        ); // (B, nh, T, hs)
+        let bias = bias.to_kind(q.kind()); // (B, 1, T, T_past + T), in the compute kind
+        let y = match chunks.as_slice() {
+            [(k, v)] => Tensor::scaled_dot_product_attention(
+                &q,
+                k,
+                v,
+                Some(&bias),
+                dropout,
+                false,
+                None,
+                false,
+            ),
+            _ => chunked_attention(&q, &chunks, &bias, dropout, train),
+        }; // (B, nh, T, hs)
         let y = y.transpose(1, 2).contiguous().view([b, t, c]); // (B, T, C)
         self.c_proj.forward(&y).dropout(self.resid_pdrop, train)
     }
+}
+
+/// Attention over keys and values held in several chunks, without concatenating them:
+/// softmax(q K^T / sqrt(hs) + bias) V with the scores of every chunk side by side.
+fn chunked_attention(
+    q: &Tensor,
+    chunks: &[(Tensor, Tensor)],
+    bias: &Tensor,
+    dropout: f64,
+    train: bool,
+) -> Tensor {
+    let hs = *q.size().last().expect("(B, nh, T, hs)");
+    let scores: Vec<Tensor> = chunks.iter().map(|(k, _)| q.matmul(&k.transpose(-2, -1))).collect(); // (B, nh, T, T_chunk) each
+    let scores = Tensor::cat(&scores, -1) / (hs as f64).sqrt() + bias; // (B, nh, T, T_all)
+    let probs = scores.softmax(-1, scores.kind()).dropout(dropout, train);
+    let mut start = 0;
+    let mut y: Option<Tensor> = None;
+    for (_, v) in chunks {
+        let len = v.size()[2];
+        let part = probs.narrow(-1, start, len).matmul(v); // (B, nh, T, hs)
+        y = Some(match y {
+            Some(acc) => acc + part,
+            None => part,
+        });
+        start += len;
+    }
+    y.expect("at least one chunk")
 }
 
 /// The position-wise feed-forward network.
