@@ -188,7 +188,9 @@ impl KvCache {
             if let Some((kb, vb)) = cache.buffer.take() {
                 cache.chunks.push((kb.narrow(2, 0, cache.len), vb.narrow(2, 0, cache.len)));
             }
-            cache.chunks.push((k, v));
+            // Contiguous chunks let every later pass's matmuls read them in place (a strided
+            // view would be copied, and the copy kept for the backward pass, at every pass).
+            cache.chunks.push((k.contiguous(), v.contiguous()));
             cache.len += t;
             return cache.views();
         }
