@@ -90,7 +90,6 @@ pub fn write_report(
     metrics: &EvalMetrics,
     predictions: &[Prediction],
     thoughts: &[SampleThoughts],
-    _session_seconds: f64,
 ) -> Result<()> {
     let curves = read_curves(&run_dir.join("metrics.jsonl"))?;
     let mut per_stage: Vec<StageRow> = Vec::new();

@@ -1,7 +1,6 @@
 //! `train-all-stages` and `compare`: a config's whole schedule, its evaluations and report.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use coconut_curriculum::{load_samples, tokenize_samples, Mode};
@@ -29,7 +28,6 @@ pub fn load_config(path: Option<&Path>) -> Result<(RunConfig, PathBuf)> {
 pub fn train_all_stages(config: RunConfig, config_path: &Path) -> Result<PathBuf> {
     check_model_paths(&config, config_path)?;
     data::ensure_generated(&config)?;
-    let started = Instant::now();
     let mut trainer = Trainer::new(config.clone(), config_path)?;
     let device = config.device();
     let limit = match config.data.max_valid_samples {
@@ -104,15 +102,7 @@ pub fn train_all_stages(config: RunConfig, config_path: &Path) -> Result<PathBuf
         .collect();
     std::fs::write(run_dir.join("thoughts.json"), serde_json::to_string_pretty(&thoughts)?)?;
     std::fs::write(run_dir.join("thoughts.md"), thoughts_report(&thoughts))?;
-    report::write_report(
-        &run_dir,
-        &config,
-        split,
-        &metrics,
-        &predictions,
-        &thoughts,
-        started.elapsed().as_secs_f64(),
-    )?;
+    report::write_report(&run_dir, &config, split, &metrics, &predictions, &thoughts)?;
     println!(
         "\n{}",
         comparison_table(&[TableRow { method: format!("{} ({split})", config.name), metrics }])
