@@ -103,3 +103,19 @@ trait Tap: Sized {
     }
 }
 impl<T> Tap for T {}
+
+#[test]
+fn a_diverging_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let out = tempfile::tempdir().unwrap();
+    // A learning rate this large sends the weights to infinity after the first update.
+    let mut cfg = config(out.path(), 2, "save_every_steps = 1\nkeep_last = 0");
+    cfg.train.lr = 1e30;
+    cfg.data.max_train_samples = 12;
+    let err =
+        Trainer::new(cfg.clone(), Path::new("test.toml")).unwrap().run(&mut no_eval).unwrap_err();
+    let coconut_trainer::TrainError::NonFiniteLoss { step, .. } = err else { panic!("{err}") };
+    let ckpts = list_checkpoints(&cfg.run_dir().join("checkpoints"));
+    assert!(!ckpts.is_empty(), "the checkpoint before the divergence is kept");
+    let last = read_state(ckpts.last().unwrap()).unwrap();
+    assert!(last.global_step <= step);
+}
