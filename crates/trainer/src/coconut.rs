@@ -57,8 +57,7 @@ impl DeviceBatch {
         let tensor = |v: &[i64]| Tensor::from_slice(v).view([b, t]).to_device(device);
         let attention_mask = tensor(&batch.attention_mask);
         let n = batch.max_latents();
-        let first_latent =
-            batch.latent_columns.iter().find_map(|c| c.first()).map_or(t, |&c| c as i64);
+        let first_latent = batch.first_latent_column().map_or(t, |c| c as i64);
         let has_latent = (0..n)
             .map(|i| {
                 let rows: Vec<bool> = batch.latent_columns.iter().map(|c| c.len() > i).collect();
