@@ -309,8 +309,7 @@ fn measure(
         let t2 = Instant::now();
         let loss = coconut_loss(&model, &device_batch, true);
         let t3 = Instant::now();
-        optimizer.zero_grad();
-        loss.backward();
+        optimizer.backward(&loss);
         let t4 = Instant::now();
         optimizer.step();
         let t5 = Instant::now();

@@ -102,6 +102,39 @@ pub fn batches(
     order.chunks(batch_size).map(<[usize]>::to_vec).collect()
 }
 
+/// Batches of one epoch whose rows have similar lengths, so that little of a batch is
+/// padding (the `group_by_length` of other trainers).
+///
+/// `shape[i]` is sample i's (columns before its first latent, columns from there on): the
+/// two amounts a training batch pads (on the left to line up the latents, on the right to
+/// the longest). The epoch's shuffled order is cut into windows of
+/// [`LENGTH_GROUP_WINDOW`] batches; each window is sorted by shape and cut into batches, and
+/// the batches of the whole epoch are shuffled again. Every index appears once; with the
+/// same seed and epoch the result is the same.
+pub fn length_grouped_batches(
+    shape: &[(usize, usize)],
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
+    assert!(batch_size > 0, "batch_size must be at least 1");
+    let order: Vec<usize> = batches(shape.len(), batch_size, Some(seed), epoch).concat();
+    let mut grouped: Vec<Vec<usize>> = Vec::with_capacity(order.len().div_ceil(batch_size));
+    for window in order.chunks(batch_size * LENGTH_GROUP_WINDOW) {
+        let mut window = window.to_vec();
+        window.sort_by_key(|&i| shape[i]); // stable: ties keep the shuffled order
+        grouped.extend(window.chunks(batch_size).map(<[usize]>::to_vec));
+    }
+    // Without this, batches of one window would come in length order.
+    let mixed = !seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    grouped.shuffle(&mut StdRng::seed_from_u64(mixed));
+    grouped
+}
+
+/// Batches per sorting window of [`length_grouped_batches`]: large enough that neighbours
+/// in a window have close lengths, small enough that a batch is still a random draw.
+pub const LENGTH_GROUP_WINDOW: usize = 50;
+
 /// One row before padding: `left_pad` pads, then `ids`, then right padding.
 struct Row<'a> {
     left_pad: usize,
@@ -244,6 +277,34 @@ mod tests {
         assert_eq!(b.latent_columns, [vec![6, 7], vec![6, 7]]);
         assert_eq!(b.supervised_tokens(), 0);
         assert!(b.labels.iter().all(|&l| l == -100));
+    }
+
+    #[test]
+    fn length_grouped_batches_cover_every_index_and_cut_padding() {
+        // Question lengths 10..60 and answer lengths 5..25, in no particular order.
+        let shape: Vec<(usize, usize)> =
+            (0..1000).map(|i| (10 + (i * 37) % 50, 5 + (i * 11) % 20)).collect();
+        let padded = |batches: &[Vec<usize>]| -> usize {
+            batches
+                .iter()
+                .map(|b| {
+                    let left = b.iter().map(|&i| shape[i].0).max().unwrap();
+                    let right = b.iter().map(|&i| shape[i].1).max().unwrap();
+                    b.len() * (left + right)
+                })
+                .sum()
+        };
+        let grouped = length_grouped_batches(&shape, 16, 7, 2);
+        let mut all: Vec<usize> = grouped.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>());
+        assert_eq!(grouped.iter().filter(|b| b.len() != 16).count(), 1); // 1000 = 62 * 16 + 8
+        let plain = batches(1000, 16, Some(7), 2);
+        let real: usize = shape.iter().map(|(a, b)| a + b).sum();
+        let (grouped_pad, plain_pad) = (padded(&grouped) - real, padded(&plain) - real);
+        assert!(grouped_pad * 3 < plain_pad, "padding {grouped_pad} vs {plain_pad} ungrouped");
+        assert_eq!(grouped, length_grouped_batches(&shape, 16, 7, 2));
+        assert_ne!(grouped, length_grouped_batches(&shape, 16, 7, 3));
     }
 
     #[test]

@@ -16,7 +16,9 @@ pub mod data;
 pub mod error;
 pub mod tokenizer;
 
-pub use batch::{batches, collate_prompts, collate_training, Batch};
+pub use batch::{
+    batches, collate_prompts, collate_training, length_grouped_batches, Batch, LENGTH_GROUP_WINDOW,
+};
 pub use curriculum::{
     eval_prompt, sample_stage, tokenize_samples, training_sample, CurriculumConfig, Mode,
     StagedSample, TokenizedSample, IGNORE_INDEX,

@@ -13,6 +13,7 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
 
+use crate::data::Sample;
 use crate::error::CurriculumError;
 
 /// Opens the continuous-thought span (the paper's `<bot>`).
@@ -119,6 +120,19 @@ impl Tokenizer {
             message: e.to_string(),
         })?;
         Self::with_added_tokens(inner, context)
+    }
+
+    /// [`Tokenizer::train`] on the text of `samples` as the model reads it: question, steps
+    /// and `### answer`, one per line.
+    pub fn train_on_samples(
+        samples: &[Sample],
+        vocab_size: usize,
+    ) -> Result<Self, CurriculumError> {
+        let texts: Vec<String> = samples
+            .iter()
+            .map(|s| format!("{}\n{}\n### {}", s.question, s.steps.join("\n"), s.answer))
+            .collect();
+        Self::train(&texts, vocab_size)
     }
 
     /// Writes the tokenizer as a HF `tokenizer.json`; [`Tokenizer::from_file`] reloads it with

@@ -59,8 +59,10 @@ pub fn generate(
         let batch = collate_prompts(prompts, special);
         let device_batch = DeviceBatch::new(&batch, device, Kind::Float);
         let mut cache = KvCache::new();
-        let hidden = latent_hidden_states(model, &device_batch, &mut cache, false); // (B, T, C)
-        let mut logits = model.lm_head(&hidden.narrow(1, -1, 1)).squeeze_dim(1); // (B, V)
+        // Decoding continues from the last column: it is the only hidden state read.
+        let last = device_batch.input_ids.size()[1] - 1;
+        let hidden = latent_hidden_states(model, &device_batch, &mut cache, false, last); // (B, 1, C)
+        let mut logits = model.lm_head(&hidden).squeeze_dim(1); // (B, V)
 
         // Never decode past the model's last position.
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);

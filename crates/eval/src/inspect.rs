@@ -50,8 +50,8 @@ pub fn inspect_thoughts(
     let columns = batch.latent_columns[0].clone();
     tch::no_grad(|| {
         let device_batch = DeviceBatch::new(&batch, device, Kind::Float);
-        let hidden =
-            latent_hidden_states(model, &device_batch, &mut KvCache::new(), false).squeeze_dim(0); // (T, C)
+        let hidden = latent_hidden_states(model, &device_batch, &mut KvCache::new(), false, 0)
+            .squeeze_dim(0); // (T, C)
         columns
             .iter()
             .enumerate()

@@ -324,6 +324,8 @@ impl Attention {
         }
     }
 
+    /// Attention of the queries of columns `[queries_from, T)` over every key: returns
+    /// (B, T - queries_from, C). Keys and values are computed (and cached) for all T columns.
     fn forward(
         &self,
         x: &Tensor,
@@ -331,19 +333,27 @@ impl Attention {
         layer: usize,
         cache: Option<&mut KvCache>,
         train: bool,
+        queries_from: i64,
     ) -> Tensor {
         let (b, t, c) = x.size3().expect("attention input must be (B, T, C)");
-        let hs = c / self.n_head;
-        let heads = |z: &Tensor| z.view([b, t, self.n_head, hs]).transpose(1, 2); // (B, nh, T, hs)
+        let (hs, tq) = (c / self.n_head, t - queries_from);
+        let heads = |z: &Tensor| {
+            let len = z.size()[1];
+            z.view([b, len, self.n_head, hs]).transpose(1, 2) // (B, nh, len, hs)
+        };
         let qkv = self.c_attn.forward(x).split(c, 2); // 3 x (B, T, C)
-        let (q, k, v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
+        let q = heads(&qkv[0].narrow(1, queries_from, tq)); // (B, nh, tq, hs)
+        let (k, v) = (heads(&qkv[1]), heads(&qkv[2]));
         // With a cache, the new keys and values join those of every earlier position.
         let chunks = match cache {
             Some(cache) => cache.append(layer, k, v),
             None => vec![(k, v)],
         };
         let dropout = if train { self.attn_pdrop } else { 0.0 };
-        let bias = bias.to_kind(q.kind()); // (B, 1, T, T_past + T), in the compute kind
+        // (B, 1, tq, T_past + T), in the compute kind (a bias broadcast over queries stays so)
+        let bias =
+            if queries_from > 0 { bias.narrow(2, queries_from, tq) } else { bias.shallow_clone() };
+        let bias = bias.to_kind(q.kind());
         let y = match chunks.as_slice() {
             [(k, v)] => Tensor::scaled_dot_product_attention(
                 &q,
@@ -357,7 +367,7 @@ impl Attention {
             ),
             _ => chunked_attention(&q, &chunks, &bias, dropout, train),
         }; // (B, nh, T, hs)
-        let y = y.transpose(1, 2).contiguous().view([b, t, c]); // (B, T, C)
+        let y = y.transpose(1, 2).contiguous().view([b, tq, c]); // (B, tq, C)
         self.c_proj.forward(&y).dropout(self.resid_pdrop, train)
     }
 }
@@ -438,6 +448,8 @@ impl Block {
         }
     }
 
+    /// The block's output for columns `[outputs_from, T)`, (B, T - outputs_from, C); the
+    /// keys and values of every column still enter the cache.
     fn forward(
         &self,
         x: &Tensor,
@@ -445,8 +457,11 @@ impl Block {
         layer: usize,
         cache: Option<&mut KvCache>,
         train: bool,
+        outputs_from: i64,
     ) -> Tensor {
-        let x = x + self.attn.forward(&self.ln_1.forward(x), bias, layer, cache, train);
+        let attn =
+            self.attn.forward(&self.ln_1.forward(x), bias, layer, cache, train, outputs_from);
+        let x = x.narrow(1, outputs_from, x.size()[1] - outputs_from) + attn;
         &x + self.mlp.forward(&self.ln_2.forward(&x), train)
     }
 }
@@ -522,15 +537,39 @@ impl Gpt2 {
         embeds: &Tensor,
         position_ids: &Tensor,
         bias: &Tensor,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         train: bool,
     ) -> Tensor {
+        self.forward_embeds_from(embeds, position_ids, bias, cache, train, 0)
+    }
+
+    /// [`Gpt2::forward_embeds`] when only the hidden states of columns `[outputs_from, T)`
+    /// are read: returns (B, T - outputs_from, C), equal to the full result's last columns.
+    ///
+    /// Nothing after the last block's keys and values depends on an earlier column, so the
+    /// last block runs its queries, attention output and MLP for the read columns only.
+    /// With two layers and a loss on the answer alone that skips about a third of the work
+    /// of a training step; a prompt's forward before decoding needs one column. Every
+    /// column's keys and values still enter the cache.
+    pub fn forward_embeds_from(
+        &self,
+        embeds: &Tensor,
+        position_ids: &Tensor,
+        bias: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        train: bool,
+        outputs_from: i64,
+    ) -> Tensor {
+        let t = embeds.size()[1];
+        assert!((0..t).contains(&outputs_from), "outputs_from {outputs_from} outside 0..{t}");
         let pos = Tensor::embedding(&self.wpe, position_ids, -1, false, false); // (B, T, C)
         let mut x = (embeds + pos).to_kind(self.compute).dropout(self.config.embd_pdrop, train);
+        let last = self.h.len() - 1;
         for (layer, block) in self.h.iter().enumerate() {
-            x = block.forward(&x, bias, layer, cache.as_deref_mut(), train);
+            let from = if layer == last { outputs_from } else { 0 };
+            x = block.forward(&x, bias, layer, cache.as_deref_mut(), train, from);
         }
-        self.ln_f.forward(&x)
+        self.ln_f.forward(&x) // (B, T - outputs_from, C)
     }
 
     /// The tied LM head: hidden states (..., C) to logits (..., V).

@@ -133,6 +133,79 @@ fn cached_decoding_equals_full_recomputation() {
 }
 
 #[test]
+fn reading_only_the_last_columns_changes_neither_them_nor_the_cache() {
+    let (_vs, model) = fixture_model();
+    let r = reference();
+    let (ids, mask, pos) =
+        (&r["decode.input_ids"], &r["decode.attention_mask"], &r["decode.position_ids"]);
+    let bias = causal_bias(mask, Kind::Float);
+    let t = ids.size()[1];
+    let mut full_cache = KvCache::new();
+    let full = model.forward_embeds(&model.embed(ids), pos, &bias, Some(&mut full_cache), false);
+    for from in [1, t / 2, t - 1] {
+        let mut cache = KvCache::new();
+        let part =
+            model.forward_embeds_from(&model.embed(ids), pos, &bias, Some(&mut cache), false, from);
+        assert_eq!(part.size(), [ids.size()[0], t - from, full.size()[2]]);
+        assert!(max_diff(&part, &full.narrow(1, from, t - from)) < 1e-5, "from {from}");
+        // One more decoded column sees the same keys and values either way.
+        let next = ids.narrow(1, 0, 1);
+        let next_pos = pos.narrow(1, -1, 1) + 1;
+        let next_mask = Tensor::cat(&[mask, &mask.narrow(1, 0, 1).ones_like()], 1);
+        let step_bias = padding_bias(&next_mask, Kind::Float);
+        let mut reference_cache = KvCache::new();
+        let _ =
+            model.forward_embeds(&model.embed(ids), pos, &bias, Some(&mut reference_cache), false);
+        let a = model.forward_embeds(
+            &model.embed(&next),
+            &next_pos,
+            &step_bias,
+            Some(&mut cache),
+            false,
+        );
+        let b = model.forward_embeds(
+            &model.embed(&next),
+            &next_pos,
+            &step_bias,
+            Some(&mut reference_cache),
+            false,
+        );
+        assert!(max_diff(&a, &b) < 1e-5, "decoding after from {from}");
+    }
+}
+
+#[test]
+fn reading_only_the_last_columns_gives_the_same_gradients() {
+    let (vs, model) = fixture_model();
+    let r = reference();
+    let (ids, mask, pos) =
+        (&r["decode.input_ids"], &r["decode.attention_mask"], &r["decode.position_ids"]);
+    let bias = causal_bias(mask, Kind::Float);
+    let t = ids.size()[1];
+    let grads = |hidden: Tensor| {
+        let mut vs_grads = Vec::new();
+        for (_, mut p) in vs.variables() {
+            p.zero_grad();
+        }
+        let weights = hidden.ones_like().cumsum(2, Kind::Float); // a loss that weighs every unit
+        (hidden * weights).sum(Kind::Float).backward();
+        let mut named: Vec<_> = vs.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, p) in named {
+            vs_grads.push((name, p.grad().copy()));
+        }
+        vs_grads
+    };
+    let full =
+        grads(model.forward_embeds(&model.embed(ids), pos, &bias, None, false).narrow(1, t - 2, 2));
+    let part = grads(model.forward_embeds_from(&model.embed(ids), pos, &bias, None, false, t - 2));
+    for ((name, a), (_, b)) in full.iter().zip(&part) {
+        assert!(max_diff(a, b) < 1e-5, "{name}: gradients differ");
+    }
+    assert!(full.iter().any(|(_, g)| g.abs().sum(Kind::Float).double_value(&[]) > 0.0));
+}
+
+#[test]
 fn save_then_load_gives_identical_tensors() {
     let (vs, model) = fixture_model();
     let dir = tempfile::tempdir().unwrap();

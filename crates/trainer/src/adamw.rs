@@ -22,11 +22,18 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
-/// The optimizer: the parameters by checkpoint name, their moments and the step count.
+/// The optimizer: the parameters by checkpoint name, their gradients, their moments and the
+/// step count.
+///
+/// The optimizer owns the gradients ([`AdamW::backward`]) rather than leaving them in each
+/// parameter's `.grad`: they exist from the backward pass to the update and no longer, so
+/// the next forward pass never shares memory with a model-sized set of stale gradients
+/// (PyTorch's `zero_grad(set_to_none=True)`).
 #[derive(Debug)]
 pub struct AdamW {
     config: AdamWConfig,
     params: BTreeMap<String, Tensor>,
+    grads: BTreeMap<String, Tensor>,
     exp_avg: BTreeMap<String, Tensor>,
     exp_avg_sq: BTreeMap<String, Tensor>,
     step: i64,
@@ -39,7 +46,7 @@ impl AdamW {
         let zeros = |p: &Tensor| tch::no_grad(|| p.zeros_like().to_kind(Kind::Float));
         let exp_avg = params.iter().map(|(n, p)| (n.clone(), zeros(p))).collect();
         let exp_avg_sq = params.iter().map(|(n, p)| (n.clone(), zeros(p))).collect();
-        Self { config, params, exp_avg, exp_avg_sq, step: 0 }
+        Self { config, params, grads: BTreeMap::new(), exp_avg, exp_avg_sq, step: 0 }
     }
 
     /// Forgets the moments (a new optimizer, as the paper does at a stage switch).
@@ -57,58 +64,75 @@ impl AdamW {
         self.step
     }
 
-    /// Sets every gradient to zero.
+    /// Drops the accumulated gradients.
     pub fn zero_grad(&mut self) {
-        for p in self.params.values_mut() {
-            p.zero_grad();
-        }
+        self.grads.clear();
+    }
+
+    /// Backpropagates `loss` and adds the parameters' gradients to those accumulated since
+    /// the last [`AdamW::zero_grad`] or [`AdamW::step`]. A parameter the loss does not
+    /// reach gets none (and is not updated, as in PyTorch).
+    pub fn backward(&mut self, loss: &Tensor) {
+        let params: Vec<&Tensor> = self.params.values().collect();
+        let grads = Tensor::run_backward(&[loss], &params, false, false);
+        tch::no_grad(|| {
+            for (name, g) in self.params.keys().zip(grads) {
+                if !g.defined() {
+                    continue;
+                }
+                match self.grads.get_mut(name) {
+                    Some(sum) => {
+                        let _ = sum.g_add_(&g);
+                    }
+                    None => {
+                        self.grads.insert(name.clone(), g);
+                    }
+                }
+            }
+        });
+    }
+
+    /// The accumulated gradient of parameter `name`, if the loss reached it.
+    pub fn grad(&self, name: &str) -> Option<&Tensor> {
+        self.grads.get(name)
     }
 
     /// Scales gradients so that their global norm is at most `max_norm`; returns the norm
     /// before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
         tch::no_grad(|| {
-            let norms: Vec<Tensor> = self
-                .params
-                .values()
-                .map(|p| p.grad())
-                .filter(|g| g.defined())
-                .map(|g| g.norm())
-                .collect();
+            let norms: Vec<Tensor> = self.grads.values().map(Tensor::norm).collect();
+            if norms.is_empty() {
+                return 0.0;
+            }
             let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
             if total > max_norm {
                 let scale = max_norm / (total + 1e-6);
-                for p in self.params.values() {
-                    let mut g = p.grad();
-                    if g.defined() {
-                        let _ = g.g_mul_scalar_(scale);
-                    }
+                for g in self.grads.values_mut() {
+                    let _ = g.g_mul_scalar_(scale);
                 }
             }
             total
         })
     }
 
-    /// One AdamW update from the accumulated gradients.
+    /// One AdamW update from the accumulated gradients, which it then drops.
     pub fn step(&mut self) {
         self.step += 1;
         let AdamWConfig { lr, betas: (b1, b2), eps, weight_decay } = self.config;
         let bias1 = 1.0 - b1.powi(self.step as i32);
         let bias2 = 1.0 - b2.powi(self.step as i32);
         tch::no_grad(|| {
-            for (name, p) in self.params.iter_mut() {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
+            for (name, g) in std::mem::take(&mut self.grads) {
+                let p = self.params.get_mut(&name).expect("a gradient belongs to a parameter");
                 if weight_decay > 0.0 && p.dim() >= 2 {
                     let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
                 }
                 // In place where possible: an embedding matrix is large, so every
                 // temporary of its size counts in peak memory.
-                let m = self.exp_avg.get_mut(name).expect("a moment per parameter");
+                let m = self.exp_avg.get_mut(&name).expect("a moment per parameter");
                 let _ = m.lerp_(&g, 1.0 - b1); // m = b1 m + (1 - b1) g
-                let v = self.exp_avg_sq.get_mut(name).expect("a moment per parameter");
+                let v = self.exp_avg_sq.get_mut(&name).expect("a moment per parameter");
                 let _ = v.lerp_(&g.square(), 1.0 - b2); // v = b2 v + (1 - b2) g^2
                                                         // p -= lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps), folded into the divisor.
                 let mut denom = v.sqrt();
@@ -178,7 +202,7 @@ mod tests {
             let loss = (&w * &w).sum(Kind::Float) * 0.5
                 + w.get(0).get(0) * b.get(1)
                 + (&b * &b * &b).sum(Kind::Float);
-            loss.backward();
+            opt.backward(&loss);
             opt.step();
         }
         let expected_w =

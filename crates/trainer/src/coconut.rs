@@ -43,7 +43,11 @@ pub struct DeviceBatch {
     pub first_latent: i64,
     /// For latent i, a (B, 1, 1) mask of the rows that have an i-th latent.
     pub has_latent: Vec<Tensor>,
-    /// Flat indices into the (B * (T-1)) shifted positions whose next token is supervised.
+    /// The first column whose hidden state the loss reads (it predicts a supervised next
+    /// token in some row); `T - 1` when nothing is supervised.
+    pub first_loss_column: i64,
+    /// Flat indices into the (B, T - first_loss_column) hidden states of the columns whose
+    /// next token is supervised.
     pub supervised_positions: Tensor,
     /// The supervised next tokens, aligned with `supervised_positions`.
     pub targets: Tensor,
@@ -64,15 +68,21 @@ impl DeviceBatch {
                 Tensor::from_slice(&rows).view([b, 1, 1]).to_device(device)
             })
             .collect();
-        // Position p predicts the label at p+1 (the shift of a causal LM).
+        // Column p predicts the label at p+1 (the shift of a causal LM).
+        let seq = batch.seq_len;
+        let supervised = |row: usize| {
+            (0..seq.saturating_sub(1)).filter(move |p| batch.labels[row * seq + p + 1] != -100)
+        };
+        let first_loss_column = (0..batch.batch_size)
+            .filter_map(|row| supervised(row).next())
+            .min()
+            .unwrap_or(seq.saturating_sub(1));
+        let read = seq - first_loss_column; // columns of hidden states the loss receives
         let (mut positions, mut targets) = (Vec::new(), Vec::new());
         for row in 0..batch.batch_size {
-            for p in 0..batch.seq_len - 1 {
-                let label = batch.labels[row * batch.seq_len + p + 1];
-                if label != -100 {
-                    positions.push((row * (batch.seq_len - 1) + p) as i64);
-                    targets.push(label);
-                }
+            for p in supervised(row) {
+                positions.push((row * read + p - first_loss_column) as i64);
+                targets.push(batch.labels[row * seq + p + 1]);
             }
         }
         Self {
@@ -82,6 +92,7 @@ impl DeviceBatch {
             position_ids: tensor(&batch.position_ids),
             first_latent,
             has_latent,
+            first_loss_column: first_loss_column as i64,
             supervised_positions: Tensor::from_slice(&positions).to_device(device),
             targets: Tensor::from_slice(&targets).to_device(device),
         }
@@ -112,37 +123,55 @@ pub fn pass_ranges(first_latent: i64, n_latents: usize, seq_len: i64) -> Vec<(i6
     ranges
 }
 
-/// Runs the multi-pass forward and returns the last hidden states of every position,
-/// (B, T, C), with each thought fed back as the input embedding of its latent column.
-/// `cache` must be empty; it ends up holding every position (generation continues from it).
+/// Runs the multi-pass forward and returns the last hidden states of columns
+/// `[outputs_from, T)`, (B, T - outputs_from, C), with each thought fed back as the input
+/// embedding of its latent column. `cache` must be empty; it ends up holding every position
+/// (generation continues from it).
+///
+/// Each pass computes the hidden states of its last column (the next thought) and of the
+/// columns the caller reads, and no others (see [`Gpt2::forward_embeds_from`]).
 pub fn latent_hidden_states(
     model: &Gpt2,
     batch: &DeviceBatch,
     cache: &mut KvCache,
     train: bool,
+    outputs_from: i64,
 ) -> Tensor {
     let embeds = model.embed(&batch.input_ids); // (B, T, C)
     let t = embeds.size()[1];
-    let mut hidden: Vec<Tensor> = Vec::new(); // per pass: (B, len, C)
-    for (pass, (start, end)) in
-        pass_ranges(batch.first_latent, batch.max_latents(), t).into_iter().enumerate()
-    {
+    assert!((0..t).contains(&outputs_from), "outputs_from {outputs_from} outside 0..{t}");
+    let passes = pass_ranges(batch.first_latent, batch.max_latents(), t);
+    let mut outputs: Vec<Tensor> = Vec::new(); // the read columns of every pass
+    let mut thought: Option<Tensor> = None; // (B, 1, C): hidden state of the previous pass's last column
+    for (pass, &(start, end)) in passes.iter().enumerate() {
         let mut x = embeds.narrow(1, start, end - start); // (B, len, C)
-        if pass > 0 {
-            // Column `start` holds latent pass-1. Its input is the hidden state of the
-            // column before it: the last column of the previous pass. One out-of-place
-            // select over rows keeps autograd intact (an in-place write would break it).
-            let thought = hidden.last().expect("a previous pass").narrow(1, -1, 1); // (B, 1, C)
+        if let Some(thought) = &thought {
+            // Column `start` holds latent pass-1, whose input is the hidden state of the
+            // column before it. One out-of-place select over rows keeps autograd intact (an
+            // in-place write would break it).
             let first =
-                x.narrow(1, 0, 1).where_self(&batch.has_latent[pass - 1].logical_not(), &thought); // (B, 1, C)
+                x.narrow(1, 0, 1).where_self(&batch.has_latent[pass - 1].logical_not(), thought); // (B, 1, C)
             x = Tensor::cat(&[first, x.narrow(1, 1, end - start - 1)], 1);
         }
         // Queries [start, end) see keys [0, end): the cache holds [0, start).
         let bias = batch.bias.narrow(2, start, end - start).narrow(3, 0, end);
         let pos = batch.position_ids.narrow(1, start, end - start);
-        hidden.push(model.forward_embeds(&x, &pos, &bias, Some(&mut *cache), train));
+        let read_from = outputs_from.clamp(start, end); // `end`: the caller reads none of them
+        let compute_from = if pass + 1 < passes.len() { read_from.min(end - 1) } else { read_from };
+        let hidden = model.forward_embeds_from(
+            &x,
+            &pos,
+            &bias,
+            Some(&mut *cache),
+            train,
+            compute_from - start,
+        ); // (B, end - compute_from, C)
+        if read_from < end {
+            outputs.push(hidden.narrow(1, read_from - compute_from, end - read_from));
+        }
+        thought = Some(hidden.narrow(1, -1, 1));
     }
-    Tensor::cat(&hidden, 1)
+    Tensor::cat(&outputs, 1)
 }
 
 /// The Coconut loss: cross-entropy of the next token, averaged over the supervised tokens
@@ -151,12 +180,14 @@ pub fn latent_hidden_states(
 /// Logits are computed only at positions whose next token is supervised. That gives the
 /// same loss and gradients as logits over every position with `ignore_index = -100`, at a
 /// fraction of the cost: with a 50k vocabulary the LM head dominates a small model, and at
-/// late stages only a few percent of the positions carry a label.
+/// late stages only a few percent of the positions carry a label. For the same reason the
+/// last block runs only from the first column the loss reads.
 pub fn coconut_loss(model: &Gpt2, batch: &DeviceBatch, train: bool) -> Tensor {
-    let hidden = latent_hidden_states(model, batch, &mut KvCache::new(), train); // (B, T, C)
-    let (b, t, c) = hidden.size3().expect("(B, T, C)");
-    let shifted = hidden.narrow(1, 0, t - 1).reshape([b * (t - 1), c]); // (B*(T-1), C)
-    let selected = shifted.index_select(0, &batch.supervised_positions); // (N, C)
+    let hidden =
+        latent_hidden_states(model, batch, &mut KvCache::new(), train, batch.first_loss_column); // (B, T', C)
+    let (b, read, c) = hidden.size3().expect("(B, T', C)");
+    let flat = hidden.reshape([b * read, c]); // (B*T', C)
+    let selected = flat.index_select(0, &batch.supervised_positions); // (N, C)
     let logits = model.lm_head(&selected).to_kind(Kind::Float); // (N, V)
     logits.cross_entropy_for_logits(&batch.targets)
 }

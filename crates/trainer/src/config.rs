@@ -160,6 +160,10 @@ pub struct TrainConfig {
     pub eps: f64,
     /// When the optimizer state is reset.
     pub optimizer_reset: OptimizerReset,
+    /// Batch samples of similar length together (shuffled windows sorted by length), which
+    /// cuts the padding a batch computes on; off, batches are plain shuffled draws as in the
+    /// reference.
+    pub group_by_length: bool,
     /// Clip the global gradient norm to this value (none in the paper).
     pub grad_clip: Option<f64>,
     /// Seed of initialisation, shuffling and dropout.
@@ -195,6 +199,7 @@ impl Default for TrainConfig {
             betas: (0.9, 0.999),
             eps: 1e-8,
             optimizer_reset: OptimizerReset::Stage,
+            group_by_length: false,
             grad_clip: None,
             seed: 0,
             device: "cpu".to_string(),

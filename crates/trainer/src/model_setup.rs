@@ -80,11 +80,7 @@ pub fn build_model(
         return load_model_dir(dir, device, &m.latent_init_token);
     }
     // From scratch: a byte-level BPE trained on the training text, then a fresh GPT-2.
-    let texts: Vec<String> = train
-        .iter()
-        .map(|s| format!("{}\n{}\n### {}", s.question, s.steps.join("\n"), s.answer))
-        .collect();
-    let tokenizer = Tokenizer::train(&texts, m.vocab_size)?;
+    let tokenizer = Tokenizer::train_on_samples(train, m.vocab_size)?;
     tch::manual_seed(config.train.seed as i64);
     let vs = VarStore::new(device);
     let gpt2 =

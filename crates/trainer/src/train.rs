@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use coconut_curriculum::{
-    batches, collate_training, load_samples, sample_stage, tokenize_samples, training_sample,
-    CurriculumConfig, Sample, StagedSample, TokenizedSample,
+    batches, collate_training, length_grouped_batches, load_samples, sample_stage,
+    tokenize_samples, training_sample, CurriculumConfig, Sample, StagedSample, TokenizedSample,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
@@ -328,7 +328,19 @@ impl Trainer {
     ) -> Result<f64, TrainError> {
         let cfg = self.config.clone();
         let t = &cfg.train;
-        let order = batches(self.train.len(), t.batch_size, Some(t.seed), epoch);
+        let order = if t.group_by_length {
+            let latent = self.loaded.tokenizer.special().latent;
+            let shape: Vec<(usize, usize)> = (0..self.train.len())
+                .map(|i| {
+                    let ids = self.staged_sample(i, epoch, stage).input_ids;
+                    let first_latent = ids.iter().position(|&id| id == latent).unwrap_or(0);
+                    (first_latent, ids.len() - first_latent)
+                })
+                .collect();
+            length_grouped_batches(&shape, t.batch_size, t.seed, epoch)
+        } else {
+            batches(self.train.len(), t.batch_size, Some(t.seed), epoch)
+        };
         let steps = order.len().div_ceil(t.grad_accum);
         let bar = progress_bar(steps as u64, epoch, stage);
         bar.set_position(self.state.step_in_epoch as u64);
@@ -353,7 +365,7 @@ impl Trainer {
                 let loss = coconut_loss(&self.loaded.model, &device_batch, true);
                 // Weight each micro-batch by its share of the samples of the step.
                 let weight = indices.len() as f64 / total_samples as f64;
-                (&loss * weight).backward();
+                self.optimizer.backward(&(&loss * weight));
                 step_loss += loss.double_value(&[]) * weight;
             }
             if !step_loss.is_finite() {

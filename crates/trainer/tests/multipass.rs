@@ -155,6 +155,7 @@ fn a_later_token_does_not_change_earlier_thoughts() {
             &DeviceBatch::new(batch, Device::Cpu, Kind::Float),
             &mut KvCache::new(),
             false,
+            0,
         );
         // Thought i of row 0 is the hidden state just before its i-th latent column.
         let cols: Vec<i64> = batch.latent_columns[0].iter().map(|&c| c as i64 - 1).collect();
