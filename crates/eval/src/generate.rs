@@ -1,10 +1,10 @@
 //! Batched greedy generation after the stage-k evaluation prompt.
 //!
 //! The reference decodes one sample at a time and recomputes the whole prefix for every
-//! new token. Here a whole batch of left-padded prompts goes through the latent passes
-//! once (the same multi-pass forward as training, which leaves every prompt position in the
-//! KV cache), then decodes one column per step from the cache. Rows that reach eos leave
-//! the batch, so finished rows cost nothing.
+//! new token. Here the prompts go through the latent passes once (the same multi-pass
+//! forward as training, which leaves every prompt position in the KV cache), in chunks of
+//! similar length, then the whole batch decodes one column per step from the cache. Rows
+//! that reach eos leave the batch, so finished rows cost nothing.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +12,9 @@ use coconut_curriculum::{collate_prompts, SpecialTokens};
 use coconut_model::{causal_bias, padding_bias, Gpt2, KvCache};
 use coconut_trainer::{latent_hidden_states, DeviceBatch};
 use tch::{Device, Kind, Tensor};
+
+/// Prompts per chunk of the prompt phase (see [`generate`]).
+const PROMPT_CHUNK_ROWS: usize = 8;
 
 /// The greedy continuation of one prompt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,23 +59,37 @@ pub fn generate(
         return out.into_iter().map(|g| g.expect("every prompt is in one group")).collect();
     }
     tch::no_grad(|| {
-        let batch = collate_prompts(prompts, special);
-        let device_batch = DeviceBatch::new(&batch, device, Kind::Float);
-        let mut cache = KvCache::new();
-        // Decoding continues from the last column: it is the only hidden state read.
-        let last = device_batch.input_ids.size()[1] - 1;
-        let hidden = latent_hidden_states(model, &device_batch, &mut cache, false, last); // (B, 1, C)
-        let mut logits = model.lm_head(&hidden).squeeze_dim(1); // (B, V)
+        // The prompt phase runs in chunks of prompts of similar length (a batch of mixed
+        // lengths spends much of its work on padding, and attention grows with the square
+        // of the length); the chunks' caches are then stacked, left-padded, to decode as one.
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let mut order: Vec<usize> = (0..prompts.len()).collect();
+        order.sort_by_key(|&i| prompts[i].len());
+        let (mut caches, mut logits, mut masks, mut positions) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for rows in order.chunks(PROMPT_CHUNK_ROWS) {
+            let chunk: Vec<Vec<u32>> = rows.iter().map(|&i| prompts[i].clone()).collect();
+            let batch = DeviceBatch::new(&collate_prompts(&chunk, special), device, Kind::Float);
+            let mut cache = KvCache::new();
+            // Decoding continues from the last column: it is the only hidden state read.
+            let t = batch.input_ids.size()[1];
+            let hidden = latent_hidden_states(model, &batch, &mut cache, false, t - 1); // (b, 1, C)
+            logits.push(model.lm_head(&hidden).squeeze_dim(1)); // (b, V)
+            let pad = Tensor::zeros([rows.len() as i64, longest as i64 - t], (Kind::Int64, device));
+            masks.push(Tensor::cat(&[&pad, &batch.attention_mask], 1)); // (b, longest)
+            positions.push(batch.position_ids.narrow(1, -1, 1) + 1); // (b, 1)
+            caches.push(cache);
+        }
+        let mut cache = KvCache::stack_left_padded(&caches);
+        let mut logits = Tensor::cat(&logits, 0); // (B, V)
+        let mut mask = Tensor::cat(&masks, 0); // (B_active, T_so_far)
+        let mut next_pos = Tensor::cat(&positions, 0); // (B_active, 1)
+        let mut active: Vec<usize> = order; // batch row -> prompt index
 
         // Never decode past the model's last position.
-        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let max_new_tokens = max_new_tokens.min(model.config().n_positions.saturating_sub(longest));
-        let b = prompts.len();
         let mut out: Vec<Generation> =
-            vec![Generation { tokens: Vec::new(), stopped_at_eos: false }; b];
-        let mut active: Vec<usize> = (0..b).collect(); // batch row -> prompt index
-        let mut mask = device_batch.attention_mask.shallow_clone(); // (B_active, T_so_far)
-        let mut next_pos = device_batch.position_ids.narrow(1, -1, 1) + 1; // (B_active, 1)
+            vec![Generation { tokens: Vec::new(), stopped_at_eos: false }; prompts.len()];
         for step in 0..max_new_tokens {
             let next = logits.argmax(-1, false); // (B_active)
             let ids: Vec<i64> = Vec::try_from(&next).expect("token ids");

@@ -38,13 +38,19 @@ fn prompt(question: &[u32], n: usize) -> Vec<u32> {
 fn batched_generation_matches_decoding_each_prompt_alone_without_cache() {
     for seed in [1, 2, 3] {
         let model = random_model(seed);
-        let prompts = vec![
+        let mut prompts = vec![
             prompt(&[5, 6, 7, 8, 9, 10, 11], 3),
             prompt(&[12, 13], 3),
             prompt(&[20, 21, 22, 23], 1), // another thought count: decoded as its own group
             prompt(&[30, 31, 32, 33, 34], 0),
             prompt(&[3], 3),
         ];
+        // Enough 3-thought prompts of mixed lengths for several prompt-phase chunks, whose
+        // caches are stacked left-padded before decoding.
+        prompts.extend((0..12u32).map(|i| {
+            let len = (i * 7) % 13 + 1;
+            prompt(&(0..len).map(|j| 1 + (i + 3 * j) % 38).collect::<Vec<u32>>(), 3)
+        }));
         let batched = generate(&model, &prompts, &SPECIAL, 12, false, Device::Cpu);
         for (p, b) in prompts.iter().zip(&batched) {
             let alone = generate_without_cache(&model, p, &SPECIAL, 12, false, Device::Cpu);

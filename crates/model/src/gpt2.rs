@@ -121,9 +121,10 @@ impl Gpt2Config {
 /// model so that the caller decides what to keep: Coconut runs one pass per thought and each
 /// pass attends to everything before it.
 ///
-/// With gradients (training) each forward call's keys and values stay a chunk of their own:
-/// concatenating them would keep a full copy of the prefix alive for the backward pass at
-/// every thought, so attention reads the chunks side by side instead. Without gradients
+/// With gradients (training) the first forward call's keys and values (the question) stay a
+/// chunk of their own: concatenating them with later ones would keep a full copy of the
+/// prefix alive for the backward pass at every thought, so attention reads the chunks side
+/// by side instead. Without gradients
 /// (decoding) they are written into a preallocated buffer that grows by doubling, so a new
 /// token costs no copy of the past.
 #[derive(Debug, Default)]
@@ -190,7 +191,16 @@ impl KvCache {
             }
             // Contiguous chunks let every later pass's matmuls read them in place (a strided
             // view would be copied, and the copy kept for the backward pass, at every pass).
-            cache.chunks.push((k.contiguous(), v.contiguous()));
+            // Everything after the first chunk (the question) is one chunk: the thoughts are
+            // a column each, and one chunk per thought would cost every later pass a few
+            // small operations per thought.
+            let merged = if cache.chunks.len() >= 2 {
+                let (pk, pv) = cache.chunks.pop().expect("two chunks");
+                (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2))
+            } else {
+                (k.contiguous(), v.contiguous())
+            };
+            cache.chunks.push(merged);
             cache.len += t;
             return cache.views();
         }
@@ -213,6 +223,43 @@ impl KvCache {
         vb.narrow(2, cache.len, t).copy_(&v);
         cache.len += t;
         cache.views()
+    }
+
+    /// Stacks the rows of caches filled without gradients (decoding) into one cache of
+    /// their longest length, each shorter one left-padded with zero keys and values. The
+    /// caller masks the padded columns, as it does a left-padded prompt's.
+    ///
+    /// # Panics
+    /// If a cache holds gradient chunks, or the caches differ in layer count.
+    pub fn stack_left_padded(caches: &[KvCache]) -> KvCache {
+        let len = caches.iter().map(KvCache::len).max().unwrap_or(0);
+        let n_layers = caches.first().map_or(0, |c| c.layers.len());
+        let layers = (0..n_layers)
+            .map(|layer| {
+                let (mut keys, mut values) = (Vec::new(), Vec::new());
+                for cache in caches {
+                    assert_eq!(cache.layers.len(), n_layers, "caches of different models");
+                    let held = &cache.layers[layer];
+                    let (k, v) =
+                        held.buffer.as_ref().expect("a decoding cache (no gradient chunks)");
+                    for (buffer, out) in [(k, &mut keys), (v, &mut values)] {
+                        let mut size = buffer.size(); // (B_i, nh, capacity_i, hs)
+                        size[2] = 2 * len; // room to decode as much again before growing
+                        let padded = Tensor::zeros(&size, (buffer.kind(), buffer.device()));
+                        padded
+                            .narrow(2, len - held.len, held.len)
+                            .copy_(&buffer.narrow(2, 0, held.len));
+                        out.push(padded);
+                    }
+                }
+                LayerCache {
+                    chunks: Vec::new(),
+                    buffer: Some((Tensor::cat(&keys, 0), Tensor::cat(&values, 0))),
+                    len,
+                }
+            })
+            .collect();
+        KvCache { layers }
     }
 
     /// Selects rows of the batch (for example the rows still decoding).
