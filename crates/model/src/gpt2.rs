@@ -124,9 +124,8 @@ impl Gpt2Config {
 /// With gradients (training) the first forward call's keys and values (the question) stay a
 /// chunk of their own: concatenating them with later ones would keep a full copy of the
 /// prefix alive for the backward pass at every thought, so attention reads the chunks side
-/// by side instead. Without gradients
-/// (decoding) they are written into a preallocated buffer that grows by doubling, so a new
-/// token costs no copy of the past.
+/// by side instead. Without gradients (decoding) they are written into a preallocated buffer
+/// that grows by doubling, so a new token costs no copy of the past.
 #[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
@@ -413,7 +412,7 @@ impl Attention {
                 false,
             ),
             _ => chunked_attention(&q, &chunks, &bias, dropout, train),
-        }; // (B, nh, T, hs)
+        }; // (B, nh, tq, hs)
         let y = y.transpose(1, 2).contiguous().view([b, tq, c]); // (B, tq, C)
         self.c_proj.forward(&y).dropout(self.resid_pdrop, train)
     }

@@ -92,11 +92,6 @@ impl AdamW {
         });
     }
 
-    /// The accumulated gradient of parameter `name`, if the loss reached it.
-    pub fn grad(&self, name: &str) -> Option<&Tensor> {
-        self.grads.get(name)
-    }
-
     /// Scales gradients so that their global norm is at most `max_norm`; returns the norm
     /// before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {

@@ -24,7 +24,7 @@
 //! fewer latents than the batch maximum simply keeps its own token embeddings in the later
 //! latent columns.
 
-use coconut_curriculum::Batch;
+use coconut_curriculum::{Batch, IGNORE_INDEX};
 use coconut_model::{causal_bias, Gpt2, KvCache};
 use tch::{Device, Kind, Tensor};
 
@@ -71,7 +71,8 @@ impl DeviceBatch {
         // Column p predicts the label at p+1 (the shift of a causal LM).
         let seq = batch.seq_len;
         let supervised = |row: usize| {
-            (0..seq.saturating_sub(1)).filter(move |p| batch.labels[row * seq + p + 1] != -100)
+            (0..seq.saturating_sub(1))
+                .filter(move |p| batch.labels[row * seq + p + 1] != IGNORE_INDEX)
         };
         let first_loss_column = (0..batch.batch_size)
             .filter_map(|row| supervised(row).next())
