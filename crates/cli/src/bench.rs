@@ -16,7 +16,7 @@ use coconut_curriculum::{
 use coconut_eval::{generate, generate_without_cache};
 use coconut_model::{Gpt2, Gpt2Config};
 use coconut_trainer::adamw::{AdamW, AdamWConfig};
-use coconut_trainer::{coconut_loss, DeviceBatch};
+use coconut_trainer::{training_loss, DeviceBatch};
 use serde_json::{json, Value};
 use tch::{nn::VarStore, Device, Kind};
 
@@ -43,19 +43,43 @@ pub struct BenchArgs {
     only: Option<String>,
 }
 
-/// The fixed set: (name, model, batch, stage, steps).
-const MEASUREMENTS: [(&str, &str, usize, usize, usize); 7] = [
-    ("train_step", "tiny", 8, 6, 5),
-    ("plain_step", "tiny", 8, 6, 3),
-    ("train_step", "tiny", 8, 0, 2),
-    ("train_step", "gpt2", 8, 6, 1),
-    ("plain_step", "gpt2", 8, 6, 1),
-    ("generate_reference", "tiny", 1, 6, 2),
-    ("generate_batched", "tiny", 32, 6, 1),
+/// One measurement of the fixed set.
+struct Measurement {
+    name: &'static str,
+    model: &'static str,
+    batch: usize,
+    stage: usize,
+    steps: usize,
+    /// Train with `train.gradient_checkpointing` (the first pass recomputed in backward).
+    gradient_checkpointing: bool,
+}
+
+const fn measurement(
+    name: &'static str,
+    model: &'static str,
+    batch: usize,
+    stage: usize,
+    steps: usize,
+    gradient_checkpointing: bool,
+) -> Measurement {
+    Measurement { name, model, batch, stage, steps, gradient_checkpointing }
+}
+
+/// The fixed set.
+const MEASUREMENTS: [Measurement; 8] = [
+    measurement("train_step", "tiny", 8, 6, 5, false),
+    measurement("plain_step", "tiny", 8, 6, 3, false),
+    measurement("train_step", "tiny", 8, 0, 2, false),
+    measurement("train_step", "gpt2", 8, 6, 1, false),
+    measurement("train_step", "gpt2", 8, 6, 1, true),
+    measurement("plain_step", "gpt2", 8, 6, 1, false),
+    measurement("generate_reference", "tiny", 1, 6, 2, false),
+    measurement("generate_batched", "tiny", 32, 6, 1, false),
 ];
 
-fn key(m: &(&str, &str, usize, usize, usize)) -> String {
-    format!("{}:{}:{}:{}", m.0, m.1, m.2, m.3)
+fn key(m: &Measurement) -> String {
+    let recompute = if m.gradient_checkpointing { ":gradient_checkpointing" } else { "" };
+    format!("{}:{}:{}:{}{recompute}", m.name, m.model, m.batch, m.stage)
 }
 
 /// Runs every measurement in a child process and prints the ratios.
@@ -90,7 +114,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut out = std::fs::File::create(&partial)
         .with_context(|| format!("creating {}", partial.display()))?;
     let mut lines: Vec<Value> = Vec::new();
-    for m in MEASUREMENTS.iter().filter(|m| !(args.skip_gpt2 && m.1 == "gpt2")) {
+    for m in MEASUREMENTS.iter().filter(|m| !(args.skip_gpt2 && m.model == "gpt2")) {
         let output = Command::new(&exe)
             .args(["bench", "--only", &key(m), "--data"])
             .arg(&args.data)
@@ -112,7 +136,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let find = |name: &str, model: &str, stage: u64| {
         lines
             .iter()
-            .find(|l| l["name"] == name && l["model"] == model && l["stage"] == stage)
+            .find(|l| {
+                l["name"] == name
+                    && l["model"] == model
+                    && l["stage"] == stage
+                    && l["gradient_checkpointing"] != true
+            })
             .cloned()
     };
     let (train, plain) = (find("train_step", "tiny", 6), find("plain_step", "tiny", 6));
@@ -171,8 +200,9 @@ fn print_speedups(lines: &[Value], reference: &Path) -> Result<()> {
                 (r["median_s"].as_f64().unwrap_or(0.0), ours["median_s"].as_f64().unwrap_or(0.0));
             ("s", a, b, a / b)
         };
+        let recompute = if ours["gradient_checkpointing"] == true { " (recomputed)" } else { "" };
         println!(
-            "| {} {} b{} stage {} | {a:.3} {label} | {b:.3} {label} | {speedup:.2}x | {:.0} MB | {:.0} MB |",
+            "| {}{recompute} {} b{} stage {} | {a:.3} {label} | {b:.3} {label} | {speedup:.2}x | {:.0} MB | {:.0} MB |",
             ours["name"].as_str().unwrap_or(""),
             ours["model"].as_str().unwrap_or(""),
             ours["batch"],
@@ -217,10 +247,8 @@ fn median(v: &[f64]) -> f64 {
 }
 
 /// One measurement, in this process, at one thread.
-fn measure(
-    args: &BenchArgs,
-    &(name, model_name, batch, stage, steps): &(&str, &str, usize, usize, usize),
-) -> Result<String> {
+fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
+    let Measurement { name, model: model_name, batch, stage, steps, gradient_checkpointing } = *m;
     tch::set_num_threads(1);
     tch::manual_seed(0);
     let tokenizer = Tokenizer::from_file(&args.tokenizer)?;
@@ -307,9 +335,10 @@ fn measure(
         }
         let device_batch = DeviceBatch::new(&collated, Device::Cpu, Kind::Float);
         let t2 = Instant::now();
-        let loss = coconut_loss(&model, &device_batch, true);
+        let loss = training_loss(&model, &device_batch, gradient_checkpointing);
         let t3 = Instant::now();
-        optimizer.backward(&loss);
+        final_loss = loss.value.double_value(&[]);
+        loss.backward(&model, &mut optimizer, 1.0);
         let t4 = Instant::now();
         optimizer.step();
         let t5 = Instant::now();
@@ -322,7 +351,6 @@ fn measure(
             collate_s = (t2 - t1).as_secs_f64();
         }
         rss.push(rss_mb());
-        final_loss = loss.double_value(&[]);
         seq_len = collated.seq_len;
         real = collated.attention_mask.iter().filter(|&&m| m == 1).count();
         supervised = device_batch.supervised_tokens();
@@ -343,7 +371,7 @@ fn measure(
         "tokenize_s": tokenize_s, "collate_s": collate_s, "collate_share": (tokenize_s + collate_s) / med,
         "final_loss": final_loss, "all_s": times, "rss_mb_after_each_step": rss,
         "rss_growth_mb": rss.last().copied().unwrap_or(0.0) - rss.get(1).copied().unwrap_or(0.0),
-        "peak_rss_mb": peak_rss_mb(), "threads": 1,
+        "peak_rss_mb": peak_rss_mb(), "threads": 1, "gradient_checkpointing": gradient_checkpointing,
     })
     .to_string())
 }

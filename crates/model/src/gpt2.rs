@@ -8,12 +8,14 @@
 //!
 //! What Coconut needs from the model, and nothing more: `embed(ids)`, a forward over input
 //! embeddings with explicit position ids, an additive attention bias and an explicit
-//! [`KvCache`], returning the last hidden state after `ln_f` (the continuous thought), and an
-//! LM head that can be applied to any subset of those hidden states.
+//! [`KvCache`], returning the last hidden state after `ln_f` (the continuous thought), an LM
+//! head that can be applied to any subset of those hidden states, and, for gradient
+//! checkpointing, the same forward with its blocks recomputed in the backward pass
+//! ([`Gpt2::forward_recomputed`]).
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// The HF `config.json` of a GPT-2 model. Fields we do not use are kept in `extra` and
 /// written back unchanged, so a saved checkpoint carries the original configuration.
@@ -129,6 +131,8 @@ impl Gpt2Config {
 #[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
+    /// Keep chunks even without gradients (a recomputed pass turns them into leaves).
+    chunked: bool,
 }
 
 #[derive(Debug, Default)]
@@ -182,9 +186,10 @@ impl KvCache {
         if self.layers.len() <= layer {
             self.layers.resize_with(layer + 1, LayerCache::default);
         }
+        let chunked = self.chunked;
         let cache = &mut self.layers[layer];
         let t = k.size()[2];
-        if k.requires_grad() || !cache.chunks.is_empty() {
+        if chunked || k.requires_grad() || !cache.chunks.is_empty() {
             if let Some((kb, vb)) = cache.buffer.take() {
                 cache.chunks.push((kb.narrow(2, 0, cache.len), vb.narrow(2, 0, cache.len)));
             }
@@ -258,7 +263,7 @@ impl KvCache {
                 }
             })
             .collect();
-        KvCache { layers }
+        KvCache { layers, chunked: false }
     }
 
     /// Selects rows of the batch (for example the rows still decoding).
@@ -512,6 +517,13 @@ impl Block {
     }
 }
 
+/// Sets torch's seed to `seed + stream` (see [`Gpt2::dropout_seed`]).
+fn reseed(seed: Option<i64>, stream: usize) {
+    if let Some(seed) = seed {
+        tch::manual_seed(seed.wrapping_add(stream as i64));
+    }
+}
+
 /// GPT-2 with a tied LM head. Its variables live in the `VarStore` passed to [`Gpt2::new`]
 /// under `transformer.*`, exactly the HF checkpoint keys.
 #[derive(Debug)]
@@ -608,14 +620,110 @@ impl Gpt2 {
     ) -> Tensor {
         let t = embeds.size()[1];
         assert!((0..t).contains(&outputs_from), "outputs_from {outputs_from} outside 0..{t}");
-        let pos = Tensor::embedding(&self.wpe, position_ids, -1, false, false); // (B, T, C)
-        let mut x = (embeds + pos).to_kind(self.compute).dropout(self.config.embd_pdrop, train);
-        let last = self.h.len() - 1;
+        let seed = self.dropout_seed(train);
+        reseed(seed, 0);
+        let mut x = self.input_embeddings(embeds, position_ids, train);
         for (layer, block) in self.h.iter().enumerate() {
-            let from = if layer == last { outputs_from } else { 0 };
+            reseed(seed, layer + 1);
+            let from = self.block_outputs_from(layer, outputs_from);
             x = block.forward(&x, bias, layer, cache.as_deref_mut(), train, from);
         }
         self.ln_f.forward(&x) // (B, T - outputs_from, C)
+    }
+
+    /// The first block's input: token plus position embeddings, in the compute kind.
+    fn input_embeddings(&self, embeds: &Tensor, position_ids: &Tensor, train: bool) -> Tensor {
+        let pos = Tensor::embedding(&self.wpe, position_ids, -1, false, false); // (B, T, C)
+        (embeds + pos).to_kind(self.compute).dropout(self.config.embd_pdrop, train)
+    }
+
+    /// The first column whose output block `layer` computes: every column but in the last
+    /// block, whose output only `ln_f` and the caller read.
+    fn block_outputs_from(&self, layer: usize, outputs_from: i64) -> i64 {
+        if layer + 1 == self.h.len() {
+            outputs_from
+        } else {
+            0
+        }
+    }
+
+    /// A forward pass draws one seed when it applies dropout, and reseeds torch from it
+    /// before the embeddings (stream 0) and before each block (stream `layer + 1`). A block
+    /// recomputed in the backward pass ([`RecomputedPass`]) then draws the same masks.
+    fn dropout_seed(&self, train: bool) -> Option<i64> {
+        let c = &self.config;
+        let drops = train && (c.embd_pdrop > 0.0 || c.attn_pdrop > 0.0 || c.resid_pdrop > 0.0);
+        drops.then(|| Tensor::randint(1 << 62, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]))
+    }
+
+    /// [`Gpt2::forward_embeds_from`] over token ids, with gradient checkpointing: the pass
+    /// runs without autograd and keeps only each block's input, and
+    /// [`RecomputedPass::backward`] recomputes one block at a time. The activations held for
+    /// the backward pass shrink from every block's to one block's, for one more forward.
+    ///
+    /// The returned hidden states and the keys and values written into `cache` (which must be
+    /// empty: the pass starts the sequence) are leaves that require gradients; the backward
+    /// pass of whatever reads them yields the gradients `RecomputedPass::backward` starts from.
+    pub fn forward_recomputed(
+        &self,
+        ids: &Tensor,
+        position_ids: &Tensor,
+        bias: &Tensor,
+        cache: &mut KvCache,
+        train: bool,
+        outputs_from: i64,
+    ) -> (Tensor, RecomputedPass) {
+        assert!(cache.is_empty(), "a recomputed pass must start the sequence");
+        let t = ids.size()[1];
+        assert!((0..t).contains(&outputs_from), "outputs_from {outputs_from} outside 0..{t}");
+        let seed = self.dropout_seed(train);
+        let mut block_inputs = Vec::with_capacity(self.h.len() - 1);
+        let mut chunks = KvCache { chunked: true, ..KvCache::default() };
+        let hidden = tch::no_grad(|| {
+            reseed(seed, 0);
+            let mut x = self.input_embeddings(&self.embed(ids), position_ids, train);
+            for (layer, block) in self.h.iter().enumerate() {
+                reseed(seed, layer + 1);
+                let from = self.block_outputs_from(layer, outputs_from);
+                x = block.forward(&x, bias, layer, Some(&mut chunks), train, from);
+                if layer + 1 < self.h.len() {
+                    block_inputs.push(x.shallow_clone());
+                }
+            }
+            self.ln_f.forward(&x)
+        });
+        let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
+        let keys_values: Vec<(Tensor, Tensor)> = chunks
+            .layers
+            .iter()
+            .map(|layer| {
+                let (k, v) = &layer.chunks[0];
+                (leaf(k), leaf(v))
+            })
+            .collect();
+        *cache = KvCache {
+            layers: keys_values
+                .iter()
+                .map(|(k, v)| LayerCache {
+                    chunks: vec![(k.shallow_clone(), v.shallow_clone())],
+                    buffer: None,
+                    len: t,
+                })
+                .collect(),
+            chunked: false,
+        };
+        let pass = RecomputedPass {
+            ids: ids.shallow_clone(),
+            position_ids: position_ids.shallow_clone(),
+            bias: bias.shallow_clone(),
+            train,
+            outputs_from,
+            seed,
+            block_inputs,
+            hidden: leaf(&hidden),
+            keys_values,
+        };
+        (pass.hidden.shallow_clone(), pass)
     }
 
     /// The tied LM head: hidden states (..., C) to logits (..., V).
@@ -655,5 +763,85 @@ impl Gpt2 {
             self.wte.set_data(&grown);
         });
         self.config.vocab_size = new_vocab;
+    }
+}
+
+/// A forward pass run by [`Gpt2::forward_recomputed`]: what its backward pass needs to
+/// recompute the activations it did not keep.
+#[derive(Debug)]
+pub struct RecomputedPass {
+    ids: Tensor,
+    position_ids: Tensor,
+    bias: Tensor,
+    train: bool,
+    outputs_from: i64,
+    seed: Option<i64>,
+    block_inputs: Vec<Tensor>, // the input of every block but the first, without autograd
+    hidden: Tensor,            // leaf: the pass's output
+    keys_values: Vec<(Tensor, Tensor)>, // leaves: every layer's keys and values
+}
+
+impl RecomputedPass {
+    /// What the rest of the computation reads from this pass: the hidden states, then every
+    /// layer's keys and values. Their gradients are the input of [`RecomputedPass::backward`].
+    pub fn outputs(&self) -> Vec<&Tensor> {
+        let kv = self.keys_values.iter().flat_map(|(k, v)| [k, v]);
+        std::iter::once(&self.hidden).chain(kv).collect()
+    }
+
+    /// The backward pass, last block first. `output_grads` are the gradients of
+    /// [`RecomputedPass::outputs`] (undefined where nothing read an output). Each block is
+    /// recomputed from its saved input under autograd, and `backprop(scalar, inputs)` is
+    /// called with a scalar whose gradient is the block's share of the whole backward pass:
+    /// it must add the scalar's parameter gradients to the others, and return the gradients
+    /// of `inputs` (the block's input, from which the block before it continues).
+    ///
+    /// # Panics
+    /// If `model` is not the model that ran the pass, or the gradients do not match the
+    /// outputs.
+    pub fn backward(
+        &self,
+        model: &Gpt2,
+        output_grads: &[Tensor],
+        mut backprop: impl FnMut(&Tensor, &[&Tensor]) -> Vec<Tensor>,
+    ) {
+        let n_layer = model.h.len();
+        assert_eq!(n_layer, self.block_inputs.len() + 1, "a pass of another model");
+        assert_eq!(output_grads.len(), 1 + 2 * n_layer, "one gradient per output");
+        let mut grad_out = output_grads[0].shallow_clone(); // of the last block's output
+        for layer in (0..n_layer).rev() {
+            let input =
+                (layer > 0).then(|| self.block_inputs[layer - 1].detach().set_requires_grad(true));
+            let x = match &input {
+                Some(x) => x.shallow_clone(),
+                None => {
+                    reseed(self.seed, 0);
+                    model.input_embeddings(&model.embed(&self.ids), &self.position_ids, self.train)
+                }
+            };
+            reseed(self.seed, layer + 1);
+            let mut chunks = KvCache::new();
+            let from = model.block_outputs_from(layer, self.outputs_from);
+            let mut y =
+                model.h[layer].forward(&x, &self.bias, layer, Some(&mut chunks), self.train, from);
+            if layer + 1 == n_layer {
+                y = model.ln_f.forward(&y);
+            }
+            let (k, v) = &chunks.layers[layer].chunks[0];
+            let (grad_k, grad_v) = (&output_grads[1 + 2 * layer], &output_grads[2 + 2 * layer]);
+            // sum(output * its gradient) backpropagates exactly that gradient.
+            let terms: Vec<Tensor> = [(&y, &grad_out), (k, grad_k), (v, grad_v)]
+                .into_iter()
+                .filter(|(_, g)| g.defined())
+                .map(|(t, g)| (t * g).sum(Kind::Float))
+                .collect();
+            if terms.is_empty() {
+                grad_out = Tensor::new(); // nothing downstream read this block
+                continue;
+            }
+            let scalar = terms.into_iter().reduce(|a, b| a + b).expect("not empty");
+            let inputs: Vec<&Tensor> = input.iter().collect();
+            grad_out = backprop(&scalar, &inputs).into_iter().next().unwrap_or_default();
+        }
     }
 }

@@ -1,35 +1,16 @@
 //! The GPT-2 against HF transformers (a committed fixture made by
 //! `fixtures/make_gpt2_fixture.py`), the real tiny-gpt2 checkpoint, and its invariants.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use coconut_model::{
     causal_bias, load_pretrained, padding_bias, save_pretrained, Gpt2, Gpt2Config, KvCache,
     ModelError,
 };
+use common::{decode_inputs, fixture_model, fixtures, max_diff, reference};
 use tch::{nn::VarStore, Device, Kind, Tensor};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn reference() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(fixtures().join("gpt2_reference.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn fixture_model() -> (VarStore, Gpt2) {
-    let vs = VarStore::new(Device::Cpu);
-    let model = load_pretrained(&vs, &fixtures().join("tiny-random-gpt2")).unwrap();
-    (vs, model)
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).abs().max().double_value(&[])
-}
 
 #[test]
 fn matches_transformers_on_a_plain_batch() {
@@ -131,10 +112,6 @@ fn cached_decoding_equals_full_recomputation() {
 }
 
 /// The decoding fixture's ids, attention mask and position ids.
-fn decode_inputs(r: &HashMap<String, Tensor>) -> (&Tensor, &Tensor, &Tensor) {
-    (&r["decode.input_ids"], &r["decode.attention_mask"], &r["decode.position_ids"])
-}
-
 #[test]
 fn reading_only_the_last_columns_changes_neither_them_nor_the_cache() {
     let (_vs, model) = fixture_model();

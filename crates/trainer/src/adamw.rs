@@ -73,8 +73,15 @@ impl AdamW {
     /// the last [`AdamW::zero_grad`] or [`AdamW::step`]. A parameter the loss does not
     /// reach gets none (and is not updated, as in PyTorch).
     pub fn backward(&mut self, loss: &Tensor) {
-        let params: Vec<&Tensor> = self.params.values().collect();
-        let grads = Tensor::run_backward(&[loss], &params, false, false);
+        self.backward_and_grads(loss, &[]);
+    }
+
+    /// [`AdamW::backward`] that also returns the gradients of `others`, tensors of the graph
+    /// that are not parameters (undefined where the loss does not reach one).
+    pub fn backward_and_grads(&mut self, loss: &Tensor, others: &[&Tensor]) -> Vec<Tensor> {
+        let inputs: Vec<&Tensor> = self.params.values().chain(others.iter().copied()).collect();
+        let mut grads = Tensor::run_backward(&[loss], &inputs, false, false);
+        let others_grads = grads.split_off(self.params.len());
         tch::no_grad(|| {
             for (name, g) in self.params.keys().zip(grads) {
                 if !g.defined() {
@@ -90,6 +97,12 @@ impl AdamW {
                 }
             }
         });
+        others_grads
+    }
+
+    /// The gradients accumulated since the last step, by parameter name.
+    pub fn gradients(&self) -> &BTreeMap<String, Tensor> {
+        &self.grads
     }
 
     /// Scales gradients so that their global norm is at most `max_norm`; returns the norm
@@ -129,7 +142,8 @@ impl AdamW {
                 let _ = m.lerp_(&g, 1.0 - b1); // m = b1 m + (1 - b1) g
                 let v = self.exp_avg_sq.get_mut(&name).expect("a moment per parameter");
                 let _ = v.lerp_(&g.square(), 1.0 - b2); // v = b2 v + (1 - b2) g^2
-                                                        // p -= lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps), folded into the divisor.
+
+                // p -= lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps), folded into the divisor.
                 let mut denom = v.sqrt();
                 let _ =
                     denom.g_div_scalar_(bias2.sqrt()).g_add_scalar_(eps).g_mul_scalar_(-bias1 / lr);

@@ -23,10 +23,17 @@
 //! Collation left-pads rows so the first latent of every row sits in column f; a row with
 //! fewer latents than the batch maximum simply keeps its own token embeddings in the later
 //! latent columns.
+//!
+//! With gradient checkpointing ([`training_loss`]) pass 0, the question (at stage 0 the
+//! whole sequence), keeps no activations: its blocks are recomputed one at a time in the
+//! backward pass. It holds most of the tokens, so this bounds activation memory by about
+//! one block of it, at the price of running it forward twice.
 
 use coconut_curriculum::{Batch, IGNORE_INDEX};
-use coconut_model::{causal_bias, Gpt2, KvCache};
+use coconut_model::{causal_bias, Gpt2, KvCache, RecomputedPass};
 use tch::{Device, Kind, Tensor};
+
+use crate::adamw::AdamW;
 
 /// A collated batch on the device, with everything the passes need built once.
 #[derive(Debug)]
@@ -138,12 +145,26 @@ pub fn latent_hidden_states(
     train: bool,
     outputs_from: i64,
 ) -> Tensor {
+    multi_pass(model, batch, cache, train, outputs_from, false).0
+}
+
+/// [`latent_hidden_states`], and with `recompute_first_pass` the first pass runs through
+/// [`Gpt2::forward_recomputed`] and is returned for the backward pass.
+fn multi_pass(
+    model: &Gpt2,
+    batch: &DeviceBatch,
+    cache: &mut KvCache,
+    train: bool,
+    outputs_from: i64,
+    recompute_first_pass: bool,
+) -> (Tensor, Option<RecomputedPass>) {
     let embeds = model.embed(&batch.input_ids); // (B, T, C)
     let t = embeds.size()[1];
     assert!((0..t).contains(&outputs_from), "outputs_from {outputs_from} outside 0..{t}");
     let passes = pass_ranges(batch.first_latent, batch.max_latents(), t);
     let mut outputs: Vec<Tensor> = Vec::new(); // the read columns of every pass
     let mut thought: Option<Tensor> = None; // (B, 1, C): hidden state of the previous pass's last column
+    let mut recomputed = None;
     for (pass, &(start, end)) in passes.iter().enumerate() {
         let mut x = embeds.narrow(1, start, end - start); // (B, len, C)
         if let Some(thought) = &thought {
@@ -159,20 +180,22 @@ pub fn latent_hidden_states(
         let pos = batch.position_ids.narrow(1, start, end - start);
         let read_from = outputs_from.clamp(start, end); // `end`: the caller reads none of them
         let compute_from = if pass + 1 < passes.len() { read_from.min(end - 1) } else { read_from };
-        let hidden = model.forward_embeds_from(
-            &x,
-            &pos,
-            &bias,
-            Some(&mut *cache),
-            train,
-            compute_from - start,
-        ); // (B, end - compute_from, C)
+        let hidden = if pass == 0 && recompute_first_pass {
+            let ids = batch.input_ids.narrow(1, 0, end);
+            let (hidden, first_pass) =
+                model.forward_recomputed(&ids, &pos, &bias, cache, train, compute_from);
+            recomputed = Some(first_pass);
+            hidden
+        } else {
+            let from = compute_from - start;
+            model.forward_embeds_from(&x, &pos, &bias, Some(&mut *cache), train, from)
+        }; // (B, end - compute_from, C)
         if read_from < end {
             outputs.push(hidden.narrow(1, read_from - compute_from, end - read_from));
         }
         thought = Some(hidden.narrow(1, -1, 1));
     }
-    Tensor::cat(&outputs, 1)
+    (Tensor::cat(&outputs, 1), recomputed)
 }
 
 /// The Coconut loss: cross-entropy of the next token, averaged over the supervised tokens
@@ -185,7 +208,55 @@ pub fn latent_hidden_states(
 /// last block runs only from the first column the loss reads.
 pub fn coconut_loss(model: &Gpt2, batch: &DeviceBatch, train: bool) -> Tensor {
     let hidden =
-        latent_hidden_states(model, batch, &mut KvCache::new(), train, batch.first_loss_column); // (B, T', C)
+        latent_hidden_states(model, batch, &mut KvCache::new(), train, batch.first_loss_column);
+    loss_on_supervised_columns(model, batch, &hidden)
+}
+
+/// The loss of a training batch (dropout on), ready for its backward pass.
+#[derive(Debug)]
+pub struct TrainingLoss {
+    /// The mean cross-entropy over the supervised tokens.
+    pub value: Tensor,
+    /// With gradient checkpointing, the first pass, recomputed in the backward pass.
+    first_pass: Option<RecomputedPass>,
+}
+
+/// [`coconut_loss`] in training mode, with the first pass's activations recomputed in the
+/// backward pass when `gradient_checkpointing` is set. Loss and gradients are the same
+/// either way.
+pub fn training_loss(
+    model: &Gpt2,
+    batch: &DeviceBatch,
+    gradient_checkpointing: bool,
+) -> TrainingLoss {
+    let mut cache = KvCache::new();
+    let (hidden, first_pass) =
+        multi_pass(model, batch, &mut cache, true, batch.first_loss_column, gradient_checkpointing);
+    TrainingLoss { value: loss_on_supervised_columns(model, batch, &hidden), first_pass }
+}
+
+impl TrainingLoss {
+    /// Adds the parameter gradients of `weight * loss` to the optimizer's. With gradient
+    /// checkpointing the backward pass runs in two steps: through everything after the first
+    /// pass, down to the first pass's outputs, then through the first pass one recomputed
+    /// block at a time.
+    pub fn backward(self, model: &Gpt2, optimizer: &mut AdamW, weight: f64) {
+        let scaled = &self.value * weight;
+        match &self.first_pass {
+            None => optimizer.backward(&scaled),
+            Some(first_pass) => {
+                let output_grads = optimizer.backward_and_grads(&scaled, &first_pass.outputs());
+                first_pass.backward(model, &output_grads, |scalar, inputs| {
+                    optimizer.backward_and_grads(scalar, inputs)
+                });
+            }
+        }
+    }
+}
+
+/// Cross-entropy of the next token at the supervised columns of `hidden`, the hidden
+/// states of columns `[first_loss_column, T)`.
+fn loss_on_supervised_columns(model: &Gpt2, batch: &DeviceBatch, hidden: &Tensor) -> Tensor {
     let (b, read, c) = hidden.size3().expect("(B, T', C)");
     let flat = hidden.reshape([b * read, c]); // (B*T', C)
     let selected = flat.index_select(0, &batch.supervised_positions); // (N, C)

@@ -10,7 +10,9 @@ pub mod train;
 
 use std::path::PathBuf;
 
-pub use coconut::{coconut_loss, latent_hidden_states, pass_ranges, DeviceBatch};
+pub use coconut::{
+    coconut_loss, latent_hidden_states, pass_ranges, training_loss, DeviceBatch, TrainingLoss,
+};
 pub use config::{
     DataConfig, EvalConfig, GenerateConfig, ModelConfig, OptimizerReset, RunConfig, TrainConfig,
 };

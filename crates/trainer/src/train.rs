@@ -24,7 +24,7 @@ use crate::adamw::{AdamW, AdamWConfig};
 use crate::checkpoint::{
     list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint, TrainState,
 };
-use crate::coconut::{coconut_loss, DeviceBatch};
+use crate::coconut::{coconut_loss, training_loss, DeviceBatch};
 use crate::config::{OptimizerReset, RunConfig};
 use crate::model_setup::{build_model, check_model_paths, LoadedModel};
 use crate::TrainError;
@@ -362,11 +362,12 @@ impl Trainer {
                 if device_batch.supervised_tokens() == 0 {
                     continue;
                 }
-                let loss = coconut_loss(&self.loaded.model, &device_batch, true);
+                let loss =
+                    training_loss(&self.loaded.model, &device_batch, t.gradient_checkpointing);
                 // Weight each micro-batch by its share of the samples of the step.
                 let weight = indices.len() as f64 / total_samples as f64;
-                self.optimizer.backward(&(&loss * weight));
-                step_loss += loss.double_value(&[]) * weight;
+                step_loss += loss.value.double_value(&[]) * weight;
+                loss.backward(&self.loaded.model, &mut self.optimizer, weight);
             }
             if !step_loss.is_finite() {
                 return Err(TrainError::NonFiniteLoss {

@@ -113,3 +113,24 @@ fn a_diverging_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let last = read_state(ckpts.last().unwrap()).unwrap();
     assert!(last.global_step <= step);
 }
+
+/// `gradient_checkpointing` changes how the backward pass gets its activations, not what it
+/// computes: the same run with it on gives the same losses, step for step, through stage 0
+/// and into the first latent stage.
+#[test]
+fn gradient_checkpointing_trains_the_same_run() {
+    let losses = |extra: &str| {
+        let out = tempfile::tempdir().unwrap();
+        let cfg = config(out.path(), 23, extra);
+        Trainer::new(cfg.clone(), Path::new("test.toml")).unwrap().run(&mut no_eval).unwrap();
+        step_losses(&cfg.run_dir())
+    };
+    let kept = losses("");
+    let recomputed = losses("gradient_checkpointing = true");
+    assert_eq!(kept.len(), 23);
+    assert_eq!(kept.len(), recomputed.len());
+    for (step, (a, b)) in kept.iter().zip(&recomputed).enumerate() {
+        assert!((a - b).abs() < 1e-4 * a.abs(), "step {step}: loss {a} vs {b}");
+    }
+    assert!(kept[22] < 0.5 * kept[0], "the run learns: {} -> {}", kept[0], kept[22]);
+}
