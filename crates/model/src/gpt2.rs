@@ -131,8 +131,9 @@ impl Gpt2Config {
 #[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
-    /// Keep chunks even without gradients (a recomputed pass turns them into leaves).
-    chunked: bool,
+    /// Every call's keys and values stay a chunk of their own, with or without gradients:
+    /// a recomputed pass reads its own back (see [`Gpt2::forward_recomputed`]).
+    separate_chunks: bool,
 }
 
 #[derive(Debug, Default)]
@@ -186,10 +187,15 @@ impl KvCache {
         if self.layers.len() <= layer {
             self.layers.resize_with(layer + 1, LayerCache::default);
         }
-        let chunked = self.chunked;
+        let separate_chunks = self.separate_chunks;
         let cache = &mut self.layers[layer];
         let t = k.size()[2];
-        if chunked || k.requires_grad() || !cache.chunks.is_empty() {
+        if separate_chunks {
+            cache.chunks.push((k.contiguous(), v.contiguous()));
+            cache.len += t;
+            return cache.views();
+        }
+        if k.requires_grad() || !cache.chunks.is_empty() {
             if let Some((kb, vb)) = cache.buffer.take() {
                 cache.chunks.push((kb.narrow(2, 0, cache.len), vb.narrow(2, 0, cache.len)));
             }
@@ -263,7 +269,26 @@ impl KvCache {
                 }
             })
             .collect();
-        KvCache { layers, chunked: false }
+        KvCache { layers, separate_chunks: false }
+    }
+
+    /// A cache whose layers hold `past` (each layer's chunks) and to which every call adds a
+    /// chunk of its own.
+    fn with_separate_chunks(past: Vec<Vec<(Tensor, Tensor)>>) -> KvCache {
+        let layers = past
+            .into_iter()
+            .map(|chunks| LayerCache {
+                len: chunks.iter().map(|(k, _)| k.size()[2]).sum(),
+                chunks,
+                buffer: None,
+            })
+            .collect();
+        KvCache { layers, separate_chunks: true }
+    }
+
+    /// Every layer's chunks (see [`KvCache`]).
+    fn chunks_per_layer(&self, n_layer: usize) -> Vec<Vec<(Tensor, Tensor)>> {
+        (0..n_layer).map(|l| self.layers.get(l).map_or_else(Vec::new, LayerCache::views)).collect()
     }
 
     /// Selects rows of the batch (for example the rows still decoding).
@@ -656,69 +681,63 @@ impl Gpt2 {
         drops.then(|| Tensor::randint(1 << 62, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]))
     }
 
-    /// [`Gpt2::forward_embeds_from`] over token ids, with gradient checkpointing: the pass
-    /// runs without autograd and keeps only each block's input, and
-    /// [`RecomputedPass::backward`] recomputes one block at a time. The activations held for
-    /// the backward pass shrink from every block's to one block's, for one more forward.
+    /// [`Gpt2::forward_embeds_from`] with gradient checkpointing: the pass runs without
+    /// autograd and keeps only each block's input, and [`RecomputedPass::backward`] recomputes
+    /// one block at a time. The activations held for the backward pass shrink from every
+    /// block's to one block's, for one more forward.
     ///
-    /// The returned hidden states and the keys and values written into `cache` (which must be
-    /// empty: the pass starts the sequence) are leaves that require gradients; the backward
-    /// pass of whatever reads them yields the gradients `RecomputedPass::backward` starts from.
+    /// The returned hidden states and the keys and values appended to `cache` are leaves that
+    /// require gradients: the backward pass of whatever reads them stops there and yields the
+    /// gradients `RecomputedPass::backward` starts from. It ends with the gradients of the
+    /// pass's own inputs, `embeds` and the keys and values `cache` held before the call.
     pub fn forward_recomputed(
         &self,
-        ids: &Tensor,
+        embeds: &Tensor,
         position_ids: &Tensor,
         bias: &Tensor,
         cache: &mut KvCache,
         train: bool,
         outputs_from: i64,
     ) -> (Tensor, RecomputedPass) {
-        assert!(cache.is_empty(), "a recomputed pass must start the sequence");
-        let t = ids.size()[1];
+        let t = embeds.size()[1];
         assert!((0..t).contains(&outputs_from), "outputs_from {outputs_from} outside 0..{t}");
+        let n_layer = self.h.len();
+        let past = cache.chunks_per_layer(n_layer);
         let seed = self.dropout_seed(train);
-        let mut block_inputs = Vec::with_capacity(self.h.len() - 1);
-        let mut chunks = KvCache { chunked: true, ..KvCache::default() };
+        let mut block_inputs = Vec::with_capacity(n_layer - 1);
+        let mut scratch = KvCache::with_separate_chunks(shallow_clones(&past));
         let hidden = tch::no_grad(|| {
             reseed(seed, 0);
-            let mut x = self.input_embeddings(&self.embed(ids), position_ids, train);
+            let mut x = self.input_embeddings(embeds, position_ids, train);
             for (layer, block) in self.h.iter().enumerate() {
                 reseed(seed, layer + 1);
                 let from = self.block_outputs_from(layer, outputs_from);
-                x = block.forward(&x, bias, layer, Some(&mut chunks), train, from);
-                if layer + 1 < self.h.len() {
+                x = block.forward(&x, bias, layer, Some(&mut scratch), train, from);
+                if layer + 1 < n_layer {
                     block_inputs.push(x.shallow_clone());
                 }
             }
             self.ln_f.forward(&x)
         });
-        let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
-        let keys_values: Vec<(Tensor, Tensor)> = chunks
+        let keys_values: Vec<(Tensor, Tensor)> = scratch
             .layers
             .iter()
             .map(|layer| {
-                let (k, v) = &layer.chunks[0];
+                let (k, v) = layer.chunks.last().expect("the pass's own chunk");
                 (leaf(k), leaf(v))
             })
             .collect();
-        *cache = KvCache {
-            layers: keys_values
-                .iter()
-                .map(|(k, v)| LayerCache {
-                    chunks: vec![(k.shallow_clone(), v.shallow_clone())],
-                    buffer: None,
-                    len: t,
-                })
-                .collect(),
-            chunked: false,
-        };
+        for (layer, (k, v)) in keys_values.iter().enumerate() {
+            cache.append(layer, k.shallow_clone(), v.shallow_clone());
+        }
         let pass = RecomputedPass {
-            ids: ids.shallow_clone(),
+            embeds: embeds.shallow_clone(),
             position_ids: position_ids.shallow_clone(),
             bias: bias.shallow_clone(),
             train,
             outputs_from,
             seed,
+            past,
             block_inputs,
             hidden: leaf(&hidden),
             keys_values,
@@ -766,18 +785,32 @@ impl Gpt2 {
     }
 }
 
+/// A detached copy of `t` that requires gradients: where a recomputed pass's graph starts
+/// or ends.
+fn leaf(t: &Tensor) -> Tensor {
+    t.detach().set_requires_grad(true)
+}
+
+fn shallow_clones(chunks: &[Vec<(Tensor, Tensor)>]) -> Vec<Vec<(Tensor, Tensor)>> {
+    chunks
+        .iter()
+        .map(|l| l.iter().map(|(k, v)| (k.shallow_clone(), v.shallow_clone())).collect())
+        .collect()
+}
+
 /// A forward pass run by [`Gpt2::forward_recomputed`]: what its backward pass needs to
 /// recompute the activations it did not keep.
 #[derive(Debug)]
 pub struct RecomputedPass {
-    ids: Tensor,
+    embeds: Tensor, // the input, as the caller's graph made it
     position_ids: Tensor,
     bias: Tensor,
     train: bool,
     outputs_from: i64,
     seed: Option<i64>,
-    block_inputs: Vec<Tensor>, // the input of every block but the first, without autograd
-    hidden: Tensor,            // leaf: the pass's output
+    past: Vec<Vec<(Tensor, Tensor)>>, // every layer's earlier keys and values, as the cache held them
+    block_inputs: Vec<Tensor>,        // the input of every block but the first, without autograd
+    hidden: Tensor,                   // leaf: the pass's output
     keys_values: Vec<(Tensor, Tensor)>, // leaves: every layer's keys and values
 }
 
@@ -789,12 +822,22 @@ impl RecomputedPass {
         std::iter::once(&self.hidden).chain(kv).collect()
     }
 
+    /// What this pass read from the computation before it: the input embeddings, then the
+    /// keys and values of earlier positions, layer by layer. [`RecomputedPass::backward`]
+    /// returns their gradients, from which the backward pass continues through the caller's
+    /// graph.
+    pub fn inputs(&self) -> Vec<&Tensor> {
+        let past = self.past.iter().flatten().flat_map(|(k, v)| [k, v]);
+        std::iter::once(&self.embeds).chain(past).collect()
+    }
+
     /// The backward pass, last block first. `output_grads` are the gradients of
     /// [`RecomputedPass::outputs`] (undefined where nothing read an output). Each block is
     /// recomputed from its saved input under autograd, and `backprop(scalar, inputs)` is
     /// called with a scalar whose gradient is the block's share of the whole backward pass:
     /// it must add the scalar's parameter gradients to the others, and return the gradients
-    /// of `inputs` (the block's input, from which the block before it continues).
+    /// of `inputs` (the block's input and the earlier keys and values it read). Returns the
+    /// gradients of [`RecomputedPass::inputs`].
     ///
     /// # Panics
     /// If `model` is not the model that ran the pass, or the gradients do not match the
@@ -804,30 +847,39 @@ impl RecomputedPass {
         model: &Gpt2,
         output_grads: &[Tensor],
         mut backprop: impl FnMut(&Tensor, &[&Tensor]) -> Vec<Tensor>,
-    ) {
+    ) -> Vec<Tensor> {
         let n_layer = model.h.len();
         assert_eq!(n_layer, self.block_inputs.len() + 1, "a pass of another model");
         assert_eq!(output_grads.len(), 1 + 2 * n_layer, "one gradient per output");
+        let mut past_grads: Vec<Vec<Tensor>> = (0..n_layer).map(|_| Vec::new()).collect();
         let mut grad_out = output_grads[0].shallow_clone(); // of the last block's output
         for layer in (0..n_layer).rev() {
-            let input =
-                (layer > 0).then(|| self.block_inputs[layer - 1].detach().set_requires_grad(true));
-            let x = match &input {
-                Some(x) => x.shallow_clone(),
-                None => {
-                    reseed(self.seed, 0);
-                    model.input_embeddings(&model.embed(&self.ids), &self.position_ids, self.train)
-                }
+            // The block's inputs as fresh leaves: its graph ends there.
+            let input = leaf(if layer == 0 { &self.embeds } else { &self.block_inputs[layer - 1] });
+            let past: Vec<(Tensor, Tensor)> =
+                self.past[layer].iter().map(|(k, v)| (leaf(k), leaf(v))).collect();
+            let x = if layer == 0 {
+                reseed(self.seed, 0);
+                model.input_embeddings(&input, &self.position_ids, self.train)
+            } else {
+                input.shallow_clone()
             };
             reseed(self.seed, layer + 1);
-            let mut chunks = KvCache::new();
+            // Only this layer's earlier keys and values are read.
+            let layers = (0..n_layer)
+                .map(|l| {
+                    let chunks = if l == layer { past.as_slice() } else { &[] };
+                    chunks.iter().map(|(k, v)| (k.shallow_clone(), v.shallow_clone())).collect()
+                })
+                .collect();
+            let mut scratch = KvCache::with_separate_chunks(layers);
             let from = model.block_outputs_from(layer, self.outputs_from);
             let mut y =
-                model.h[layer].forward(&x, &self.bias, layer, Some(&mut chunks), self.train, from);
+                model.h[layer].forward(&x, &self.bias, layer, Some(&mut scratch), self.train, from);
             if layer + 1 == n_layer {
                 y = model.ln_f.forward(&y);
             }
-            let (k, v) = &chunks.layers[layer].chunks[0];
+            let (k, v) = scratch.layers[layer].chunks.last().expect("the block's own chunk");
             let (grad_k, grad_v) = (&output_grads[1 + 2 * layer], &output_grads[2 + 2 * layer]);
             // sum(output * its gradient) backpropagates exactly that gradient.
             let terms: Vec<Tensor> = [(&y, &grad_out), (k, grad_k), (v, grad_v)]
@@ -835,13 +887,21 @@ impl RecomputedPass {
                 .filter(|(_, g)| g.defined())
                 .map(|(t, g)| (t * g).sum(Kind::Float))
                 .collect();
-            if terms.is_empty() {
+            let Some(scalar) = terms.into_iter().reduce(|a, b| a + b) else {
                 grad_out = Tensor::new(); // nothing downstream read this block
                 continue;
-            }
-            let scalar = terms.into_iter().reduce(|a, b| a + b).expect("not empty");
-            let inputs: Vec<&Tensor> = input.iter().collect();
-            grad_out = backprop(&scalar, &inputs).into_iter().next().unwrap_or_default();
+            };
+            let inputs: Vec<&Tensor> =
+                std::iter::once(&input).chain(past.iter().flat_map(|(k, v)| [k, v])).collect();
+            let mut grads = backprop(&scalar, &inputs).into_iter();
+            grad_out = grads.next().unwrap_or_default();
+            past_grads[layer] = grads.collect();
         }
+        let mut input_grads = vec![grad_out]; // of the embeddings
+        for (layer, chunks) in self.past.iter().enumerate() {
+            let mut grads = std::mem::take(&mut past_grads[layer]).into_iter();
+            input_grads.extend((0..2 * chunks.len()).map(|_| grads.next().unwrap_or_default()));
+        }
+        input_grads
     }
 }

@@ -3,14 +3,61 @@
 
 mod common;
 
-use coconut_model::{causal_bias, padding_bias, Gpt2, KvCache};
+use coconut_model::{causal_bias, Gpt2, KvCache, RecomputedPass};
 use common::{decode_inputs, fixture_model, max_diff, reference};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-/// Gradient checkpointing: a pass whose blocks are recomputed in the backward pass gives
-/// the same outputs, cache and parameter gradients as one that keeps its activations, with
-/// dropout on (the recomputed blocks must draw the same masks) and a later cached pass
-/// reading its keys and values.
+/// Adds `grads` to `sums`, skipping undefined gradients.
+fn accumulate(sums: &mut [Tensor], grads: Vec<Tensor>) {
+    for (sum, g) in sums.iter_mut().zip(grads) {
+        if g.defined() {
+            *sum = if sum.defined() { &*sum + g } else { g };
+        }
+    }
+}
+
+/// The parameter gradients of `loss` when `pass` was recomputed: down to the pass's outputs,
+/// through the pass block by block, then from its inputs through the graph before it.
+fn gradients_through(
+    loss: &Tensor,
+    pass: &RecomputedPass,
+    model: &Gpt2,
+    params: &[&Tensor],
+) -> Vec<Tensor> {
+    let n = params.len();
+    let mut inputs = params.to_vec();
+    inputs.extend(pass.outputs());
+    let mut grads = Tensor::run_backward(&[loss], &inputs, true, false);
+    let output_grads = grads.split_off(n);
+    let mut calls = 0;
+    let input_grads = pass.backward(model, &output_grads, |scalar, block_inputs| {
+        calls += 1;
+        let mut inputs = params.to_vec();
+        inputs.extend(block_inputs);
+        let mut block_grads = Tensor::run_backward(&[scalar], &inputs, false, false);
+        let block_input_grads = block_grads.split_off(n);
+        accumulate(&mut grads, block_grads);
+        block_input_grads
+    });
+    assert_eq!(calls, model.config().n_layer, "one recomputed block at a time");
+    let pass_inputs = pass.inputs();
+    assert_eq!(input_grads.len(), pass_inputs.len());
+    let root = pass_inputs
+        .iter()
+        .zip(&input_grads)
+        .filter(|(_, g)| g.defined())
+        .map(|(t, g)| (*t * g).sum(Kind::Float))
+        .reduce(|a, b| a + b)
+        .expect("the pass's embeddings get a gradient");
+    accumulate(&mut grads, Tensor::run_backward(&[&root], params, false, false));
+    grads
+}
+
+/// A pass whose blocks are recomputed in the backward pass gives the same outputs, cache
+/// and parameter gradients as one that keeps its activations, with dropout on (the
+/// recomputed blocks must draw the same masks): as the first pass, whose keys and values a
+/// later cached pass reads, and as the later pass, reading the keys and values of a first
+/// pass that kept its activations.
 #[test]
 fn a_recomputed_pass_gives_the_same_values_and_gradients() {
     let (_fixture_vs, fixture) = fixture_model();
@@ -19,61 +66,68 @@ fn a_recomputed_pass_gives_the_same_values_and_gradients() {
     tch::manual_seed(11);
     let vs = VarStore::new(Device::Cpu);
     let model = Gpt2::new(&vs.root(), &config);
-    let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
-    let param_refs: Vec<&Tensor> = params.iter().map(|(_, p)| p).collect();
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let params: Vec<&Tensor> = named.iter().map(|(_, p)| p).collect();
     let r = reference();
     let (ids, mask, pos) = decode_inputs(&r);
     let bias = causal_bias(mask, Kind::Float);
     let t = ids.size()[1];
-    let next = ids.narrow(1, 0, 1);
-    let next_pos = pos.narrow(1, -1, 1) + 1;
-    let step_bias =
-        padding_bias(&Tensor::cat(&[mask, &mask.narrow(1, 0, 1).ones_like()], 1), Kind::Float);
-    // A loss over the pass's last two columns and over one more column that reads its cache.
-    let loss = |first: &Tensor, cache: &mut KvCache| {
-        let second =
-            model.forward_embeds(&model.embed(&next), &next_pos, &step_bias, Some(cache), true);
+    let next = ids.narrow(1, 0, 2);
+    let next_pos = Tensor::cat(&[pos.narrow(1, -1, 1) + 1, pos.narrow(1, -1, 1) + 2], 1);
+    let next_bias = Tensor::cat(&[mask, &mask.narrow(1, 0, 2).ones_like()], 1);
+    let next_bias = causal_bias(&next_bias, Kind::Float).narrow(2, t, 2); // (B, 1, 2, t + 2)
+                                                                          // A loss over the first pass's last two columns and over a second pass of two columns
+                                                                          // that reads the first's cache.
+    let loss = |first: &Tensor, second: &Tensor| {
         let weights = first.ones_like().cumsum(2, Kind::Float);
-        (first * weights).sum(Kind::Float) + (&second * &second).sum(Kind::Float)
+        (first * weights).sum(Kind::Float) + (second * second).sum(Kind::Float)
+    };
+    let first_kept = |cache: &mut KvCache| {
+        model.forward_embeds_from(&model.embed(ids), pos, &bias, Some(cache), true, t - 2)
+    };
+    let second_kept = |cache: &mut KvCache| {
+        model.forward_embeds(&model.embed(&next), &next_pos, &next_bias, Some(cache), true)
     };
 
     tch::manual_seed(5);
     let mut cache = KvCache::new();
-    let first =
-        model.forward_embeds_from(&model.embed(ids), pos, &bias, Some(&mut cache), true, t - 2);
-    let kept_loss = loss(&first, &mut cache);
-    let kept = Tensor::run_backward(&[&kept_loss], &param_refs, false, false);
+    let first = first_kept(&mut cache);
+    let kept_loss = loss(&first, &second_kept(&mut cache));
+    let kept = Tensor::run_backward(&[&kept_loss], &params, false, false);
 
-    tch::manual_seed(5);
-    let mut cache = KvCache::new();
-    let (first, pass) = model.forward_recomputed(ids, pos, &bias, &mut cache, true, t - 2);
-    let recomputed_loss = loss(&first, &mut cache);
-    let mut inputs = param_refs.clone();
-    inputs.extend(pass.outputs());
-    let mut grads = Tensor::run_backward(&[&recomputed_loss], &inputs, false, false);
-    let output_grads = grads.split_off(params.len());
-    let mut calls = 0;
-    pass.backward(&model, &output_grads, |scalar, block_input| {
-        calls += 1;
-        let mut inputs = param_refs.clone();
-        inputs.extend(block_input);
-        let mut block_grads = Tensor::run_backward(&[scalar], &inputs, false, false);
-        let input_grad = block_grads.split_off(params.len());
-        for (sum, g) in grads.iter_mut().zip(block_grads) {
-            if g.defined() {
-                *sum = if sum.defined() { &*sum + g } else { g };
-            }
+    for recompute_first in [true, false] {
+        tch::manual_seed(5);
+        let mut cache = KvCache::new();
+        let (recomputed_loss, pass) = if recompute_first {
+            let (first, pass) =
+                model.forward_recomputed(&model.embed(ids), pos, &bias, &mut cache, true, t - 2);
+            (loss(&first, &second_kept(&mut cache)), pass)
+        } else {
+            let first = first_kept(&mut cache);
+            let (second, pass) = model.forward_recomputed(
+                &model.embed(&next),
+                &next_pos,
+                &next_bias,
+                &mut cache,
+                true,
+                0,
+            );
+            (loss(&first, &second), pass)
+        };
+        let grads = gradients_through(&recomputed_loss, &pass, &model, &params);
+        let (a, b) = (kept_loss.double_value(&[]), recomputed_loss.double_value(&[]));
+        assert!(
+            (a - b).abs() < 1e-4 * a.abs(),
+            "first recomputed {recompute_first}: loss {a} vs {b}"
+        );
+        for ((name, _), (a, b)) in named.iter().zip(kept.iter().zip(&grads)) {
+            assert!(a.defined() && b.defined(), "{name}: no gradient");
+            let scale = a.abs().max().double_value(&[]).max(1e-6);
+            assert!(
+                max_diff(a, b) < 1e-4 * scale,
+                "first recomputed {recompute_first}: {name}: gradients differ"
+            );
         }
-        input_grad
-    });
-
-    assert_eq!(calls, config.n_layer, "one recomputed block at a time");
-    let loss_diff = (kept_loss.double_value(&[]) - recomputed_loss.double_value(&[])).abs();
-    assert!(loss_diff < 1e-4 * kept_loss.double_value(&[]).abs(), "loss differs by {loss_diff}");
-    for ((name, _), (a, b)) in params.iter().zip(kept.iter().zip(&grads)) {
-        assert!(a.defined() && b.defined(), "{name}: no gradient");
-        let scale = a.abs().max().double_value(&[]).max(1e-6);
-        assert!(max_diff(a, b) < 1e-4 * scale, "{name}: gradients differ");
     }
 }

@@ -73,14 +73,20 @@ impl AdamW {
     /// the last [`AdamW::zero_grad`] or [`AdamW::step`]. A parameter the loss does not
     /// reach gets none (and is not updated, as in PyTorch).
     pub fn backward(&mut self, loss: &Tensor) {
-        self.backward_and_grads(loss, &[]);
+        self.backward_and_grads(loss, &[], false);
     }
 
     /// [`AdamW::backward`] that also returns the gradients of `others`, tensors of the graph
-    /// that are not parameters (undefined where the loss does not reach one).
-    pub fn backward_and_grads(&mut self, loss: &Tensor, others: &[&Tensor]) -> Vec<Tensor> {
+    /// that are not parameters (undefined where the loss does not reach one). With
+    /// `keep_graph` the graph can be walked again from another root.
+    pub fn backward_and_grads(
+        &mut self,
+        loss: &Tensor,
+        others: &[&Tensor],
+        keep_graph: bool,
+    ) -> Vec<Tensor> {
         let inputs: Vec<&Tensor> = self.params.values().chain(others.iter().copied()).collect();
-        let mut grads = Tensor::run_backward(&[loss], &inputs, false, false);
+        let mut grads = Tensor::run_backward(&[loss], &inputs, keep_graph, false);
         let others_grads = grads.split_off(self.params.len());
         tch::no_grad(|| {
             for (name, g) in self.params.keys().zip(grads) {

@@ -24,10 +24,11 @@
 //! fewer latents than the batch maximum simply keeps its own token embeddings in the later
 //! latent columns.
 //!
-//! With gradient checkpointing ([`training_loss`]) pass 0, the question (at stage 0 the
-//! whole sequence), keeps no activations: its blocks are recomputed one at a time in the
-//! backward pass. It holds most of the tokens, so this bounds activation memory by about
-//! one block of it, at the price of running it forward twice.
+//! With gradient checkpointing ([`training_loss`]) the two long passes, the question (at
+//! stage 0 the whole sequence) and the final pass, keep no activations: their blocks are
+//! recomputed one at a time in the backward pass. They hold nearly every token, so this
+//! bounds activation memory by about one block's, at the price of running them forward
+//! twice. The thought passes, a column each, keep theirs.
 
 use coconut_curriculum::{Batch, IGNORE_INDEX};
 use coconut_model::{causal_bias, Gpt2, KvCache, RecomputedPass};
@@ -148,23 +149,23 @@ pub fn latent_hidden_states(
     multi_pass(model, batch, cache, train, outputs_from, false).0
 }
 
-/// [`latent_hidden_states`], and with `recompute_first_pass` the first pass runs through
-/// [`Gpt2::forward_recomputed`] and is returned for the backward pass.
+/// [`latent_hidden_states`]; with `recompute`, the first and the final pass run through
+/// [`Gpt2::forward_recomputed`] and are returned, in order, for the backward pass.
 fn multi_pass(
     model: &Gpt2,
     batch: &DeviceBatch,
     cache: &mut KvCache,
     train: bool,
     outputs_from: i64,
-    recompute_first_pass: bool,
-) -> (Tensor, Option<RecomputedPass>) {
+    recompute: bool,
+) -> (Tensor, Vec<RecomputedPass>) {
     let embeds = model.embed(&batch.input_ids); // (B, T, C)
     let t = embeds.size()[1];
     assert!((0..t).contains(&outputs_from), "outputs_from {outputs_from} outside 0..{t}");
     let passes = pass_ranges(batch.first_latent, batch.max_latents(), t);
     let mut outputs: Vec<Tensor> = Vec::new(); // the read columns of every pass
     let mut thought: Option<Tensor> = None; // (B, 1, C): hidden state of the previous pass's last column
-    let mut recomputed = None;
+    let mut recomputed = Vec::new();
     for (pass, &(start, end)) in passes.iter().enumerate() {
         let mut x = embeds.narrow(1, start, end - start); // (B, len, C)
         if let Some(thought) = &thought {
@@ -180,14 +181,13 @@ fn multi_pass(
         let pos = batch.position_ids.narrow(1, start, end - start);
         let read_from = outputs_from.clamp(start, end); // `end`: the caller reads none of them
         let compute_from = if pass + 1 < passes.len() { read_from.min(end - 1) } else { read_from };
-        let hidden = if pass == 0 && recompute_first_pass {
-            let ids = batch.input_ids.narrow(1, 0, end);
-            let (hidden, first_pass) =
-                model.forward_recomputed(&ids, &pos, &bias, cache, train, compute_from);
-            recomputed = Some(first_pass);
+        let from = compute_from - start;
+        let hidden = if recompute && (pass == 0 || pass + 1 == passes.len()) {
+            let (hidden, recomputed_pass) =
+                model.forward_recomputed(&x, &pos, &bias, cache, train, from);
+            recomputed.push(recomputed_pass);
             hidden
         } else {
-            let from = compute_from - start;
             model.forward_embeds_from(&x, &pos, &bias, Some(&mut *cache), train, from)
         }; // (B, end - compute_from, C)
         if read_from < end {
@@ -217,11 +217,11 @@ pub fn coconut_loss(model: &Gpt2, batch: &DeviceBatch, train: bool) -> Tensor {
 pub struct TrainingLoss {
     /// The mean cross-entropy over the supervised tokens.
     pub value: Tensor,
-    /// With gradient checkpointing, the first pass, recomputed in the backward pass.
-    first_pass: Option<RecomputedPass>,
+    /// With gradient checkpointing, the passes recomputed in the backward pass, in order.
+    recomputed: Vec<RecomputedPass>,
 }
 
-/// [`coconut_loss`] in training mode, with the first pass's activations recomputed in the
+/// [`coconut_loss`] in training mode, with the long passes' activations recomputed in the
 /// backward pass when `gradient_checkpointing` is set. Loss and gradients are the same
 /// either way.
 pub fn training_loss(
@@ -230,27 +230,59 @@ pub fn training_loss(
     gradient_checkpointing: bool,
 ) -> TrainingLoss {
     let mut cache = KvCache::new();
-    let (hidden, first_pass) =
+    let (hidden, recomputed) =
         multi_pass(model, batch, &mut cache, true, batch.first_loss_column, gradient_checkpointing);
-    TrainingLoss { value: loss_on_supervised_columns(model, batch, &hidden), first_pass }
+    TrainingLoss { value: loss_on_supervised_columns(model, batch, &hidden), recomputed }
 }
 
 impl TrainingLoss {
-    /// Adds the parameter gradients of `weight * loss` to the optimizer's. With gradient
-    /// checkpointing the backward pass runs in two steps: through everything after the first
-    /// pass, down to the first pass's outputs, then through the first pass one recomputed
-    /// block at a time.
+    /// Adds the parameter gradients of `weight * loss` to the optimizer's.
+    ///
+    /// With gradient checkpointing the backward pass walks the recomputed passes from the
+    /// last to the first. From the current root (first the loss) it runs down to the outputs
+    /// of that pass and of those before it (the graph in between may read any of them),
+    /// recomputes the pass block by block, and continues from the pass's inputs (its
+    /// embeddings, with the thought written in, and the earlier keys and values it read) as
+    /// the next root. The graph outside the recomputed passes is kept until the end, since
+    /// it is walked once per root.
     pub fn backward(self, model: &Gpt2, optimizer: &mut AdamW, weight: f64) {
-        let scaled = &self.value * weight;
-        match &self.first_pass {
-            None => optimizer.backward(&scaled),
-            Some(first_pass) => {
-                let output_grads = optimizer.backward_and_grads(&scaled, &first_pass.outputs());
-                first_pass.backward(model, &output_grads, |scalar, inputs| {
-                    optimizer.backward_and_grads(scalar, inputs)
-                });
+        let mut root = Some(&self.value * weight);
+        let mut output_grads: Vec<Vec<Tensor>> = self
+            .recomputed
+            .iter()
+            .map(|pass| pass.outputs().iter().map(|_| Tensor::new()).collect())
+            .collect();
+        for (i, pass) in self.recomputed.iter().enumerate().rev() {
+            if let Some(root) = &root {
+                let outputs: Vec<&Tensor> =
+                    self.recomputed[..=i].iter().flat_map(RecomputedPass::outputs).collect();
+                let mut grads = optimizer.backward_and_grads(root, &outputs, true).into_iter();
+                for sum in output_grads[..=i].iter_mut().flatten() {
+                    add_gradient(sum, grads.next().expect("one gradient per output"));
+                }
             }
+            let input_grads = pass.backward(model, &output_grads[i], |scalar, inputs| {
+                optimizer.backward_and_grads(scalar, inputs, false)
+            });
+            // sum(input * its gradient) backpropagates exactly that gradient.
+            root = pass
+                .inputs()
+                .into_iter()
+                .zip(&input_grads)
+                .filter(|(_, g)| g.defined())
+                .map(|(t, g)| (t * g).sum(Kind::Float))
+                .reduce(|a, b| a + b);
         }
+        if let Some(root) = root {
+            optimizer.backward_and_grads(&root, &[], false);
+        }
+    }
+}
+
+/// `sum += g`, where an undefined tensor is zero.
+fn add_gradient(sum: &mut Tensor, g: Tensor) {
+    if g.defined() {
+        *sum = if sum.defined() { &*sum + g } else { g };
     }
 }
 

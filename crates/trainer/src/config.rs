@@ -166,8 +166,9 @@ pub struct TrainConfig {
     pub group_by_length: bool,
     /// Clip the global gradient norm to this value (none in the paper).
     pub grad_clip: Option<f64>,
-    /// Recompute the first pass (the question) block by block in the backward pass instead
-    /// of keeping its activations: far less memory for about a third more compute.
+    /// Recompute the long passes (the question, and the final pass after the thoughts) block
+    /// by block in the backward pass instead of keeping their activations: far less memory
+    /// for one more forward.
     pub gradient_checkpointing: bool,
     /// Seed of initialisation, shuffling and dropout.
     pub seed: u64,

@@ -13,9 +13,10 @@ use coconut_trainer::{training_loss, DeviceBatch};
 use common::{latent_batch, samples, SPECIAL};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-/// Gradient checkpointing recomputes the first pass in the backward pass: the loss and
-/// every gradient are those of the pass that keeps its activations, with dropout on, with
-/// and without thoughts, and with a micro-batch weight.
+/// Gradient checkpointing recomputes the first and the final pass in the backward pass: the
+/// loss and every gradient are those of the passes that keep their activations, with dropout
+/// on, with thoughts (rows with 3, 1 and 2, so the loss also reads thought passes) and
+/// without (one pass), and with a micro-batch weight.
 #[test]
 fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
     let mut config = Gpt2Config::new(44, 64, 16, 2, 2);

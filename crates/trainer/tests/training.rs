@@ -2,9 +2,18 @@
 //! checkpoints load back, and a corrupt newest checkpoint falls back to the one before.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use coconut_trainer::checkpoint::{list_checkpoints, read_state};
 use coconut_trainer::{EpochEval, RunConfig, Trainer};
+
+/// Torch's generator is process-wide and every test here initialises a model from it, so
+/// the tests take turns: a run started alongside another would not be reproducible.
+static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+fn torch_rng() -> MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn prosqa_valid() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/prosqa/prosqa_valid.json")
@@ -62,6 +71,7 @@ fn step_losses(run: &Path) -> Vec<f64> {
 
 #[test]
 fn a_tiny_model_overfits_a_few_samples_through_the_stages() {
+    let _rng = torch_rng();
     let out = tempfile::tempdir().unwrap();
     let cfg = config(out.path(), 60, "");
     let mut trainer = Trainer::new(cfg.clone(), Path::new("test.toml")).unwrap();
@@ -81,6 +91,7 @@ fn a_tiny_model_overfits_a_few_samples_through_the_stages() {
 
 #[test]
 fn a_corrupt_newest_checkpoint_is_skipped_for_the_one_before() {
+    let _rng = torch_rng();
     let out = tempfile::tempdir().unwrap();
     let cfg = config(out.path(), 2, "keep_last = 0");
     Trainer::new(cfg.clone(), Path::new("test.toml")).unwrap().run(&mut no_eval).unwrap();
@@ -100,6 +111,7 @@ fn a_corrupt_newest_checkpoint_is_skipped_for_the_one_before() {
 
 #[test]
 fn a_diverging_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let _rng = torch_rng();
     let out = tempfile::tempdir().unwrap();
     // A learning rate this large sends the weights to infinity after the first update.
     let mut cfg = config(out.path(), 2, "save_every_steps = 1\nkeep_last = 0");
@@ -119,6 +131,7 @@ fn a_diverging_loss_stops_the_run_and_keeps_the_last_checkpoint() {
 /// and into the first latent stage.
 #[test]
 fn gradient_checkpointing_trains_the_same_run() {
+    let _rng = torch_rng();
     let losses = |extra: &str| {
         let out = tempfile::tempdir().unwrap();
         let cfg = config(out.path(), 23, extra);
