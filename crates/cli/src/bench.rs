@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use coconut_curriculum::{
     collate_training, eval_prompt, load_samples, tokenize_samples, training_sample,
-    CurriculumConfig, Mode, StagedSample, Tokenizer,
+    CurriculumConfig, Mode, Sample, StagedSample, Tokenizer,
 };
 use coconut_eval::{generate, generate_without_cache};
 use coconut_model::{Gpt2, Gpt2Config};
@@ -66,9 +66,10 @@ const fn measurement(
 }
 
 /// The fixed set.
-const MEASUREMENTS: [Measurement; 8] = [
+const MEASUREMENTS: [Measurement; 9] = [
     measurement("train_step", "tiny", 8, 6, 5, false),
     measurement("plain_step", "tiny", 8, 6, 5, false),
+    measurement("latent_overhead", "tiny", 8, 6, 7, false),
     measurement("train_step", "tiny", 8, 0, 2, false),
     measurement("train_step", "gpt2", 8, 6, 1, false),
     measurement("train_step", "gpt2", 8, 6, 1, true),
@@ -144,13 +145,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             })
             .cloned()
     };
-    let (train, plain) = (find("train_step", "tiny", 6), find("plain_step", "tiny", 6));
-    if let (Some(t), Some(p)) = (&train, &plain) {
-        println!(
-            "latent_overhead_stage6={:.3}",
-            t["median_s"].as_f64().unwrap_or(f64::NAN) / p["median_s"].as_f64().unwrap_or(f64::NAN)
-        );
+    if let Some(overhead) = find("latent_overhead", "tiny", 6) {
+        println!("latent_overhead_stage6={:.3}", overhead["ratio"].as_f64().unwrap_or(f64::NAN));
     }
+    let train = find("train_step", "tiny", 6);
     if let (Some(b), Some(r)) =
         (find("generate_batched", "tiny", 6), find("generate_reference", "tiny", 6))
     {
@@ -311,7 +309,6 @@ fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
         .to_string());
     }
 
-    let plain = name == "plain_step";
     let mut optimizer = AdamW::new(
         vs.variables(),
         AdamWConfig { lr: 1e-4, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 },
@@ -319,52 +316,72 @@ fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
     // The first steps of a process run slower while the allocator takes memory from the
     // system; a GPT-2 step is long enough for one to do.
     let warmup = if model_name == "gpt2" { 1 } else { 2 };
-    let (mut times, mut fwd, mut bwd, mut opt, mut rss) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut tokenize_s, mut collate_s, mut final_loss) = (0.0, 0.0, 0.0);
-    let (mut seq_len, mut real, mut supervised, mut calls) = (0, 0, 0, 0);
-    for step in 0..warmup + steps {
+    let mut step = |index: usize, plain: bool| {
         // Dropout draws from a seed per step, as in training, so that measurements of the
         // same step with and without recomputation end with the same loss.
-        tch::manual_seed(step as i64);
-        let t0 = Instant::now();
-        // Collation is part of the step: it runs for every batch of a real epoch.
-        let tokenized = tokenize_samples(&tokenizer, &samples[..batch]);
-        let t1 = Instant::now();
-        let staged: Vec<StagedSample> =
-            tokenized.iter().map(|s| training_sample(&curriculum, &special, s, stage)).collect();
-        let mut collated = collate_training(&staged, &special);
-        if plain {
-            // The same tokens in one ordinary pass: the latents are treated as plain tokens.
-            collated.latent_columns.iter_mut().for_each(Vec::clear);
+        tch::manual_seed(index as i64);
+        let inputs = StepInputs {
+            tokenizer: &tokenizer,
+            samples: &samples,
+            curriculum: &curriculum,
+            batch,
+            stage,
+        };
+        let timing = timed_step(&model, &mut optimizer, &inputs, plain, gradient_checkpointing);
+        eprintln!(
+            "# {name} {model_name} step {index} (plain {plain}): loss {:.4}, {:.3} s",
+            timing.loss, timing.total_s
+        );
+        timing
+    };
+
+    if name == "latent_overhead" {
+        // The stage-6 step and the plain step on the same tokens, alternating in one
+        // process, so that the machine's drift over a run weighs on both alike.
+        let (mut latent, mut plain) = (Vec::new(), Vec::new());
+        for index in 0..warmup + steps {
+            let order = if index % 2 == 0 { [false, true] } else { [true, false] };
+            for is_plain in order {
+                let timing = step(index, is_plain);
+                if index >= warmup {
+                    if is_plain { &mut plain } else { &mut latent }.push(timing.total_s);
+                }
+            }
         }
-        let device_batch = DeviceBatch::new(&collated, Device::Cpu, Kind::Float);
-        let t2 = Instant::now();
-        let loss = training_loss(&model, &device_batch, gradient_checkpointing);
-        let t3 = Instant::now();
-        final_loss = loss.value.double_value(&[]);
-        loss.backward(&model, &mut optimizer, 1.0);
-        let t4 = Instant::now();
-        optimizer.step();
-        let t5 = Instant::now();
-        if step >= warmup {
-            times.push((t5 - t0).as_secs_f64());
-            fwd.push((t3 - t2).as_secs_f64());
-            bwd.push((t4 - t3).as_secs_f64());
-            opt.push((t5 - t4).as_secs_f64());
-            tokenize_s = (t1 - t0).as_secs_f64();
-            collate_s = (t2 - t1).as_secs_f64();
+        let (latent_s, plain_s) = (median(&latent), median(&plain));
+        return Ok(json!({
+            "name": name, "model": model_name, "batch": batch, "stage": stage, "steps": steps, "warmup": warmup,
+            "latent_median_s": latent_s, "plain_median_s": plain_s, "ratio": latent_s / plain_s,
+            "latent_all_s": latent, "plain_all_s": plain, "peak_rss_mb": peak_rss_mb(), "threads": 1,
+        })
+        .to_string());
+    }
+
+    let plain = name == "plain_step";
+    let (mut times, mut fwd, mut bwd, mut opt, mut rss) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut last = None;
+    for index in 0..warmup + steps {
+        let timing = step(index, plain);
+        if index >= warmup {
+            times.push(timing.total_s);
+            fwd.push(timing.forward_s);
+            bwd.push(timing.backward_s);
+            opt.push(timing.optimizer_s);
         }
         rss.push(rss_mb());
-        seq_len = collated.seq_len;
-        real = collated.attention_mask.iter().filter(|&&m| m == 1).count();
-        supervised = device_batch.supervised_tokens();
-        calls = if plain { 1 } else { device_batch.max_latents() + 1 };
-        eprintln!(
-            "# {name} {model_name} step {step}: loss {final_loss:.4}, {:.3} s",
-            (t5 - t0).as_secs_f64()
-        );
+        last = Some(timing);
     }
+    let StepTiming {
+        tokenize_s,
+        collate_s,
+        loss: final_loss,
+        seq_len,
+        real,
+        supervised,
+        calls,
+        ..
+    } = last.context("no step ran")?;
     let med = median(&times);
     Ok(json!({
         "name": name, "model": model_name, "batch": batch, "stage": stage, "seq_len": seq_len,
@@ -379,4 +396,75 @@ fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
         "peak_rss_mb": peak_rss_mb(), "threads": 1, "gradient_checkpointing": gradient_checkpointing,
     })
     .to_string())
+}
+
+/// What a training step of the benchmark reads.
+struct StepInputs<'a> {
+    tokenizer: &'a Tokenizer,
+    samples: &'a [Sample],
+    curriculum: &'a CurriculumConfig,
+    batch: usize,
+    stage: usize,
+}
+
+/// The times and shape of one training step.
+struct StepTiming {
+    tokenize_s: f64,
+    collate_s: f64,
+    forward_s: f64,
+    backward_s: f64,
+    optimizer_s: f64,
+    total_s: f64,
+    loss: f64,
+    seq_len: usize,
+    real: usize,
+    supervised: i64,
+    calls: usize,
+}
+
+/// One training step on the first `batch` samples at `stage`, from tokenization to the
+/// optimizer update. `plain` treats the latents as ordinary tokens: the same tokens in one
+/// pass.
+fn timed_step(
+    model: &Gpt2,
+    optimizer: &mut AdamW,
+    inputs: &StepInputs,
+    plain: bool,
+    gradient_checkpointing: bool,
+) -> StepTiming {
+    let special = inputs.tokenizer.special();
+    let t0 = Instant::now();
+    // Collation is part of the step: it runs for every batch of a real epoch.
+    let tokenized = tokenize_samples(inputs.tokenizer, &inputs.samples[..inputs.batch]);
+    let t1 = Instant::now();
+    let staged: Vec<StagedSample> = tokenized
+        .iter()
+        .map(|s| training_sample(inputs.curriculum, &special, s, inputs.stage))
+        .collect();
+    let mut collated = collate_training(&staged, &special);
+    if plain {
+        collated.latent_columns.iter_mut().for_each(Vec::clear);
+    }
+    let device_batch = DeviceBatch::new(&collated, Device::Cpu, Kind::Float);
+    let t2 = Instant::now();
+    let loss = training_loss(model, &device_batch, gradient_checkpointing);
+    let t3 = Instant::now();
+    let loss_value = loss.value.double_value(&[]);
+    loss.backward(model, optimizer, 1.0);
+    let t4 = Instant::now();
+    optimizer.step();
+    let t5 = Instant::now();
+    StepTiming {
+        tokenize_s: (t1 - t0).as_secs_f64(),
+        collate_s: (t2 - t1).as_secs_f64(),
+        forward_s: (t3 - t2).as_secs_f64(),
+        backward_s: (t4 - t3).as_secs_f64(),
+        optimizer_s: (t5 - t4).as_secs_f64(),
+        total_s: (t5 - t0).as_secs_f64(),
+        loss: loss_value,
+        seq_len: collated.seq_len,
+        real: collated.attention_mask.iter().filter(|&&m| m == 1).count(),
+        supervised: device_batch.supervised_tokens(),
+        calls: if plain { 1 } else { device_batch.max_latents() + 1 },
+    }
 }
