@@ -138,7 +138,7 @@ pub struct KvCache {
 
 #[derive(Debug, Default)]
 struct LayerCache {
-    chunks: Vec<(Tensor, Tensor)>, // with gradients: (B, nh, T_chunk, hs) twice, per call
+    chunks: Vec<(Tensor, Tensor)>, // with gradients: (B, nh, T_chunk, hs) twice, see `append`
     buffer: Option<(Tensor, Tensor)>, // without: (B, nh, capacity, hs) twice
     len: i64,                      // positions held
 }
@@ -682,9 +682,10 @@ impl Gpt2 {
     }
 
     /// [`Gpt2::forward_embeds_from`] with gradient checkpointing: the pass runs without
-    /// autograd and keeps only each block's input, and [`RecomputedPass::backward`] recomputes
-    /// one block at a time. The activations held for the backward pass shrink from every
-    /// block's to one block's, for one more forward.
+    /// autograd and keeps only each block's input and each layer's keys and values (which
+    /// later passes read), and [`RecomputedPass::backward`] recomputes one block at a time.
+    /// The activations held for the backward pass shrink from every block's to one block's,
+    /// for one more forward.
     ///
     /// The returned hidden states and the keys and values appended to `cache` are leaves that
     /// require gradients: the backward pass of whatever reads them stops there and yields the
@@ -840,7 +841,8 @@ impl RecomputedPass {
     /// gradients of [`RecomputedPass::inputs`].
     ///
     /// # Panics
-    /// If `model` is not the model that ran the pass, or the gradients do not match the
+    /// If `model` has another number of layers than the model that ran the pass (it must
+    /// be that model, which is not checked further), or the gradients do not match the
     /// outputs.
     pub fn backward(
         &self,

@@ -76,9 +76,10 @@ fn a_recomputed_pass_gives_the_same_values_and_gradients() {
     let next = ids.narrow(1, 0, 2);
     let next_pos = Tensor::cat(&[pos.narrow(1, -1, 1) + 1, pos.narrow(1, -1, 1) + 2], 1);
     let next_bias = Tensor::cat(&[mask, &mask.narrow(1, 0, 2).ones_like()], 1);
-    let next_bias = causal_bias(&next_bias, Kind::Float).narrow(2, t, 2); // (B, 1, 2, t + 2)
-                                                                          // A loss over the first pass's last two columns and over a second pass of two columns
-                                                                          // that reads the first's cache.
+    // (B, 1, 2, t + 2): the two new columns' rows of the longer sequence's bias.
+    let next_bias = causal_bias(&next_bias, Kind::Float).narrow(2, t, 2);
+    // A loss over the first pass's last two columns and over a second pass of two columns
+    // that reads the first's cache.
     let loss = |first: &Tensor, second: &Tensor| {
         let weights = first.ones_like().cumsum(2, Kind::Float);
         (first * weights).sum(Kind::Float) + (second * second).sum(Kind::Float)

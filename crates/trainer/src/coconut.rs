@@ -25,10 +25,11 @@
 //! latent columns.
 //!
 //! With gradient checkpointing ([`training_loss`]) the two long passes, the question (at
-//! stage 0 the whole sequence) and the final pass, keep no activations: their blocks are
-//! recomputed one at a time in the backward pass. They hold nearly every token, so this
-//! bounds activation memory by about one block's, at the price of running them forward
-//! twice. The thought passes, a column each, keep theirs.
+//! stage 0 the whole sequence) and the final pass, keep only each block's input and their
+//! keys and values: their blocks are recomputed one at a time in the backward pass. They
+//! hold nearly every token, so at most one block's activations of them are alive at once,
+//! at the price of running them forward twice. The thought passes, a column each, keep
+//! theirs.
 
 use coconut_curriculum::{Batch, IGNORE_INDEX};
 use coconut_model::{causal_bias, Gpt2, KvCache, RecomputedPass};
@@ -243,25 +244,33 @@ impl TrainingLoss {
     /// of that pass and of those before it (the graph in between may read any of them),
     /// recomputes the pass block by block, and continues from the pass's inputs (its
     /// embeddings, with the thought written in, and the earlier keys and values it read) as
-    /// the next root. The graph outside the recomputed passes is kept until the end, since
-    /// it is walked once per root.
+    /// the next root. The graph outside the recomputed passes is kept until its last root has
+    /// been walked; each root and each pass is dropped as soon as it is done with.
+    ///
+    /// Recomputation reseeds torch for dropout, so either way the backward pass ends by
+    /// seeding torch from a seed drawn at its start: what runs next (the next micro-batch)
+    /// draws the same masks with and without checkpointing.
     pub fn backward(self, model: &Gpt2, optimizer: &mut AdamW, weight: f64) {
-        let mut root = Some(&self.value * weight);
-        let mut output_grads: Vec<Vec<Tensor>> = self
-            .recomputed
+        let continuation =
+            Tensor::randint(1 << 62, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
+        let TrainingLoss { value, mut recomputed } = self;
+        let mut root = Some(&value * weight);
+        drop(value);
+        let mut output_grads: Vec<Vec<Tensor>> = recomputed
             .iter()
             .map(|pass| pass.outputs().iter().map(|_| Tensor::new()).collect())
             .collect();
-        for (i, pass) in self.recomputed.iter().enumerate().rev() {
-            if let Some(root) = &root {
+        while let Some(pass) = recomputed.pop() {
+            if let Some(root) = root.take() {
                 let outputs: Vec<&Tensor> =
-                    self.recomputed[..=i].iter().flat_map(RecomputedPass::outputs).collect();
-                let mut grads = optimizer.backward_and_grads(root, &outputs, true).into_iter();
-                for sum in output_grads[..=i].iter_mut().flatten() {
+                    recomputed.iter().chain([&pass]).flat_map(RecomputedPass::outputs).collect();
+                let mut grads = optimizer.backward_and_grads(&root, &outputs, true).into_iter();
+                for sum in output_grads.iter_mut().flatten() {
                     add_gradient(sum, grads.next().expect("one gradient per output"));
                 }
             }
-            let input_grads = pass.backward(model, &output_grads[i], |scalar, inputs| {
+            let pass_grads = output_grads.pop().expect("one set of gradients per pass");
+            let input_grads = pass.backward(model, &pass_grads, |scalar, inputs| {
                 optimizer.backward_and_grads(scalar, inputs, false)
             });
             // sum(input * its gradient) backpropagates exactly that gradient.
@@ -276,6 +285,7 @@ impl TrainingLoss {
         if let Some(root) = root {
             optimizer.backward_and_grads(&root, &[], false);
         }
+        tch::manual_seed(continuation);
     }
 }
 

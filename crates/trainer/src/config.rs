@@ -107,6 +107,11 @@ pub struct ModelConfig {
     /// Vocabulary size of the tokenizer trained for a model trained from scratch.
     #[serde(default = "default_vocab")]
     pub vocab_size: usize,
+    /// Dropout of a model trained from scratch, on the embeddings, the attention
+    /// probabilities and the residual branches (GPT-2 uses 0.1). A pretrained model keeps
+    /// its own.
+    #[serde(default)]
+    pub dropout: f64,
 }
 
 fn default_init_token() -> String {
@@ -291,6 +296,9 @@ impl RunConfig {
             }
         }
         let m = &self.model;
+        if !(0.0..1.0).contains(&m.dropout) {
+            return Err(format!("model.dropout ({}) must be in [0, 1)", m.dropout));
+        }
         if m.pretrained.is_none() && (m.n_head == 0 || !m.n_embd.is_multiple_of(m.n_head)) {
             return Err(format!(
                 "model.n_embd ({}) must be a multiple of model.n_head ({})",

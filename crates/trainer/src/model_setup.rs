@@ -83,8 +83,9 @@ pub fn build_model(
     let tokenizer = Tokenizer::train_on_samples(train, m.vocab_size)?;
     tch::manual_seed(config.train.seed as i64);
     let vs = VarStore::new(device);
-    let gpt2 =
+    let mut gpt2 =
         Gpt2Config::new(tokenizer.vocab_size(), m.n_positions, m.n_embd, m.n_layer, m.n_head);
+    (gpt2.embd_pdrop, gpt2.attn_pdrop, gpt2.resid_pdrop) = (m.dropout, m.dropout, m.dropout);
     let model = Gpt2::new(&vs.root(), &gpt2);
     Ok(LoadedModel { vs, model, tokenizer })
 }

@@ -14,42 +14,61 @@ use common::{latent_batch, samples, SPECIAL};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// Gradient checkpointing recomputes the first and the final pass in the backward pass: the
-/// loss and every gradient are those of the passes that keep their activations, with dropout
-/// on, with thoughts (rows with 3, 1 and 2, so the loss also reads thought passes) and
-/// without (one pass), and with a micro-batch weight.
+/// loss and every gradient are those of the passes that keep their activations. With
+/// dropout on; with thoughts (rows with 3, 1 and 2, so the loss also reads thought passes),
+/// with one thought (no thought pass between the two) and without (one pass); with one
+/// layer and two; over two weighted micro-batches (the second draws its dropout masks after
+/// the first's backward pass).
 #[test]
 fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
-    let mut config = Gpt2Config::new(44, 64, 16, 2, 2);
-    (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop) = (0.1, 0.1, 0.1);
-    tch::manual_seed(7);
-    let vs = VarStore::new(Device::Cpu);
-    let model = Gpt2::new(&vs.root(), &config);
-    let cot = CurriculumConfig { mode: Mode::Cot, ..CurriculumConfig::default() };
-    let cot_batch = collate_training(
-        &samples().iter().map(|s| training_sample(&cot, &SPECIAL, s, 0)).collect::<Vec<_>>(),
-        &SPECIAL,
-    );
-    for batch in [latent_batch(), cot_batch] {
-        let batch = DeviceBatch::new(&batch, Device::Cpu, Kind::Float);
-        let run = |checkpointing: bool| {
-            let adamw = AdamWConfig { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0 };
-            let mut optimizer = AdamW::new(vs.variables(), adamw);
-            tch::manual_seed(3);
-            let loss = training_loss(&model, &batch, checkpointing);
-            let value = loss.value.double_value(&[]);
-            loss.backward(&model, &mut optimizer, 0.5);
-            let grads: BTreeMap<String, Tensor> =
-                optimizer.gradients().iter().map(|(n, g)| (n.clone(), g.shallow_clone())).collect();
-            (value, grads)
-        };
-        let (kept_loss, kept) = run(false);
-        let (recomputed_loss, recomputed) = run(true);
-        assert!((kept_loss - recomputed_loss).abs() < 1e-6, "{kept_loss} vs {recomputed_loss}");
-        assert_eq!(kept.len(), vs.variables().len(), "every parameter gets a gradient");
-        assert_eq!(kept.keys().collect::<Vec<_>>(), recomputed.keys().collect::<Vec<_>>());
-        for (name, a) in &kept {
-            let diff = (a - &recomputed[name]).abs().max().double_value(&[]);
-            assert!(diff < 1e-6, "gradient of {name} differs by {diff}");
+    let batch_at = |mode: Mode, stage: usize| {
+        let config = CurriculumConfig { mode, ..CurriculumConfig::default() };
+        let staged: Vec<_> =
+            samples().iter().map(|s| training_sample(&config, &SPECIAL, s, stage)).collect();
+        collate_training(&staged, &SPECIAL)
+    };
+    let one_thought = batch_at(Mode::Coconut, 1);
+    assert!(one_thought.latent_columns.iter().all(|c| c.len() == 1));
+    let batches = [latent_batch(), one_thought, batch_at(Mode::Cot, 0)];
+    for n_layer in [1, 2] {
+        let mut config = Gpt2Config::new(44, 64, 16, n_layer, 2);
+        (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop) = (0.1, 0.1, 0.1);
+        tch::manual_seed(7);
+        let vs = VarStore::new(Device::Cpu);
+        let model = Gpt2::new(&vs.root(), &config);
+        for (index, batch) in batches.iter().enumerate() {
+            let batch = DeviceBatch::new(batch, Device::Cpu, Kind::Float);
+            let run = |checkpointing: bool| {
+                let adamw =
+                    AdamWConfig { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0 };
+                let mut optimizer = AdamW::new(vs.variables(), adamw);
+                tch::manual_seed(3);
+                let mut losses = Vec::new();
+                for _micro_batch in 0..2 {
+                    let loss = training_loss(&model, &batch, checkpointing);
+                    losses.push(loss.value.double_value(&[]));
+                    loss.backward(&model, &mut optimizer, 0.5);
+                }
+                let grads: BTreeMap<String, Tensor> = optimizer
+                    .gradients()
+                    .iter()
+                    .map(|(n, g)| (n.clone(), g.shallow_clone()))
+                    .collect();
+                (losses, grads)
+            };
+            let case = format!("{n_layer} layers, batch {index}");
+            let (kept_losses, kept) = run(false);
+            let (recomputed_losses, recomputed) = run(true);
+            assert_ne!(kept_losses[0], kept_losses[1], "{case}: dropout differs per micro-batch");
+            for (a, b) in kept_losses.iter().zip(&recomputed_losses) {
+                assert!((a - b).abs() < 1e-6, "{case}: loss {a} vs {b}");
+            }
+            assert_eq!(kept.len(), vs.variables().len(), "{case}: every parameter gets a gradient");
+            assert_eq!(kept.keys().collect::<Vec<_>>(), recomputed.keys().collect::<Vec<_>>());
+            for (name, a) in &kept {
+                let diff = (a - &recomputed[name]).abs().max().double_value(&[]);
+                assert!(diff < 1e-6, "{case}: gradient of {name} differs by {diff}");
+            }
         }
     }
 }

@@ -128,13 +128,15 @@ fn a_diverging_loss_stops_the_run_and_keeps_the_last_checkpoint() {
 
 /// `gradient_checkpointing` changes how the backward pass gets its activations, not what it
 /// computes: the same run with it on gives the same losses, step for step, through stage 0
-/// and into the first latent stage.
+/// and into the first latent stage, with dropout and two micro-batches per step.
 #[test]
 fn gradient_checkpointing_trains_the_same_run() {
     let _rng = torch_rng();
     let losses = |extra: &str| {
         let out = tempfile::tempdir().unwrap();
-        let cfg = config(out.path(), 23, extra);
+        let mut cfg = config(out.path(), 23, extra);
+        cfg.model.dropout = 0.1;
+        (cfg.train.batch_size, cfg.train.grad_accum) = (2, 2);
         Trainer::new(cfg.clone(), Path::new("test.toml")).unwrap().run(&mut no_eval).unwrap();
         step_losses(&cfg.run_dir())
     };
