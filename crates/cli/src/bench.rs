@@ -316,17 +316,17 @@ fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
     // The first steps of a process run slower while the allocator takes memory from the
     // system; a GPT-2 step is long enough for one to do.
     let warmup = if model_name == "gpt2" { 1 } else { 2 };
+    let inputs = StepInputs {
+        tokenizer: &tokenizer,
+        samples: &samples,
+        curriculum: &curriculum,
+        batch,
+        stage,
+    };
     let mut step = |index: usize, plain: bool| {
         // Dropout draws from a seed per step, as in training, so that measurements of the
         // same step with and without recomputation end with the same loss.
         tch::manual_seed(index as i64);
-        let inputs = StepInputs {
-            tokenizer: &tokenizer,
-            samples: &samples,
-            curriculum: &curriculum,
-            batch,
-            stage,
-        };
         let timing = timed_step(&model, &mut optimizer, &inputs, plain, gradient_checkpointing);
         eprintln!(
             "# {name} {model_name} step {index} (plain {plain}): loss {:.4}, {:.3} s",

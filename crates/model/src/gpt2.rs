@@ -639,19 +639,37 @@ impl Gpt2 {
         embeds: &Tensor,
         position_ids: &Tensor,
         bias: &Tensor,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         train: bool,
         outputs_from: i64,
     ) -> Tensor {
+        let seed = self.dropout_seed(train);
+        self.run_blocks(embeds, position_ids, bias, cache, train, outputs_from, seed, |_, _| {})
+    }
+
+    /// The forward pass itself, with the dropout `seed` given; `on_block_output(layer, x)`
+    /// sees every block's output.
+    #[allow(clippy::too_many_arguments)]
+    fn run_blocks(
+        &self,
+        embeds: &Tensor,
+        position_ids: &Tensor,
+        bias: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        train: bool,
+        outputs_from: i64,
+        seed: Option<i64>,
+        mut on_block_output: impl FnMut(usize, &Tensor),
+    ) -> Tensor {
         let t = embeds.size()[1];
         assert!((0..t).contains(&outputs_from), "outputs_from {outputs_from} outside 0..{t}");
-        let seed = self.dropout_seed(train);
         reseed(seed, 0);
         let mut x = self.input_embeddings(embeds, position_ids, train);
         for (layer, block) in self.h.iter().enumerate() {
             reseed(seed, layer + 1);
             let from = self.block_outputs_from(layer, outputs_from);
             x = block.forward(&x, bias, layer, cache.as_deref_mut(), train, from);
+            on_block_output(layer, &x);
         }
         self.ln_f.forward(&x) // (B, T - outputs_from, C)
     }
@@ -678,7 +696,7 @@ impl Gpt2 {
     fn dropout_seed(&self, train: bool) -> Option<i64> {
         let c = &self.config;
         let drops = train && (c.embd_pdrop > 0.0 || c.attn_pdrop > 0.0 || c.resid_pdrop > 0.0);
-        drops.then(|| Tensor::randint(1 << 62, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]))
+        drops.then(draw_seed)
     }
 
     /// [`Gpt2::forward_embeds_from`] with gradient checkpointing: the pass runs without
@@ -700,25 +718,28 @@ impl Gpt2 {
         train: bool,
         outputs_from: i64,
     ) -> (Tensor, RecomputedPass) {
-        let t = embeds.size()[1];
-        assert!((0..t).contains(&outputs_from), "outputs_from {outputs_from} outside 0..{t}");
         let n_layer = self.h.len();
         let past = cache.chunks_per_layer(n_layer);
         let seed = self.dropout_seed(train);
         let mut block_inputs = Vec::with_capacity(n_layer - 1);
         let mut scratch = KvCache::with_separate_chunks(shallow_clones(&past));
-        let hidden = tch::no_grad(|| {
-            reseed(seed, 0);
-            let mut x = self.input_embeddings(embeds, position_ids, train);
-            for (layer, block) in self.h.iter().enumerate() {
-                reseed(seed, layer + 1);
-                let from = self.block_outputs_from(layer, outputs_from);
-                x = block.forward(&x, bias, layer, Some(&mut scratch), train, from);
-                if layer + 1 < n_layer {
-                    block_inputs.push(x.shallow_clone());
-                }
+        let keep_input_of_next = |layer: usize, x: &Tensor| {
+            if layer + 1 < n_layer {
+                block_inputs.push(x.shallow_clone());
             }
-            self.ln_f.forward(&x)
+        };
+        let hidden = tch::no_grad(|| {
+            let cache = Some(&mut scratch);
+            self.run_blocks(
+                embeds,
+                position_ids,
+                bias,
+                cache,
+                train,
+                outputs_from,
+                seed,
+                keep_input_of_next,
+            )
         });
         let keys_values: Vec<(Tensor, Tensor)> = scratch
             .layers
@@ -784,6 +805,24 @@ impl Gpt2 {
         });
         self.config.vocab_size = new_vocab;
     }
+}
+
+/// A seed drawn from torch's generator (so that seeding torch makes it reproducible).
+pub fn draw_seed() -> i64 {
+    Tensor::randint(1 << 62, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0])
+}
+
+/// A scalar whose backward pass sends each gradient to its tensor: the sum of
+/// `sum(tensor * gradient)` over the pairs whose gradient is defined (`None` when none is).
+/// It continues a backward pass from tensors whose gradients are already known.
+pub fn gradient_root<'a>(
+    pairs: impl IntoIterator<Item = (&'a Tensor, &'a Tensor)>,
+) -> Option<Tensor> {
+    pairs
+        .into_iter()
+        .filter(|(_, g)| g.defined())
+        .map(|(t, g)| (t * g).sum(Kind::Float))
+        .reduce(|a, b| a + b)
 }
 
 /// A detached copy of `t` that requires gradients: where a recomputed pass's graph starts
@@ -883,13 +922,7 @@ impl RecomputedPass {
             }
             let (k, v) = scratch.layers[layer].chunks.last().expect("the block's own chunk");
             let (grad_k, grad_v) = (&output_grads[1 + 2 * layer], &output_grads[2 + 2 * layer]);
-            // sum(output * its gradient) backpropagates exactly that gradient.
-            let terms: Vec<Tensor> = [(&y, &grad_out), (k, grad_k), (v, grad_v)]
-                .into_iter()
-                .filter(|(_, g)| g.defined())
-                .map(|(t, g)| (t * g).sum(Kind::Float))
-                .collect();
-            let Some(scalar) = terms.into_iter().reduce(|a, b| a + b) else {
+            let Some(scalar) = gradient_root([(&y, &grad_out), (k, grad_k), (v, grad_v)]) else {
                 grad_out = Tensor::new(); // nothing downstream read this block
                 continue;
             };

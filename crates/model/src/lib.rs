@@ -18,7 +18,9 @@ mod gpt2;
 use std::path::PathBuf;
 
 pub use checkpoint::{load_config, load_pretrained, save_pretrained, CONFIG_FILE, WEIGHTS_FILE};
-pub use gpt2::{causal_bias, padding_bias, Gpt2, Gpt2Config, KvCache, RecomputedPass};
+pub use gpt2::{
+    causal_bias, draw_seed, gradient_root, padding_bias, Gpt2, Gpt2Config, KvCache, RecomputedPass,
+};
 
 /// What can go wrong when reading or writing a checkpoint. Every variant names the file.
 #[derive(Debug, thiserror::Error)]

@@ -111,7 +111,6 @@ fn cached_decoding_equals_full_recomputation() {
     assert_eq!(cache.len(), 2);
 }
 
-/// The decoding fixture's ids, attention mask and position ids.
 #[test]
 fn reading_only_the_last_columns_changes_neither_them_nor_the_cache() {
     let (_vs, model) = fixture_model();

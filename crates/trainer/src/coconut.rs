@@ -32,7 +32,7 @@
 //! theirs.
 
 use coconut_curriculum::{Batch, IGNORE_INDEX};
-use coconut_model::{causal_bias, Gpt2, KvCache, RecomputedPass};
+use coconut_model::{causal_bias, draw_seed, gradient_root, Gpt2, KvCache, RecomputedPass};
 use tch::{Device, Kind, Tensor};
 
 use crate::adamw::AdamW;
@@ -251,8 +251,7 @@ impl TrainingLoss {
     /// seeding torch from a seed drawn at its start: what runs next (the next micro-batch)
     /// draws the same masks with and without checkpointing.
     pub fn backward(self, model: &Gpt2, optimizer: &mut AdamW, weight: f64) {
-        let continuation =
-            Tensor::randint(1 << 62, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
+        let continuation = draw_seed();
         let TrainingLoss { value, mut recomputed } = self;
         let mut root = Some(&value * weight);
         drop(value);
@@ -273,14 +272,7 @@ impl TrainingLoss {
             let input_grads = pass.backward(model, &pass_grads, |scalar, inputs| {
                 optimizer.backward_and_grads(scalar, inputs, false)
             });
-            // sum(input * its gradient) backpropagates exactly that gradient.
-            root = pass
-                .inputs()
-                .into_iter()
-                .zip(&input_grads)
-                .filter(|(_, g)| g.defined())
-                .map(|(t, g)| (t * g).sum(Kind::Float))
-                .reduce(|a, b| a + b);
+            root = gradient_root(pass.inputs().into_iter().zip(&input_grads));
         }
         if let Some(root) = root {
             optimizer.backward_and_grads(&root, &[], false);

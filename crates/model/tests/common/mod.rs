@@ -27,6 +27,7 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
+/// The decoding fixture's ids, attention mask and position ids.
 pub fn decode_inputs(r: &HashMap<String, Tensor>) -> (&Tensor, &Tensor, &Tensor) {
     (&r["decode.input_ids"], &r["decode.attention_mask"], &r["decode.position_ids"])
 }
