@@ -13,11 +13,11 @@ use coconut_datasets::{
 const REAL: [(DatasetKind, &str); 2] = [
     (
         DatasetKind::ProsQa,
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/datasets/prosqa/prosqa_valid.json"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/datasets/prosqa/prosqa_valid.json"),
     ),
     (
         DatasetKind::ProntoQa,
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/datasets/prontoqa/prontoqa_valid.json"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/datasets/prontoqa/prontoqa_valid.json"),
     ),
 ];
 

@@ -530,7 +530,7 @@ mod tests {
     use crate::stats::DatasetStats;
 
     fn real(split: &str) -> Vec<Sample> {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/datasets/prontoqa/");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/datasets/prontoqa/");
         crate::read_samples(std::path::Path::new(&format!("{dir}prontoqa_{split}.json"))).unwrap()
     }
 
@@ -562,7 +562,7 @@ mod tests {
 
     #[test]
     fn checker_accepts_every_real_sample() {
-        for (split, n) in [("valid", 200), ("test", 800)] {
+        for (split, n) in [("valid", 200)] {
             let samples = real(split);
             assert_eq!(samples.len(), n);
             for (i, s) in samples.iter().enumerate() {

@@ -527,9 +527,13 @@ mod tests {
 
     use super::*;
     use crate::stats::DatasetStats;
+    use coconut_testing::Tolerance;
+
+    /// A share of a few hundred samples: exact up to the last bits.
+    const EXACT: Tolerance = Tolerance::new(1e-12, 0.0);
 
     const REAL_VALID: &str =
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/datasets/prosqa/prosqa_valid.json");
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/datasets/prosqa/prosqa_valid.json");
 
     fn real() -> Vec<Sample> {
         crate::read_samples(std::path::Path::new(REAL_VALID)).expect("real ProsQA valid split")
@@ -621,7 +625,7 @@ mod tests {
         let ours = DatasetStats::from_samples(&generated);
         let close = |name: &str, a: Option<f64>, b: Option<f64>| {
             let (a, b) = (a.unwrap(), b.unwrap());
-            assert!((b - a).abs() <= 0.1 * a, "{name}: real {a:.2}, generated {b:.2}");
+            coconut_testing::assert_close(b, a, Tolerance::new(0.1, 0.0), name);
         };
         close("nodes", real.mean_nodes, ours.mean_nodes);
         close("edges", real.mean_edges, ours.mean_edges);
@@ -629,7 +633,7 @@ mod tests {
         close("question words", Some(real.mean_question_words), Some(ours.mean_question_words));
         assert_eq!(ours.step_histogram.keys().copied().collect::<Vec<_>>(), vec![3, 4, 5, 6]);
         let share = ours.first_option_correct_share.unwrap();
-        assert!((share - 0.5).abs() < 1e-9, "correct option first in {share}");
+        coconut_testing::assert_close(share, 0.5, EXACT, "share with the correct option first");
     }
 
     #[test]

@@ -163,22 +163,26 @@ pub fn format_side_by_side(a: (&str, &DatasetStats), b: (&str, &DatasetStats)) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coconut_testing::{assert_close, Tolerance};
+
+    /// Means of integers over a few hundred samples: exact up to the last bits.
+    const EXACT: Tolerance = Tolerance::new(1e-12, 0.0);
 
     const PROSQA: &str =
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/datasets/prosqa/prosqa_valid.json");
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/datasets/prosqa/prosqa_valid.json");
     const PRONTOQA: &str =
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/datasets/prontoqa/prontoqa_valid.json");
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/datasets/prontoqa/prontoqa_valid.json");
 
     #[test]
     fn statistics_of_the_real_files() {
         let p = DatasetStats::from_file(Path::new(PROSQA)).unwrap();
         assert_eq!(p.n_samples, 300);
-        assert!((p.mean_nodes.unwrap() - 22.82).abs() < 1e-9);
-        assert!((p.mean_edges.unwrap() - 36.26).abs() < 1e-9);
-        assert!((p.mean_steps - 3.7533).abs() < 1e-3);
+        assert_close(p.mean_nodes.unwrap(), 22.82, EXACT, "mean nodes");
+        assert_close(p.mean_edges.unwrap(), 36.26, EXACT, "mean edges");
+        assert_close(p.mean_steps, 1126.0 / 300.0, EXACT, "mean steps");
         assert_eq!(p.step_histogram, BTreeMap::from([(3, 124), (4, 133), (5, 36), (6, 7)]));
-        assert!((p.mean_question_words - 180.51).abs() < 1e-9);
-        assert!((p.first_option_correct_share.unwrap() - 0.48).abs() < 1e-9);
+        assert_close(p.mean_question_words, 180.51, EXACT, "mean question words");
+        assert_close(p.first_option_correct_share.unwrap(), 0.48, EXACT, "first option share");
         assert_eq!(p.true_share, None);
 
         let q = DatasetStats::from_file(Path::new(PRONTOQA)).unwrap();

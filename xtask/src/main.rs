@@ -13,8 +13,24 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+/// The `coconut` binary's commands, each run by `cargo xtask <command>` in release mode.
+/// (xtask cannot link the binary, which needs LibTorch; a test of the binary checks that
+/// this list names every command it has.)
+const COCONUT_COMMANDS: &str = "\
+Commands of the coconut binary (cargo xtask <command> [args], after setup):
+  train-all-stages  Run a config's whole staged schedule and write the run folder
+  eval              Evaluate checkpoints (one comparison table for several)
+  ask               Ask a trained checkpoint a question of your own, with its thoughts
+  compare           Train Coconut, CoT and No-CoT on the same data and budget
+  data              Generate ProsQA / ProntoQA splits, or convert GSM8k files
+  stats             Print a dataset file's statistics, beside a reference file's
+  bench             Benchmarks at one thread; prints JSON lines and ratios
+  import-config     Turn an official Coconut YAML config into a run config (TOML)
+
+`cargo xtask <command> --help` documents each one's flags.";
+
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "coconut-rs project tasks")]
+#[command(name = "cargo xtask", about = "coconut-rs project tasks", after_help = COCONUT_COMMANDS)]
 struct Cli {
     #[command(subcommand)]
     command: Task,
@@ -34,7 +50,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Any command of the `coconut` binary (run `cargo xtask help-coconut` for the list).
+    /// Any command of the `coconut` binary (listed below).
     #[command(external_subcommand)]
     Coconut(Vec<String>),
 }
@@ -109,8 +125,13 @@ fn check(status: std::process::ExitStatus, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command and fails with its name when it does.
+/// Runs a command (a setup step) and fails with its name when it does. Its output goes to
+/// stderr, so that stdout carries only what the coconut command prints
+/// (`cargo xtask import-config a.yaml > run.toml` on a fresh clone).
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("could not start {what}"))?;
+    let status = cmd
+        .stdout(std::io::stderr())
+        .status()
+        .with_context(|| format!("could not start {what}"))?;
     check(status, what)
 }

@@ -90,7 +90,7 @@ pub fn libtorch(root: &Path, flavor: Flavor) -> Result<PathBuf> {
         specs.extend(CPU_RUNTIME_WHEELS);
     }
     let cache = wheel_cache(flavor)?;
-    println!(
+    eprintln!(
         "downloading PyTorch {TORCH_VERSION} ({}) wheels into {} (once per user)",
         flavor.name(),
         cache.display()
@@ -108,7 +108,7 @@ pub fn libtorch(root: &Path, flavor: Flavor) -> Result<PathBuf> {
 
     let partial = dir.with_extension("partial");
     remove_dir(&partial)?;
-    println!("installing LibTorch into {}", dir.display());
+    eprintln!("installing LibTorch into {}", dir.display());
     let mut install = Command::new(&python);
     install
         .args(["-m", "pip", "install", "--quiet", "--no-index", "--no-compile", "--find-links"])
@@ -125,7 +125,7 @@ pub fn libtorch(root: &Path, flavor: Flavor) -> Result<PathBuf> {
     std::fs::rename(&partial, &dir)
         .with_context(|| format!("moving {} into place", partial.display()))?;
     std::fs::write(&marker, expected)?;
-    println!("LibTorch {TORCH_VERSION} ({}) ready: {}", flavor.name(), libtorch.display());
+    eprintln!("LibTorch {TORCH_VERSION} ({}) ready: {}", flavor.name(), libtorch.display());
     Ok(libtorch)
 }
 

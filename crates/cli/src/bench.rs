@@ -24,10 +24,10 @@ use tch::{nn::VarStore, Device, Kind};
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// ProsQA-format samples for the batches (the real validation split matches the reference).
-    #[arg(long, default_value = "datasets/prosqa/valid.json")]
+    #[arg(long, default_value = "fixtures/datasets/prosqa/prosqa_valid.json")]
     data: PathBuf,
     /// The GPT-2 `tokenizer.json` (the benchmark needs GPT-2's 50k vocabulary).
-    #[arg(long, default_value = "../shared/models/tiny-gpt2/tokenizer.json")]
+    #[arg(long, default_value = "fixtures/tiny-gpt2/tokenizer.json")]
     tokenizer: PathBuf,
     /// Where the JSON lines go (a later run can be compared with it).
     #[arg(long, default_value = "bench-results.jsonl")]

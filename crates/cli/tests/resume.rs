@@ -9,7 +9,7 @@ use tch::Tensor;
 
 fn write_config(dir: &Path, name: &str) -> PathBuf {
     let data = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/datasets/prosqa/prosqa_valid.json");
+        .join("../../fixtures/datasets/prosqa/prosqa_valid.json");
     let text = format!(
         r#"
 name = "{name}"

@@ -1,5 +1,5 @@
 //! Batching: padding that lines up the continuous thoughts of every row, and index batches
-//! for each epoch (DESIGN.md, "Batching").
+//! for each epoch (docs/DESIGN.md, "Batching").
 //!
 //! The multi-pass forward runs one pass per latent column for the whole batch, so latent i of
 //! every row must sit in the same column. Rows are left-padded until their first latents
@@ -331,7 +331,7 @@ mod tests {
         let special = tok.special();
         let path = Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/datasets/prosqa/prosqa_valid.json"
+            "/../../fixtures/datasets/prosqa/prosqa_valid.json"
         ));
         let samples = load_samples(path).unwrap();
         let samples = &samples[..4];

@@ -1,5 +1,5 @@
 //! The stage-k curriculum: which steps a sample keeps, how many continuous thoughts replace
-//! the rest, and the labels (DESIGN.md, "Tokens and one training sample at stage k").
+//! the rest, and the labels (docs/DESIGN.md, "Curriculum").
 //!
 //! All functions here are pure: a tokenized sample and a stage in, token ids out.
 
@@ -41,7 +41,8 @@ pub enum Mode {
 pub struct CurriculumConfig {
     /// What replaces the reasoning steps.
     pub mode: Mode,
-    /// Continuous thoughts per removed step (the paper's c; more than 2 is unstable).
+    /// Continuous thoughts per removed step (the paper's c; more than 2 is unstable). At
+    /// least 1, except in `cot`, `no-cot` and `no-thoughts`, which place no thought and take 0.
     pub c_thought: usize,
     /// The last stage that removes a fixed number of steps; past it every step is removed.
     pub max_latent_stage: usize,
@@ -69,22 +70,27 @@ impl Default for CurriculumConfig {
 impl CurriculumConfig {
     /// Checks the values the functions below rely on.
     pub fn validate(&self) -> Result<(), CurriculumError> {
-        if self.c_thought < 1 {
+        // `cot`, `no-cot` and `no-thoughts` never place a thought, so they ignore c_thought
+        // and accept 0 (the reference's CoT config says 0); the other modes would place none.
+        let uses_c_thought = !matches!(self.mode, Mode::Cot | Mode::NoCot | Mode::NoThoughts);
+        if uses_c_thought && self.c_thought < 1 {
             return Err(CurriculumError::Config {
-                field: "c_thought",
-                reason: "must be at least 1".into(),
+                field: "curriculum.c_thought",
+                reason: "must be at least 1 where the mode places thoughts or pauses (only \
+                         cot, no-cot and no-thoughts accept 0)"
+                    .into(),
             });
         }
         if self.epochs_per_stage < 1 {
             return Err(CurriculumError::Config {
-                field: "epochs_per_stage",
+                field: "curriculum.epochs_per_stage",
                 reason: "must be at least 1".into(),
             });
         }
         // Written as a negated range check so that NaN is rejected too.
         if !(0.0..=1.0).contains(&self.uniform_prob) {
             return Err(CurriculumError::Config {
-                field: "uniform_prob",
+                field: "curriculum.uniform_prob",
                 reason: format!("{} is not a probability in [0, 1]", self.uniform_prob),
             });
         }
@@ -209,7 +215,7 @@ pub fn sample_stage(
     }
 }
 
-/// The generation prompt of `sample` at stage `stage` (DESIGN.md, "Evaluation prompt"):
+/// The generation prompt of `sample` at stage `stage` (docs/DESIGN.md, "Evaluation prompt"):
 /// `question + [start_latent] + [latent] * (min(stage, max_latent_stage) * c_thought) +
 /// [end_latent]` for `coconut` and `no-curriculum` (which always uses the final stage), the
 /// same with pause ids for `pause-as-thought`, the question alone for `cot`, `no-cot` and
@@ -224,19 +230,51 @@ pub fn eval_prompt(
     sample: &TokenizedSample,
     stage: usize,
 ) -> Vec<u32> {
-    // As the reference evaluates: min(stage, max_latent_stage) thoughts, capped by the
-    // sample's step count unless pad_latent_to_max (prompts of one batch may then differ
-    // in thought count; generation groups them).
-    let stage = effective_stage(cfg, stage).min(cfg.max_latent_stage);
-    let stage = if cfg.pad_latent_to_max { stage } else { stage.min(sample.steps.len()) };
-    let thoughts = stage * cfg.c_thought;
+    let slots = prompt_slots(cfg, stage, Some(sample.steps.len()));
+    prompt_with_slots(cfg, special, &sample.question, slots)
+}
+
+/// The number of thought (or pause) slots in the evaluation prompt at `stage` of a sample
+/// with `n_steps` reasoning steps; `None` for a question whose steps are unknown (a question
+/// of one's own), which gets the count of a sample with enough steps.
+///
+/// As the reference evaluates: `min(stage, max_latent_stage) * c_thought` thoughts, capped by
+/// the sample's step count unless `pad_latent_to_max` (prompts of one batch may then differ
+/// in thought count; generation groups them). `pause-token` always has `max_thoughts()`
+/// pauses, and the modes without thoughts have none.
+pub fn prompt_slots(cfg: &CurriculumConfig, stage: usize, n_steps: Option<usize>) -> usize {
+    match cfg.mode {
+        Mode::Coconut | Mode::NoCurriculum | Mode::PauseAsThought => {
+            let stage = effective_stage(cfg, stage).min(cfg.max_latent_stage);
+            let stage = match n_steps {
+                Some(n) if !cfg.pad_latent_to_max => stage.min(n),
+                _ => stage,
+            };
+            stage * cfg.c_thought
+        }
+        Mode::Cot | Mode::NoCot | Mode::NoThoughts => 0,
+        Mode::PauseToken => cfg.max_thoughts(),
+    }
+}
+
+/// The evaluation prompt of `cfg.mode` with `slots` thought (or pause) slots after the
+/// tokenized `question`: `question + [start_latent] + [latent] * slots + [end_latent]` for
+/// `coconut` and `no-curriculum`, the same with pause ids for `pause-as-thought`,
+/// `question + [pause] * slots` for `pause-token`, and the question alone for the modes
+/// without thoughts (which ignore `slots`).
+pub fn prompt_with_slots(
+    cfg: &CurriculumConfig,
+    special: &SpecialTokens,
+    question: &[u32],
+    slots: usize,
+) -> Vec<u32> {
     match cfg.mode {
         Mode::Coconut | Mode::NoCurriculum => {
-            slotted(&sample.question, Some(special), special.latent, thoughts)
+            slotted(question, Some(special), special.latent, slots)
         }
-        Mode::PauseAsThought => slotted(&sample.question, Some(special), special.pause, thoughts),
-        Mode::Cot | Mode::NoCot | Mode::NoThoughts => sample.question.clone(),
-        Mode::PauseToken => slotted(&sample.question, None, special.pause, cfg.max_thoughts()),
+        Mode::PauseAsThought => slotted(question, Some(special), special.pause, slots),
+        Mode::Cot | Mode::NoCot | Mode::NoThoughts => question.to_vec(),
+        Mode::PauseToken => slotted(question, None, special.pause, slots),
     }
 }
 
@@ -499,6 +537,22 @@ mod tests {
         assert_eq!(c.epochs_per_stage, 5);
         assert!(serde_json::from_str::<CurriculumConfig>(r#"{"c_thoughts": 2}"#).is_err());
         assert_eq!(serde_json::to_string(&Mode::NoCurriculum).unwrap(), "\"no-curriculum\"");
+    }
+
+    #[test]
+    fn c_thought_0_is_accepted_only_by_the_modes_without_thoughts() {
+        // The reference's GSM8k CoT config has c_thought: 0.
+        for mode in [Mode::Cot, Mode::NoCot, Mode::NoThoughts] {
+            let c = CurriculumConfig { mode, c_thought: 0, ..Default::default() };
+            assert!(c.validate().is_ok(), "{mode:?}");
+        }
+        // Coconut, no-curriculum and pause-as-thought multiply their slots by c_thought, and
+        // pause-token's pause count is max_latent_stage * c_thought: 0 would place none.
+        for mode in [Mode::Coconut, Mode::NoCurriculum, Mode::PauseAsThought, Mode::PauseToken] {
+            let c = CurriculumConfig { mode, c_thought: 0, ..Default::default() };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("c_thought"), "{mode:?}: {e}");
+        }
     }
 
     #[test]

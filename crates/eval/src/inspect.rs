@@ -44,9 +44,21 @@ pub fn inspect_thoughts(
     top_k: usize,
     device: Device,
 ) -> Vec<Thought> {
+    let prompt = eval_prompt(config, &tokenizer.special(), sample, stage);
+    inspect_prompt(model, tokenizer, &prompt, top_k, device)
+}
+
+/// Runs the latent passes of one prompt and reads each continuous thought: its norm and
+/// the `top_k` tokens the LM head gives it.
+pub fn inspect_prompt(
+    model: &Gpt2,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    top_k: usize,
+    device: Device,
+) -> Vec<Thought> {
     let special = tokenizer.special();
-    let prompt = eval_prompt(config, &special, sample, stage);
-    let batch = collate_prompts(&[prompt], &special);
+    let batch = collate_prompts(&[prompt.to_vec()], &special);
     let columns = batch.latent_columns[0].clone();
     tch::no_grad(|| {
         let device_batch = DeviceBatch::new(&batch, device, Kind::Float);

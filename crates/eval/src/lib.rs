@@ -2,16 +2,23 @@
 //! figures of the paper's Table 1 ([`evaluate`]), thought inspection ([`inspect_thoughts`])
 //! and comparison tables ([`comparison_table`]).
 
+mod ask;
 mod generate;
 mod inspect;
 mod metrics;
 mod table;
 
+pub use ask::{ask, Reply};
 pub use generate::{generate, generate_without_cache, Generation};
 pub use inspect::{
-    inspect_thoughts, mean_embedding_norm, thoughts_report, SampleThoughts, Thought,
+    inspect_prompt, inspect_thoughts, mean_embedding_norm, thoughts_report, SampleThoughts, Thought,
 };
 pub use metrics::{
     evaluate, extract_answer, normalize_answer, EvalMetrics, EvalOptions, Prediction,
 };
 pub use table::{comparison_table, TableRow};
+
+/// The README's library example, compiled as a doc test so that it stays true to the code.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeExample;

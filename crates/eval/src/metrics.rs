@@ -7,7 +7,7 @@ use coconut_model::Gpt2;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::generate::generate;
+use crate::generate::{generate, Generation};
 
 /// How to evaluate.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,12 +113,8 @@ pub fn evaluate(
 
     let mut predictions = Vec::with_capacity(samples.len());
     for (index, (sample, generation)) in samples.iter().zip(generations).enumerate() {
-        let generation = generation.expect("every prompt decoded");
-        let mut tokens = generation.tokens;
-        if generation.stopped_at_eos {
-            tokens.pop();
-        }
-        let generated = tokenizer.decode(&tokens);
+        let (generated, generated_tokens) =
+            decode_generation(tokenizer, generation.expect("every prompt decoded"));
         let prediction = extract_answer(&generated);
         let reasoning = generated.split("###").next().unwrap_or("").trim().to_string();
         // Only continuous thoughts count as generated (the paper counts pause tokens as
@@ -132,7 +128,7 @@ pub fn evaluate(
             cot_match: reasoning == expected_reasoning(config, sample, options.stage),
             generated,
             thoughts,
-            generated_tokens: tokens.len(),
+            generated_tokens,
         });
     }
     let n = predictions.len().max(1) as f64;
@@ -147,6 +143,15 @@ pub fn evaluate(
         seconds,
     };
     (metrics, predictions)
+}
+
+/// The text of a generation without its closing eos, and its number of tokens.
+pub(crate) fn decode_generation(tokenizer: &Tokenizer, generation: Generation) -> (String, usize) {
+    let mut tokens = generation.tokens;
+    if generation.stopped_at_eos {
+        tokens.pop();
+    }
+    (tokenizer.decode(&tokens), tokens.len())
 }
 
 #[cfg(test)]

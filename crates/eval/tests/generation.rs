@@ -80,8 +80,8 @@ fn rows_stop_at_eos_unless_told_to_ignore_it() {
 
 #[test]
 fn evaluates_and_inspects_the_real_tiny_gpt2() {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
-    let loaded = load_model_dir(&shared.join("models/tiny-gpt2"), Device::Cpu, "<<").unwrap();
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let loaded = load_model_dir(&shared.join("tiny-gpt2"), Device::Cpu, "<<").unwrap();
     // GPT-2's 50257 tokens plus the three latent markers and <pause>.
     assert_eq!(loaded.model.config().vocab_size, 50261);
     let samples =
@@ -99,7 +99,12 @@ fn evaluates_and_inspects_the_real_tiny_gpt2() {
     assert_eq!(metrics.samples, 6);
     assert_eq!(predictions.len(), 6);
     assert!(predictions.iter().all(|p| p.thoughts == 2 && p.generated_tokens <= 8));
-    assert!((metrics.mean_tokens - metrics.mean_tokens_without_thoughts - 2.0).abs() < 1e-9);
+    coconut_testing::assert_close(
+        metrics.mean_tokens - metrics.mean_tokens_without_thoughts,
+        2.0,
+        coconut_testing::Tolerance::new(1e-12, 0.0),
+        "thoughts per sample",
+    );
     // A random 2-dimensional model answers nothing right.
     assert_eq!(metrics.accuracy, 0.0);
 

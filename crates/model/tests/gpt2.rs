@@ -5,11 +5,12 @@ mod common;
 
 use std::path::Path;
 
+use coconut_model::testing::assert_close;
 use coconut_model::{
     causal_bias, load_pretrained, padding_bias, save_pretrained, Gpt2, Gpt2Config, KvCache,
     ModelError,
 };
-use common::{decode_inputs, fixture_model, fixtures, max_diff, reference};
+use common::{decode_inputs, fixture_model, fixtures, reference, HF, SAME};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 #[test]
@@ -19,8 +20,8 @@ fn matches_transformers_on_a_plain_batch() {
     let bias = causal_bias(&r["plain.attention_mask"], Kind::Float);
     let (logits, hidden) =
         model.forward(&r["plain.input_ids"], &r["plain.position_ids"], &bias, None, false);
-    assert!(max_diff(&logits, &r["plain.logits"]) < 1e-4);
-    assert!(max_diff(&hidden, &r["plain.hidden"]) < 1e-4);
+    assert_close(&logits, &r["plain.logits"], HF, "logits");
+    assert_close(&hidden, &r["plain.hidden"], HF, "hidden");
 }
 
 #[test]
@@ -33,8 +34,8 @@ fn matches_transformers_on_left_padded_rows() {
         model.forward(&r["padded.input_ids"], &r["padded.position_ids"], &bias, None, false);
     // Only real positions are defined; padded ones differ by construction.
     let real = mask.unsqueeze(-1).to_kind(Kind::Float);
-    assert!(max_diff(&(&logits * &real), &(&r["padded.logits"] * &real)) < 1e-4);
-    assert!(max_diff(&(&hidden * &real), &(&r["padded.hidden"] * &real)) < 1e-4);
+    assert_close(&(&logits * &real), &(&r["padded.logits"] * &real), HF, "logits");
+    assert_close(&(&hidden * &real), &(&r["padded.hidden"] * &real), HF, "hidden");
     assert!(logits.isfinite().all().int64_value(&[]) == 1, "padding must not produce NaN");
 }
 
@@ -71,7 +72,7 @@ fn decode_against_transformers() {
         steps.push(logits.select(1, 0));
     }
     assert_eq!(cache.len(), 8);
-    assert!(max_diff(&Tensor::stack(&steps, 1), &r["decode.last_logits"]) < 1e-4);
+    assert_close(&Tensor::stack(&steps, 1), &r["decode.last_logits"], HF, "decoded logits");
 }
 
 #[test]
@@ -82,7 +83,7 @@ fn forward_over_embeddings_equals_forward_over_ids() {
     let bias = causal_bias(&r["padded.attention_mask"], Kind::Float);
     let (_, from_ids) = model.forward(ids, pos, &bias, None, false);
     let from_embeds = model.forward_embeds(&model.embed(ids), pos, &bias, None, false);
-    assert_eq!(max_diff(&from_ids, &from_embeds), 0.0);
+    assert_close(&from_embeds, &from_ids, SAME, "hidden");
 }
 
 #[test]
@@ -106,7 +107,7 @@ fn cached_decoding_equals_full_recomputation() {
         chunks.push(logits);
     }
     let real = mask.unsqueeze(-1).to_kind(Kind::Float);
-    assert!(max_diff(&(Tensor::cat(&chunks, 1) * &real), &(full * &real)) < 1e-5);
+    assert_close(&(Tensor::cat(&chunks, 1) * &real), &(full * &real), SAME, "chunked logits");
     cache.truncate(2);
     assert_eq!(cache.len(), 2);
 }
@@ -124,7 +125,7 @@ fn reading_only_the_last_columns_changes_neither_them_nor_the_cache() {
         let part =
             model.forward_embeds_from(&model.embed(ids), pos, &bias, Some(&mut cache), false, from);
         assert_eq!(part.size(), [ids.size()[0], t - from, full.size()[2]]);
-        assert!(max_diff(&part, &full.narrow(1, from, t - from)) < 1e-5, "from {from}");
+        assert_close(&part, &full.narrow(1, from, t - from), SAME, &format!("from {from}"));
         // One more decoded column sees the same keys and values either way.
         let next = ids.narrow(1, 0, 1);
         let next_pos = pos.narrow(1, -1, 1) + 1;
@@ -147,7 +148,7 @@ fn reading_only_the_last_columns_changes_neither_them_nor_the_cache() {
             Some(&mut reference_cache),
             false,
         );
-        assert!(max_diff(&a, &b) < 1e-5, "decoding after from {from}");
+        assert_close(&a, &b, SAME, &format!("decoding after from {from}"));
     }
 }
 
@@ -176,7 +177,7 @@ fn reading_only_the_last_columns_gives_the_same_gradients() {
         grads(model.forward_embeds(&model.embed(ids), pos, &bias, None, false).narrow(1, t - 2, 2));
     let part = grads(model.forward_embeds_from(&model.embed(ids), pos, &bias, None, false, t - 2));
     for ((name, a), (_, b)) in full.iter().zip(&part) {
-        assert!(max_diff(a, b) < 1e-5, "{name}: gradients differ");
+        assert_close(b, a, SAME, &format!("gradient of {name}"));
     }
     assert!(full.iter().any(|(_, g)| g.abs().sum(Kind::Float).double_value(&[]) > 0.0));
 }
@@ -198,7 +199,7 @@ fn save_then_load_gives_identical_tensors() {
 
 #[test]
 fn loads_the_real_tiny_gpt2_checkpoint() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/tiny-gpt2");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-gpt2");
     let vs = VarStore::new(Device::Cpu);
     let model = load_pretrained(&vs, &dir).unwrap();
     assert_eq!(model.config().vocab_size, 50257);

@@ -3,8 +3,10 @@
 
 mod common;
 
+use coconut_model::testing::assert_close;
 use coconut_model::{causal_bias, Gpt2, KvCache, RecomputedPass};
-use common::{decode_inputs, fixture_model, max_diff, reference};
+use coconut_testing::{assert_close as assert_scalar_close, Tolerance};
+use common::{decode_inputs, fixture_model, reference};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// Adds `grads` to `sums`, skipping undefined gradients.
@@ -118,17 +120,11 @@ fn a_recomputed_pass_gives_the_same_values_and_gradients() {
         };
         let grads = gradients_through(&recomputed_loss, &pass, &model, &params);
         let (a, b) = (kept_loss.double_value(&[]), recomputed_loss.double_value(&[]));
-        assert!(
-            (a - b).abs() < 1e-4 * a.abs(),
-            "first recomputed {recompute_first}: loss {a} vs {b}"
-        );
+        let tol = Tolerance::scaled(1e-4);
+        assert_scalar_close(b, a, tol, &format!("first recomputed {recompute_first}: loss"));
         for ((name, _), (a, b)) in named.iter().zip(kept.iter().zip(&grads)) {
             assert!(a.defined() && b.defined(), "{name}: no gradient");
-            let scale = a.abs().max().double_value(&[]).max(1e-6);
-            assert!(
-                max_diff(a, b) < 1e-4 * scale,
-                "first recomputed {recompute_first}: {name}: gradients differ"
-            );
+            assert_close(b, a, tol, &format!("first recomputed {recompute_first}: {name}"));
         }
     }
 }

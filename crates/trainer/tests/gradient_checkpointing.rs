@@ -7,10 +7,12 @@ mod common;
 use std::collections::BTreeMap;
 
 use coconut_curriculum::{collate_training, training_sample, CurriculumConfig, Mode};
+use coconut_model::testing::assert_close;
 use coconut_model::{Gpt2, Gpt2Config};
+use coconut_testing::assert_close as assert_scalar_close;
 use coconut_trainer::adamw::{AdamW, AdamWConfig};
 use coconut_trainer::{training_loss, DeviceBatch};
-use common::{latent_batch, samples, SPECIAL};
+use common::{latent_batch, samples, SAME, SPECIAL};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// Gradient checkpointing recomputes the first and the final pass in the backward pass: the
@@ -61,13 +63,12 @@ fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
             let (recomputed_losses, recomputed) = run(true);
             assert_ne!(kept_losses[0], kept_losses[1], "{case}: dropout differs per micro-batch");
             for (a, b) in kept_losses.iter().zip(&recomputed_losses) {
-                assert!((a - b).abs() < 1e-6, "{case}: loss {a} vs {b}");
+                assert_scalar_close(*b, *a, SAME, &format!("{case}: loss"));
             }
             assert_eq!(kept.len(), vs.variables().len(), "{case}: every parameter gets a gradient");
             assert_eq!(kept.keys().collect::<Vec<_>>(), recomputed.keys().collect::<Vec<_>>());
             for (name, a) in &kept {
-                let diff = (a - &recomputed[name]).abs().max().double_value(&[]);
-                assert!(diff < 1e-6, "{case}: gradient of {name} differs by {diff}");
+                assert_close(&recomputed[name], a, SAME, &format!("{case}: gradient of {name}"));
             }
         }
     }

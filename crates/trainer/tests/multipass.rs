@@ -4,9 +4,11 @@
 mod common;
 
 use coconut_curriculum::{collate_training, training_sample, Batch, CurriculumConfig, Mode};
+use coconut_model::testing::assert_close;
 use coconut_model::{causal_bias, Gpt2, Gpt2Config, KvCache};
+use coconut_testing::{assert_close as assert_scalar_close, Tolerance};
 use coconut_trainer::{coconut_loss, latent_hidden_states, pass_ranges, DeviceBatch};
-use common::{latent_batch, samples, SPECIAL};
+use common::{latent_batch, samples, SAME, SPECIAL};
 use tch::{nn::VarStore, Device, Kind, Reduction, Tensor};
 
 fn tiny_model() -> (VarStore, Gpt2) {
@@ -75,11 +77,10 @@ fn multipass_equals_naive_recompute_in_loss_and_gradients() {
     let naive = naive_loss(&model, &batch);
     let naive_grads = gradients(&vs, &naive);
     let (a, b) = (fast.double_value(&[]), naive.double_value(&[]));
-    assert!((a - b).abs() < 1e-5, "loss {a} vs naive {b}");
+    assert_scalar_close(a, b, SAME, "loss against the naive recompute");
     assert_eq!(fast_grads.len(), naive_grads.len());
     for ((name, g1), (_, g2)) in fast_grads.iter().zip(&naive_grads) {
-        let diff = (g1 - g2).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "gradient of {name} differs by {diff}");
+        assert_close(g1, g2, SAME, &format!("gradient of {name}"));
         assert!(g1.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{name} got no gradient");
     }
 }
@@ -102,7 +103,7 @@ fn without_latents_it_is_a_plain_forward() {
     let fast = coconut_loss(&model, &DeviceBatch::new(&batch, Device::Cpu, Kind::Float), true)
         .double_value(&[]);
     let plain = naive_loss(&model, &batch).double_value(&[]);
-    assert!((fast - plain).abs() < 1e-6, "{fast} vs {plain}");
+    assert_scalar_close(fast, plain, SAME, "loss against a plain forward");
 }
 
 #[test]
@@ -143,7 +144,7 @@ fn bf16_compute_keeps_f32_weights_and_tracks_the_f32_loss() {
     let bf16_loss = coconut_loss(&model, &batch, true);
     bf16_loss.backward();
     let b = bf16_loss.double_value(&[]);
-    assert!((b - f32_loss).abs() < 0.02 * f32_loss, "bf16 {b} vs f32 {f32_loss}");
+    assert_scalar_close(b, f32_loss, Tolerance::new(0.02, 0.0), "bf16 loss against f32");
     // Gradients reach the f32 master weights.
     for (name, v) in vs.variables() {
         assert_eq!(v.kind(), Kind::Float, "{name}");

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use coconut_model::{load_pretrained, Gpt2};
+use coconut_testing::Tolerance;
 use tch::{nn::VarStore, Device, Tensor};
 
 pub fn fixtures() -> PathBuf {
@@ -23,9 +24,12 @@ pub fn fixture_model() -> (VarStore, Gpt2) {
     (vs, model)
 }
 
-pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).abs().max().double_value(&[])
-}
+/// Against HF transformers: another implementation, so summation orders differ.
+#[allow(dead_code)] // not every test binary compares with transformers
+pub const HF: Tolerance = Tolerance::scaled(1e-4);
+/// Between two of our own paths through the same arithmetic.
+#[allow(dead_code)]
+pub const SAME: Tolerance = Tolerance::scaled(1e-5);
 
 /// The decoding fixture's ids, attention mask and position ids.
 pub fn decode_inputs(r: &HashMap<String, Tensor>) -> (&Tensor, &Tensor, &Tensor) {

@@ -5,6 +5,10 @@ use coconut_curriculum::{
     TokenizedSample,
 };
 
+/// Two of our own paths through the same arithmetic differ only in summation order.
+#[allow(dead_code)] // not every test binary compares floats
+pub const SAME: coconut_testing::Tolerance = coconut_testing::Tolerance::scaled(1e-5);
+
 pub const SPECIAL: SpecialTokens =
     SpecialTokens { eos: 0, start_latent: 40, end_latent: 41, latent: 42, pause: 43 };
 
