@@ -6,23 +6,21 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     /// A file or folder could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or folder at fault.
         path: PathBuf,
-        /// The underlying I/O error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying I/O error (in the message, not the `source()`, so it prints once).
+        error: std::io::Error,
     },
 
     /// A file is not a valid JSON array of samples.
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{path}: invalid JSON: {error}")]
     Json {
         /// The file at fault.
         path: PathBuf,
         /// The parser error (it carries the line and column).
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 
     /// A generator configuration cannot produce valid samples.

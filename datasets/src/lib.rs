@@ -2,7 +2,7 @@
 //! statistics.
 //!
 //! Pure Rust, no model code. Samples are the Coconut JSON objects `{question, steps, answer}`
-//! plus the graph fields of the released files (DESIGN.md, "Data"), so the generated files
+//! plus the graph fields of the released files (docs/DESIGN.md, "Data"), so the generated files
 //! load wherever the real ones do.
 //!
 //! - [`prosqa`]: questions over random DAGs (Coconut appendix A.2), tuned to the statistics
@@ -241,8 +241,7 @@ fn fill_with(
 /// Writes `train.json`, `valid.json` and `test.json` (pretty JSON arrays) into `dir`,
 /// creating it if needed.
 pub fn write_splits(dir: &Path, splits: &Splits) -> Result<(), DatasetError> {
-    fs::create_dir_all(dir)
-        .map_err(|source| DatasetError::Io { path: dir.to_path_buf(), source })?;
+    fs::create_dir_all(dir).map_err(|error| DatasetError::Io { path: dir.to_path_buf(), error })?;
     for (name, samples) in
         [("train", &splits.train), ("valid", &splits.valid), ("test", &splits.test)]
     {
@@ -253,23 +252,57 @@ pub fn write_splits(dir: &Path, splits: &Splits) -> Result<(), DatasetError> {
 
 /// Writes `samples` to `path` as a pretty JSON array.
 pub fn write_samples(path: &Path, samples: &[Sample]) -> Result<(), DatasetError> {
-    let text = serde_json::to_string_pretty(samples)
-        .map_err(|source| DatasetError::Json { path: path.to_path_buf(), source })?;
-    fs::write(path, text + "\n")
-        .map_err(|source| DatasetError::Io { path: path.to_path_buf(), source })
+    write_atomic(path, samples_json(samples).as_bytes())
+        .map_err(|error| DatasetError::Io { path: path.to_path_buf(), error })
+}
+
+/// The text [`write_samples`] writes: a pretty JSON array and a closing newline.
+pub fn samples_json(samples: &[Sample]) -> String {
+    serde_json::to_string_pretty(samples).expect("samples always serialise") + "\n"
+}
+
+/// Writes `bytes` to `path` so that `path` holds either its old content or all of the new:
+/// a temporary file beside it (named per process) is written and flushed to disk, then
+/// renamed over `path`, and the folder is flushed so the rename survives a power loss.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "a file path is needed")
+    })?;
+    let tmp =
+        path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let written = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    fs::File::open(dir)?.sync_all()
 }
 
 /// Reads a JSON array of samples (generated or released files; extra graph fields optional).
 pub fn read_samples(path: &Path) -> Result<Vec<Sample>, DatasetError> {
     let text = fs::read_to_string(path)
-        .map_err(|source| DatasetError::Io { path: path.to_path_buf(), source })?;
+        .map_err(|error| DatasetError::Io { path: path.to_path_buf(), error })?;
     serde_json::from_str(&text)
-        .map_err(|source| DatasetError::Json { path: path.to_path_buf(), source })
+        .map_err(|error| DatasetError::Json { path: path.to_path_buf(), error })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coconut_testing::Tolerance;
+
+    /// A share of a few hundred samples: exact up to the last bits.
+    const EXACT: Tolerance = Tolerance::new(1e-12, 0.0);
 
     fn bytes(s: &Splits) -> Vec<u8> {
         serde_json::to_vec(&(&s.train, &s.valid, &s.test)).unwrap()
@@ -303,7 +336,7 @@ mod tests {
             }
             let valid = DatasetStats::from_samples(&s.valid);
             let share = valid.first_option_correct_share.or(valid.true_share).unwrap();
-            assert!((share - 0.5).abs() < 1e-9, "{kind:?}: {share}");
+            coconut_testing::assert_close(share, 0.5, EXACT, &format!("{kind:?}: share"));
         }
     }
 
@@ -364,7 +397,7 @@ mod tests {
         // A sampler with one possible question cannot fill two slots.
         let one = read_samples(Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/datasets/prosqa/prosqa_valid.json"
+            "/../fixtures/datasets/prosqa/prosqa_valid.json"
         )))
         .unwrap()
         .swap_remove(0);

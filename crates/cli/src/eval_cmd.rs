@@ -9,7 +9,7 @@ use coconut_eval::{
     EvalOptions, SampleThoughts, TableRow,
 };
 use coconut_trainer::checkpoint::{read_state, STATE_FILE};
-use coconut_trainer::{load_model_dir, teacher_forced_loss, RunConfig};
+use coconut_trainer::{check_sample_lengths, load_model_dir, teacher_forced_loss, RunConfig};
 
 use crate::data::Split;
 use crate::run::write_predictions;
@@ -42,8 +42,19 @@ pub fn eval(
         samples.truncate(limit);
     }
     let split_name = split.name();
+    // Every output folder is made (and so checked) before any evaluation runs.
+    let dirs: Vec<PathBuf> = checkpoints
+        .iter()
+        .map(|ckpt| out.map_or_else(|| default_output(ckpt), Path::to_path_buf))
+        .collect();
+    for dir in &dirs {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let probe = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("{} is not writable", dir.display()))?;
+        drop(probe);
+    }
     let mut rows = Vec::new();
-    for ckpt in checkpoints {
+    for (ckpt, dir) in checkpoints.iter().zip(&dirs) {
         // Our checkpoints carry their run config; a bare HF folder uses --config's curriculum.
         // Default stage: the one the checkpoint was last trained at (the final one for a bare
         // HF folder).
@@ -58,6 +69,9 @@ pub fn eval(
         let device = config.device();
         let loaded = load_model_dir(ckpt, device, &config.model.latent_init_token)?;
         let tokenized = tokenize_samples(&loaded.tokenizer, &samples);
+        let positions = loaded.model.config().n_positions;
+        let max_new_tokens = Some(config.eval.max_new_tokens);
+        check_sample_lengths(&data, &tokenized, curriculum, max_new_tokens, positions)?;
         let options = EvalOptions {
             stage,
             max_new_tokens: config.eval.max_new_tokens,
@@ -89,8 +103,6 @@ pub fn eval(
             })
             .collect();
 
-        let dir = out.map_or_else(|| ckpt.join("eval"), Path::to_path_buf);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let name = checkpoint_label(ckpt);
         let json = serde_json::json!({
             "checkpoint": ckpt, "split": split_name, "mode": curriculum.mode, "metrics": metrics, "teacher_forced_loss": valid_loss,
@@ -121,10 +133,21 @@ pub fn eval(
     }
     let table = comparison_table(&rows);
     println!("\n{table}");
-    let dir = out.map_or_else(|| checkpoints[0].join("eval"), Path::to_path_buf);
+    let dir = &dirs[0];
     std::fs::write(dir.join("comparison.md"), &table)?;
     std::fs::write(dir.join("comparison.json"), serde_json::to_string_pretty(&rows)?)?;
     Ok(())
+}
+
+/// Where `eval` writes when `--out` is absent: `<run>/eval/<checkpoint>` for a checkpoint of
+/// a run (never inside the checkpoint folder, which pruning deletes), `<folder>/eval` for a
+/// bare model folder.
+fn default_output(ckpt: &Path) -> PathBuf {
+    let parent = ckpt.parent().filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"));
+    match (parent.and_then(Path::parent), ckpt.file_name()) {
+        (Some(run), Some(name)) => run.join("eval").join(name),
+        _ => ckpt.join("eval"),
+    }
 }
 
 /// A short name for a checkpoint folder: `<run>/<checkpoint>` when it sits in a run.

@@ -1,8 +1,10 @@
 //! `coconut`: train, evaluate and inspect Coconut models. `cargo xtask <command>` runs it.
 
+mod ask_cmd;
 mod bench;
 mod data;
 mod eval_cmd;
+mod import_config;
 mod report;
 mod run;
 
@@ -35,6 +37,9 @@ enum Command {
         /// Run config (TOML); the embedded configs/default.toml when absent.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Override a config key, for example `--set train.lr=3e-4` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// Evaluate checkpoints (one comparison table for several).
     Eval {
@@ -59,6 +64,45 @@ enum Command {
         /// Where to write metrics, predictions and the table (default: beside each checkpoint).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The device to evaluate on (`cpu`, `cuda`, `cuda:N`); the config's `train.device`
+        /// when absent.
+        #[arg(long)]
+        device: Option<String>,
+        /// Prompts decoded together; the config's `eval.batch_size` when absent.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Override a config key, for example `--set eval.max_new_tokens=64` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Ask a trained checkpoint a question of your own: the answer, and each continuous
+    /// thought's top tokens through the LM head.
+    Ask {
+        /// The checkpoint folder (ours carry their run config; for a bare HF folder pass
+        /// --config).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The question, worded like the training data's questions.
+        question: String,
+        /// Continuous thoughts in the prompt (default: as many as the checkpoint's stage
+        /// gives, as `eval` uses).
+        #[arg(long)]
+        thoughts: Option<usize>,
+        /// Top tokens shown per thought.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Stop after this many new tokens (default: the run's eval.max_new_tokens).
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
+        /// `cpu`, `cuda` or `cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Run config for a bare HF folder (the embedded default when absent).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the reply as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Write generated datasets to datasets/<name>/{train,valid,test}.json, or convert GSM8k.
     Data(data::DataArgs),
@@ -78,6 +122,9 @@ enum Command {
     },
     /// Benchmarks at one thread with the shapes of the PyTorch reference; prints JSON lines.
     Bench(bench::BenchArgs),
+    /// Translate an args YAML of the official Coconut repository into a run config: the TOML
+    /// goes to stdout, one line per decision to stderr.
+    ImportConfig(import_config::ImportArgs),
 }
 
 fn main() {
@@ -89,20 +136,39 @@ fn main() {
         .init();
     if let Err(e) = dispatch(Cli::parse().command) {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        // A run stopped by a signal exits as the shell expects of that signal.
+        let code = match e.downcast_ref::<coconut_trainer::TrainError>() {
+            Some(coconut_trainer::TrainError::Interrupted { signal, .. }) => 128 + signal,
+            _ => 1,
+        };
+        std::process::exit(code);
     }
 }
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::TrainAllStages { config } => {
-            let (config, path) = run::load_config(config.as_deref())?;
+        Command::TrainAllStages { config, overrides } => {
+            let (config, path) = run::load_config(config.as_deref(), &overrides)?;
             let dir = run::train_all_stages(config, &path)?;
             println!("{}", dir.display());
             Ok(())
         }
-        Command::Eval { config, checkpoints, split, stage, limit, inspect, out } => {
-            let (config, path) = run::load_config(config.as_deref())?;
+        Command::Eval {
+            config,
+            checkpoints,
+            split,
+            stage,
+            limit,
+            inspect,
+            out,
+            device,
+            batch_size,
+            mut overrides,
+        } => {
+            // The flags are shorthands for their keys.
+            overrides.extend(device.map(|d| format!("train.device={d}")));
+            overrides.extend(batch_size.map(|b| format!("eval.batch_size={b}")));
+            let (config, path) = run::load_config(config.as_deref(), &overrides)?;
             eval_cmd::eval(
                 &config,
                 &path,
@@ -114,12 +180,50 @@ fn dispatch(command: Command) -> Result<()> {
                 out.as_deref(),
             )
         }
+        Command::Ask {
+            checkpoint,
+            question,
+            thoughts,
+            top,
+            max_new_tokens,
+            device,
+            config,
+            json,
+        } => ask_cmd::run(&ask_cmd::AskArgs {
+            checkpoint: &checkpoint,
+            config: config.as_deref(),
+            question: &question,
+            thoughts,
+            top,
+            max_new_tokens,
+            device: &device,
+            json,
+        }),
         Command::Data(args) => data::run(&args),
         Command::Stats { file, reference } => data::stats(&file, reference.as_deref()),
         Command::Compare { config } => {
-            let (config, path) = run::load_config(config.as_deref())?;
+            let (config, path) = run::load_config(config.as_deref(), &[])?;
             run::compare(config, &path)
         }
         Command::Bench(args) => bench::run(&args),
+        Command::ImportConfig(args) => import_config::run(&args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `cargo xtask --help` lists the binary's commands from a list of its own (xtask builds
+    /// without LibTorch, so it cannot ask the binary): every command must be on it.
+    #[test]
+    fn xtask_help_lists_every_command() {
+        let xtask = include_str!("../../../xtask/src/main.rs");
+        let listed = xtask.split("const COCONUT_COMMANDS").nth(1).expect("the list in xtask");
+        let listed = listed.split("\";").next().unwrap();
+        for command in super::Cli::command().get_subcommands() {
+            let name = command.get_name();
+            assert!(listed.contains(&format!("\n  {name} ")), "{name} is missing in xtask's help");
+        }
     }
 }

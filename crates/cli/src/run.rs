@@ -1,6 +1,8 @@
 //! `train-all-stages` and `compare`: a config's whole schedule, its evaluations and report.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use coconut_curriculum::{load_samples, tokenize_samples, Mode};
@@ -8,19 +10,23 @@ use coconut_eval::{
     comparison_table, evaluate, inspect_thoughts, mean_embedding_norm, thoughts_report,
     EvalOptions, Prediction, SampleThoughts, TableRow,
 };
-use coconut_trainer::{check_model_paths, EpochEval, RunConfig, TrainError, Trainer};
+use coconut_trainer::{
+    check_model_paths, check_sample_lengths, EpochEval, RunConfig, TrainError, Trainer,
+};
 
 use crate::{data, report, DEFAULT_CONFIG};
 
-/// Reads a run config, or the embedded default.
-pub fn load_config(path: Option<&Path>) -> Result<(RunConfig, PathBuf)> {
-    Ok(match path {
-        Some(p) => (RunConfig::load(p)?, p.to_path_buf()),
-        None => {
-            let p = PathBuf::from("configs/default.toml");
-            (RunConfig::parse(DEFAULT_CONFIG, &p)?, p)
+/// Reads a run config, or the embedded default, and applies `--set KEY=VALUE` overrides.
+pub fn load_config(path: Option<&Path>, overrides: &[String]) -> Result<(RunConfig, PathBuf)> {
+    let (text, path) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the run config {}", p.display()))?;
+            (text, p.to_path_buf())
         }
-    })
+        None => (DEFAULT_CONFIG.to_string(), PathBuf::from("configs/default.toml")),
+    };
+    Ok((RunConfig::parse_with_overrides(&text, &path, overrides)?, path))
 }
 
 /// Trains every stage of `config`, evaluates after every epoch and at the end, and writes
@@ -30,6 +36,17 @@ pub fn train_all_stages(config: RunConfig, config_path: &Path) -> Result<PathBuf
     data::ensure_generated(&config)?;
     let mut trainer = Trainer::new(config.clone(), config_path)?;
     let device = config.device();
+    // The final model is evaluated on the test split (or valid when there is none); its
+    // lengths are checked now, before any training.
+    let (split, samples) = match &config.data.test {
+        Some(test) => ("test", load_samples(test)?),
+        None => ("valid", trainer.valid_samples.clone()),
+    };
+    let tokenized = tokenize_samples(&trainer.loaded.tokenizer, &samples);
+    let positions = trainer.loaded.model.config().n_positions;
+    let test_file = config.data.test.as_ref().unwrap_or(&config.data.valid);
+    let max_new_tokens = Some(config.eval.max_new_tokens);
+    check_sample_lengths(test_file, &tokenized, &config.curriculum, max_new_tokens, positions)?;
     let limit = match config.data.max_valid_samples {
         0 => trainer.valid_samples.len(),
         n => n.min(trainer.valid_samples.len()),
@@ -55,15 +72,13 @@ pub fn train_all_stages(config: RunConfig, config_path: &Path) -> Result<PathBuf
         };
         Ok(EpochEval { accuracy: Some(m.accuracy), extra })
     };
-    let summary = trainer.run(&mut per_epoch)?;
+    let summary = {
+        let _signals = StopOnSignals::register(&trainer.stop_flag())?;
+        trainer.run(&mut per_epoch)?
+    };
     let run_dir = summary.run_dir.clone();
 
-    // The final model on the test split (or valid when there is none), at the final stage.
-    let (split, samples) = match &config.data.test {
-        Some(test) => ("test", load_samples(test)?),
-        None => ("valid", trainer.valid_samples.clone()),
-    };
-    let tokenized = tokenize_samples(&trainer.loaded.tokenizer, &samples);
+    // The final model on the test split, at the final stage.
     let final_stage = config.curriculum.stage_of_epoch(config.train.num_epochs.saturating_sub(1));
     let options = EvalOptions {
         stage: final_stage,
@@ -108,6 +123,36 @@ pub fn train_all_stages(config: RunConfig, config_path: &Path) -> Result<PathBuf
         comparison_table(&[TableRow { method: format!("{} ({split})", config.name), metrics }])
     );
     Ok(run_dir)
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM (how clusters preempt a job) while training: the first one
+/// makes the trainer checkpoint and stop after its current step; a second one ends the
+/// process at once. The handlers are removed when this is dropped, so outside training the
+/// signals keep their usual effect.
+struct StopOnSignals(Vec<signal_hook::SigId>);
+
+impl StopOnSignals {
+    fn register(stop: &Arc<AtomicUsize>) -> Result<Self> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        use signal_hook::flag;
+        let armed = Arc::new(AtomicBool::new(false));
+        let mut ids = Vec::new();
+        for signal in [SIGINT, SIGTERM] {
+            // In order: exit if a signal came before, remember this one, arm.
+            ids.push(flag::register_conditional_shutdown(signal, 128 + signal, armed.clone())?);
+            ids.push(flag::register_usize(signal, stop.clone(), signal as usize)?);
+            ids.push(flag::register(signal, armed.clone())?);
+        }
+        Ok(Self(ids))
+    }
+}
+
+impl Drop for StopOnSignals {
+    fn drop(&mut self) {
+        for id in self.0.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
 }
 
 /// Writes one JSON line per prediction.

@@ -1,6 +1,6 @@
 //! Samples and the three file formats they come in.
 //!
-//! Every dataset is a list of `{question, steps, answer}` samples (DESIGN.md, "Data"):
+//! Every dataset is a list of `{question, steps, answer}` samples (docs/DESIGN.md, "Data"):
 //! - `.json`: the Coconut JSON array (ProsQA and ProntoQA carry extra graph fields, ignored);
 //! - `.txt`: iCoT lines `question||<<a=b>> <<c=d>> #### ans` (GSM8k-Aug);
 //! - `.jsonl`: the original GSM8k `{question, answer}` lines, the answer holding `<<a=b>>`
@@ -46,7 +46,7 @@ pub fn load_coconut_json(path: &Path) -> Result<Vec<Sample>, CurriculumError> {
     // Parse to `Value` first rather than straight into `Vec<Sample>`: serde's message would
     // give a line and column, but not which sample or which field is at fault.
     let value: Value = serde_json::from_str(&text)
-        .map_err(|source| CurriculumError::Json { path: path.to_path_buf(), source })?;
+        .map_err(|error| CurriculumError::Json { path: path.to_path_buf(), error })?;
     let Value::Array(items) = value else {
         return Err(CurriculumError::Field {
             path: path.to_path_buf(),
@@ -137,11 +137,11 @@ pub fn load_gsm8k_jsonl(path: &Path) -> Result<Vec<Sample>, CurriculumError> {
 
 /// Writes `samples` to `path` as a pretty-printed Coconut JSON array.
 pub fn save_samples(path: &Path, samples: &[Sample]) -> Result<(), CurriculumError> {
-    let io_err = |source| CurriculumError::Io { path: path.to_path_buf(), source };
+    let io_err = |error| CurriculumError::Io { path: path.to_path_buf(), error };
     let file = fs::File::create(path).map_err(io_err)?;
     let mut writer = BufWriter::new(file);
     serde_json::to_writer_pretty(&mut writer, samples)
-        .map_err(|source| CurriculumError::Json { path: path.to_path_buf(), source })?;
+        .map_err(|error| CurriculumError::Json { path: path.to_path_buf(), error })?;
     writer.write_all(b"\n").map_err(io_err)?;
     writer.flush().map_err(io_err)
 }
@@ -164,7 +164,7 @@ fn annotations(solution: &str) -> Vec<String> {
 
 fn read(path: &Path) -> Result<String, CurriculumError> {
     fs::read_to_string(path)
-        .map_err(|source| CurriculumError::Io { path: path.to_path_buf(), source })
+        .map_err(|error| CurriculumError::Io { path: path.to_path_buf(), error })
 }
 
 fn non_empty(path: &Path, samples: Vec<Sample>) -> Result<Vec<Sample>, CurriculumError> {
@@ -250,8 +250,8 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn shared(rel: &str) -> PathBuf {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/")).join(rel)
+    fn fixture(rel: &str) -> PathBuf {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/")).join(rel)
     }
 
     /// Writes `content` to a temporary file with the given extension.
@@ -267,18 +267,18 @@ mod tests {
 
     #[test]
     fn prosqa_valid_has_300_samples_with_steps() {
-        let s = load_samples(&shared("datasets/prosqa/prosqa_valid.json")).unwrap();
+        let s = load_samples(&fixture("datasets/prosqa/prosqa_valid.json")).unwrap();
         assert_eq!(s.len(), 300);
         assert_eq!(s[0].steps.len(), 3);
         assert_eq!(s[0].answer, "Tom is a lempus.");
         assert!(s[0].question.ends_with("Is Tom a lempus or scrompus?"));
-        // DESIGN.md: 3 to 6 steps, 3.8 on average.
+        // docs/DESIGN.md, "Data": 3 to 6 steps, 3.8 on average.
         assert!(s.iter().all(|x| (3..=6).contains(&x.steps.len())));
     }
 
     #[test]
     fn prontoqa_valid_has_200_samples_of_six_steps() {
-        let s = load_samples(&shared("datasets/prontoqa/prontoqa_valid.json")).unwrap();
+        let s = load_samples(&fixture("datasets/prontoqa/prontoqa_valid.json")).unwrap();
         assert_eq!(s.len(), 200);
         assert!(s.iter().all(|x| x.steps.len() == 6));
         assert!(s.iter().all(|x| x.answer == "True" || x.answer == "False"));
@@ -286,9 +286,9 @@ mod tests {
 
     #[test]
     fn gsm_json_and_icot_lines_give_the_same_samples() {
-        let json = load_samples(&shared("datasets/gsm8k/gsm_valid.json")).unwrap();
-        let icot = load_samples(&shared("datasets/gsm8k/icot_gsm8k_valid.txt")).unwrap();
-        assert_eq!(json.len(), 500);
+        let json = load_samples(&fixture("datasets/gsm8k/gsm_valid.json")).unwrap();
+        let icot = load_samples(&fixture("datasets/gsm8k/icot_gsm8k_valid.txt")).unwrap();
+        assert_eq!(json.len(), 200);
         assert_eq!(json, icot);
         assert_eq!(icot[0].steps, ["<<4-2=2>>", "<<2/.5=4>>", "<<12/4=3>>", "<<100*3=300>>"]);
         assert_eq!(icot[0].answer, "300");
@@ -298,9 +298,9 @@ mod tests {
 
     #[test]
     fn gsm8k_jsonl_test_matches_the_augmented_test_set() {
-        let orig = load_samples(&shared("datasets/gsm8k/gsm8k_test.jsonl")).unwrap();
-        let aug = load_samples(&shared("datasets/gsm8k/gsm_test.json")).unwrap();
-        assert_eq!(orig.len(), 1319);
+        let orig = load_samples(&fixture("datasets/gsm8k/gsm8k_test.jsonl")).unwrap();
+        let aug = load_samples(&fixture("datasets/gsm8k/gsm_test.json")).unwrap();
+        assert_eq!(orig.len(), 200);
         assert_eq!(orig[0].steps, ["<<16-3-4=9>>", "<<9*2=18>>"]);
         assert_eq!(orig[0].answer, "18");
         // Same questions in the same order; GSM8k-Aug rewrote a few solutions, so the
@@ -308,8 +308,9 @@ mod tests {
         assert!(orig.iter().zip(&aug).all(|(o, a)| o.question == a.question));
         let same_steps = orig.iter().zip(&aug).filter(|(o, a)| o.steps == a.steps).count();
         let same_answer = orig.iter().zip(&aug).filter(|(o, a)| o.answer == a.answer).count();
-        assert!(same_steps >= 1300, "{same_steps}");
-        assert!(same_answer >= 1300, "{same_answer}");
+        assert!(same_steps >= 190, "{same_steps}");
+        assert!(same_answer >= 190, "{same_answer}");
+        assert!(same_steps < orig.len(), "the fixture holds rewritten solutions too");
         assert!(orig.iter().all(|s| !s.answer.contains(',')));
     }
 

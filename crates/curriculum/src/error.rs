@@ -10,23 +10,21 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CurriculumError {
     /// The file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file at fault.
         path: PathBuf,
-        /// The underlying I/O error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying I/O error (in the message, not the `source()`, so it prints once).
+        error: std::io::Error,
     },
 
     /// The file is not valid JSON, or not a JSON array of samples.
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{path}: invalid JSON: {error}")]
     Json {
         /// The file at fault.
         path: PathBuf,
         /// The parser error (it carries the line and column).
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 
     /// A field of one sample is missing, has the wrong type or an invalid value.
@@ -74,10 +72,10 @@ pub enum CurriculumError {
         token: String,
     },
 
-    /// A configuration field has a value the curriculum cannot run with.
-    #[error("curriculum config: field `{field}`: {reason}")]
+    /// A configuration key has a value the curriculum cannot run with.
+    #[error("{field}: {reason}")]
     Config {
-        /// The field at fault.
+        /// The key at fault, with its section (`curriculum.c_thought`, `model.vocab_size`).
         field: &'static str,
         /// Why its value is invalid.
         reason: String,

@@ -1,8 +1,8 @@
 //! Coconut data: loaders, tokenization, the stage-k curriculum and batching.
 //!
 //! Pure Rust and model-free (no tch): the trainer and evaluator turn [`Batch`] vectors into
-//! tensors. The algorithm is DESIGN.md's ("Data", "Tokens and one training sample at stage
-//! k", "Batching"), itself the reference implementation's (facebookresearch/coconut).
+//! tensors. The algorithm is specified in docs/DESIGN.md ("Data", "Tokens", "Curriculum",
+//! "Batching") and follows the reference implementation (facebookresearch/coconut).
 //!
 //! - [`data`]: [`Sample`] and the Coconut JSON, iCoT line and GSM8k JSONL formats;
 //! - [`tokenizer`]: a HF tokenizer with the latent and pause tokens added, or one trained here;
@@ -20,11 +20,14 @@ pub use batch::{
     batches, collate_prompts, collate_training, length_grouped_batches, Batch, LENGTH_GROUP_WINDOW,
 };
 pub use curriculum::{
-    eval_prompt, sample_stage, tokenize_samples, training_sample, CurriculumConfig, Mode,
-    StagedSample, TokenizedSample, IGNORE_INDEX,
+    eval_prompt, prompt_slots, prompt_with_slots, sample_stage, tokenize_samples, training_sample,
+    CurriculumConfig, Mode, StagedSample, TokenizedSample, IGNORE_INDEX,
 };
 pub use data::{
     load_coconut_json, load_gsm8k_jsonl, load_icot_lines, load_samples, save_samples, Sample,
 };
 pub use error::CurriculumError;
-pub use tokenizer::{SpecialTokens, Tokenizer, END_LATENT, EOS, LATENT, PAUSE, START_LATENT};
+pub use tokenizer::{
+    SpecialTokens, Tokenizer, END_LATENT, EOS, LATENT, MIN_TRAINED_VOCAB, PAUSE, START_LATENT,
+    TRAINING_TEXT_BYTES, TRAINING_WORD_BYTES,
+};

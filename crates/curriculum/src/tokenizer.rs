@@ -1,7 +1,7 @@
 //! The tokenizer: a HF `tokenizer.json` (GPT-2's BPE for pretrained GPT-2) or a byte-level BPE
 //! trained here for models trained from scratch, plus the curriculum's special tokens.
 //!
-//! DESIGN.md, "Tokens": pad = eos; three added tokens `<|start-latent|>`, `<|end-latent|>`,
+//! docs/DESIGN.md, "Tokens": pad = eos; three added tokens `<|start-latent|>`, `<|end-latent|>`,
 //! `<|latent|>` (GPT-2 ids 50257, 50258, 50259), and `<pause>` (50260) for the pause baselines.
 
 use std::fmt;
@@ -29,6 +29,59 @@ pub const EOS: &str = "<|endoftext|>";
 
 /// The tokens added to every vocabulary, in the order they get their ids.
 const ADDED: [&str; 4] = [START_LATENT, END_LATENT, LATENT, PAUSE];
+
+/// The smallest vocabulary [`Tokenizer::train`] makes: [`EOS`], the four added tokens and
+/// the 256 byte symbols.
+pub const MIN_TRAINED_VOCAB: usize = 1 + ADDED.len() + 256;
+
+/// At most this much text trains a tokenizer (the first texts, in order).
+pub const TRAINING_TEXT_BYTES: usize = 64 << 20;
+
+/// Longer runs without whitespace are cut into pieces of this many bytes for training.
+pub const TRAINING_WORD_BYTES: usize = 64;
+
+/// The texts the BPE trainer sees: at most [`TRAINING_TEXT_BYTES`] in all, each run of
+/// non-whitespace longer than [`TRAINING_WORD_BYTES`] cut into pieces (each its own text, so
+/// no character is invented between them). Texts without long runs pass unchanged.
+fn bounded_training_texts(texts: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(texts.len());
+    let mut budget = TRAINING_TEXT_BYTES;
+    for text in texts {
+        if budget == 0 {
+            break;
+        }
+        let text = &text[..floor_char_boundary(text, budget)];
+        budget -= text.len();
+        let mut kept = String::new();
+        for piece in text.split_inclusive(char::is_whitespace) {
+            let word = piece.trim_end_matches(char::is_whitespace);
+            if word.len() <= TRAINING_WORD_BYTES {
+                kept.push_str(piece);
+                continue;
+            }
+            let mut rest = word;
+            while !rest.is_empty() {
+                let cut = floor_char_boundary(rest, TRAINING_WORD_BYTES).max(
+                    // A character wider than the piece size still goes whole.
+                    rest.chars().next().map_or(0, char::len_utf8),
+                );
+                out.push(rest[..cut].to_string());
+                rest = &rest[cut..];
+            }
+            kept.push_str(&piece[word.len()..]);
+        }
+        out.push(kept);
+    }
+    out
+}
+
+/// The largest char boundary of `text` at or below `index`.
+fn floor_char_boundary(text: &str, index: usize) -> usize {
+    if index >= text.len() {
+        return text.len();
+    }
+    (0..=index).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0)
+}
 
 /// The ids of the tokens the curriculum and the model treat specially. Padding uses `eos`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,17 +133,23 @@ impl Tokenizer {
     /// [`EOS`] gets id 0 and the four added tokens ids 1 to 4, then come the 256 byte symbols
     /// and the merges, up to `vocab_size` entries in all. Training is deterministic: the
     /// trainer sorts its alphabet and breaks ties between equally frequent pairs by pair id.
+    ///
+    /// The trainer's work is bounded whatever the texts hold: it reads at most
+    /// [`TRAINING_TEXT_BYTES`] of them, and runs without whitespace longer than
+    /// [`TRAINING_WORD_BYTES`] are cut into pieces of that size (counting merges inside one
+    /// word costs the square of its length; a 300 KB word took minutes). Encoding is not
+    /// affected: every byte stays encodable.
     pub fn train(texts: &[String], vocab_size: usize) -> Result<Self, CurriculumError> {
         // Every byte must stay encodable, whatever the texts hold.
-        let minimum = 1 + ADDED.len() + ByteLevel::alphabet().len();
-        if vocab_size < minimum {
+        if vocab_size < MIN_TRAINED_VOCAB {
             return Err(CurriculumError::Config {
-                field: "vocab_size",
+                field: "model.vocab_size",
                 reason: format!(
-                    "{vocab_size} is below {minimum} (5 special tokens + 256 byte symbols)"
+                    "{vocab_size} is below {MIN_TRAINED_VOCAB} (5 special tokens + 256 byte symbols)"
                 ),
             });
         }
+        let texts = bounded_training_texts(texts);
         let context = "training";
         if texts.is_empty() {
             return Err(CurriculumError::Tokenizer {
@@ -140,6 +199,14 @@ impl Tokenizer {
     pub fn save(&self, path: &Path) -> Result<(), CurriculumError> {
         self.inner.save(path, true).map_err(|e| CurriculumError::Tokenizer {
             context: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The HF `tokenizer.json` text [`Tokenizer::save`] writes.
+    pub fn to_json(&self) -> Result<String, CurriculumError> {
+        self.inner.to_string(true).map_err(|e| CurriculumError::Tokenizer {
+            context: "serialising".into(),
             message: e.to_string(),
         })
     }
@@ -233,9 +300,33 @@ pub(crate) mod tests {
     pub(crate) fn gpt2() -> Tokenizer {
         Tokenizer::from_file(Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/models/tiny-gpt2/tokenizer.json"
+            "/../../fixtures/tiny-gpt2/tokenizer.json"
         )))
         .unwrap()
+    }
+
+    #[test]
+    fn training_texts_are_bounded() {
+        let plain = vec!["Tom is a wumpus.\nEvery wumpus is a yumpus.".to_string()];
+        assert_eq!(bounded_training_texts(&plain), plain);
+        let long = format!("x {} y", "é".repeat(100)); // a 200-byte word
+        let texts = bounded_training_texts(&[long]);
+        assert!(texts.iter().all(|t| t.len() <= TRAINING_WORD_BYTES + 4), "{texts:?}");
+        // The pieces become texts of their own; the rest of the text keeps its whitespace.
+        assert_eq!(texts.len(), 5);
+        assert_eq!(texts[4], "x  y");
+        assert_eq!(texts[..4].concat(), "é".repeat(100));
+        let many = vec!["abc ".repeat(1 << 20); 20]; // 80 MiB
+        let total: usize = bounded_training_texts(&many).iter().map(String::len).sum();
+        assert_eq!(total, TRAINING_TEXT_BYTES);
+    }
+
+    #[test]
+    fn a_long_word_trains_quickly_and_still_encodes() {
+        // Before the bound, 300 KB without a space kept the trainer busy for minutes.
+        let word = "ab".repeat(150_000);
+        let tok = Tokenizer::train(&[word.clone(), "a b".into()], 300).unwrap();
+        assert_eq!(tok.decode(&tok.encode(&word)), word);
     }
 
     #[test]

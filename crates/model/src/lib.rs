@@ -14,10 +14,14 @@
 
 mod checkpoint;
 mod gpt2;
+pub mod testing;
 
 use std::path::PathBuf;
 
-pub use checkpoint::{load_config, load_pretrained, save_pretrained, CONFIG_FILE, WEIGHTS_FILE};
+pub use checkpoint::{
+    is_finite, load_config, load_pretrained, pretrained_files, save_pretrained, serialize_tensors,
+    CONFIG_FILE, WEIGHTS_FILE,
+};
 pub use gpt2::{
     causal_bias, draw_seed, gradient_root, padding_bias, Gpt2, Gpt2Config, KvCache, RecomputedPass,
 };
@@ -26,12 +30,15 @@ pub use gpt2::{
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// The file could not be read or written.
-    #[error("{path}: {source}")]
+    ///
+    /// The OS error is part of the message and deliberately not the error's `source()`, so
+    /// that chain printers (`anyhow`'s `{:#}`) show it once.
+    #[error("{path}: {error}")]
     Io {
         /// The file at fault.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// `config.json` is not a valid GPT-2 configuration.
     #[error("{path}: invalid GPT-2 config: {message}")]
@@ -76,5 +83,13 @@ pub enum ModelError {
         expected: Vec<i64>,
         /// Shape found in the file.
         found: Vec<i64>,
+    },
+    /// A tensor holds NaN or infinite values (a diverged or damaged checkpoint).
+    #[error("{path}: tensor {name} holds NaN or infinite values")]
+    NonFiniteTensor {
+        /// The file at fault.
+        path: PathBuf,
+        /// The tensor's key.
+        name: String,
     },
 }

@@ -9,12 +9,25 @@
 //! ```
 //!
 //! A checkpoint is first written into a hidden temporary folder and renamed into place, so
-//! an interrupted save never leaves a half-written checkpoint under a real name.
+//! an interrupted save never leaves a half-written checkpoint under a real name. The order
+//! of a save, each step through the [`CheckpointIo`] seam:
+//!
+//! 1. every file written and fsync'ed into `.tmp-<name>-<writer>` (the training state last);
+//! 2. that folder fsync'ed, then renamed to `<name>` (an existing `<name>` is first renamed
+//!    aside to `.trash-<name>-<writer>` and deleted only once the new one is in place);
+//! 3. the `checkpoints/` folder fsync'ed;
+//! 4. only then are older checkpoints pruned (each renamed to a trash name, then deleted).
+//!
+//! A failure at any step leaves every older complete checkpoint as it was. Only folders
+//! named `e<epoch>-s<step>` count as checkpoints, ordered by the numbers they hold.
 
 use std::collections::BTreeMap;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use coconut_model::save_pretrained;
+use coconut_model::{
+    is_finite, pretrained_files, serialize_tensors, ModelError, CONFIG_FILE, WEIGHTS_FILE,
+};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
@@ -27,6 +40,60 @@ use crate::TrainError;
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// File of the training position inside a checkpoint; written last.
 pub const STATE_FILE: &str = "train_state.json";
+/// Name prefix of a checkpoint being written (`.tmp-<name>-<writer>`); never a checkpoint.
+pub const TMP_PREFIX: &str = ".tmp-";
+/// Name prefix of a checkpoint being deleted (`.trash-<name>-<writer>`); never a checkpoint.
+pub const TRASH_PREFIX: &str = ".trash-";
+
+/// The file-system operations a checkpoint save and prune perform, and nothing else: the
+/// seam where tests record their order and inject faults. [`DiskIo`] is the real one.
+pub trait CheckpointIo: Send + Sync {
+    /// Creates the folder `dir`, whose parent exists.
+    fn create_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Creates (or truncates) the file `path`, writes all of `bytes` and fsyncs the file.
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Fsyncs the folder `dir`, making the entries created or renamed in it durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Renames a file or folder (atomic within one file system). A folder is never renamed
+    /// over an existing non-empty folder.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes the folder `dir` and everything in it.
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// [`CheckpointIo`] on the real file system.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiskIo;
+
+impl CheckpointIo for DiskIo {
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir(dir)
+    }
+
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut file = std::fs::File::create(path)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        // Only Unix can open a folder to fsync it; elsewhere renames are made durable by the
+        // file system itself.
+        #[cfg(unix)]
+        std::fs::File::open(dir)?.sync_all()?;
+        #[cfg(not(unix))]
+        let _ = dir;
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(dir)
+    }
+}
 
 /// Where training stands: enough to continue exactly where a checkpoint was taken.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,63 +110,210 @@ pub struct TrainState {
     pub config: RunConfig,
 }
 
-/// A checkpoint folder's name: sorts by epoch, then step.
+/// A checkpoint folder's name, `e<epoch>-s<global step>` zero-padded to 3 and 7 digits
+/// (wider numbers get longer: order with [`parse_checkpoint_name`], never as strings).
 pub fn checkpoint_name(state: &TrainState) -> String {
     format!("e{:03}-s{:07}", state.epoch, state.global_step)
 }
 
-/// Writes a checkpoint into `dir/<name>` atomically and returns its path.
+/// The (epoch, global step) of a checkpoint folder name `e<digits>-s<digits>`; `None` for
+/// any other name (temporary and trash folders included).
+pub fn parse_checkpoint_name(name: &str) -> Option<(u64, u64)> {
+    let (epoch, step) = name.strip_prefix('e')?.split_once("-s")?;
+    let number = |digits: &str| {
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse::<u64>().ok()
+    };
+    Some((number(epoch)?, number(step)?))
+}
+
+/// The files of a checkpoint as bytes, in the order they are written (the training state
+/// last): the HF model folder, the tokenizer, the optimizer state and the training state.
+pub fn checkpoint_files(
+    loaded: &LoadedModel,
+    optimizer: &AdamW,
+    state: &TrainState,
+) -> Result<Vec<(&'static str, Vec<u8>)>, TrainError> {
+    let mut files = pretrained_files(&loaded.vs, &loaded.model);
+    files.push((TOKENIZER_FILE, loaded.tokenizer.to_json()?.into_bytes()));
+    let optimizer_bytes = serialize_tensors(&optimizer.state(), None)
+        .map_err(|message| TrainError::Other(format!("{OPTIMIZER_FILE}: {message}")))?;
+    files.push((OPTIMIZER_FILE, optimizer_bytes));
+    let json = serde_json::to_string_pretty(state).expect("the state serialises");
+    files.push((STATE_FILE, json.into_bytes()));
+    Ok(files)
+}
+
+/// Writes a checkpoint into `dir/<name>` atomically and durably, through `io`, and returns
+/// its path. The temporary folder is named after this process; see [`save_checkpoint_as`].
 pub fn save_checkpoint(
+    io: &dyn CheckpointIo,
     dir: &Path,
     loaded: &LoadedModel,
     optimizer: &AdamW,
     state: &TrainState,
 ) -> Result<PathBuf, TrainError> {
-    let name = checkpoint_name(state);
-    let tmp = dir.join(format!(".tmp-{name}"));
-    let dst = dir.join(&name);
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TrainError::Io { path, source }
-    };
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    save_pretrained(&loaded.vs, &loaded.model, &tmp)?;
-    loaded.tokenizer.save(&tmp.join(TOKENIZER_FILE))?;
-    let opt_path = tmp.join(OPTIMIZER_FILE);
-    Tensor::write_safetensors(&optimizer.state(), &opt_path)
-        .map_err(|e| TrainError::Checkpoint { path: opt_path.clone(), message: e.to_string() })?;
-    let state_path = tmp.join(STATE_FILE);
-    let json = serde_json::to_string_pretty(state).expect("the state serialises");
-    std::fs::write(&state_path, json).map_err(io(&state_path))?;
-    if dst.exists() {
-        std::fs::remove_dir_all(&dst).map_err(io(&dst))?;
-    }
-    std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
-    Ok(dst)
+    save_checkpoint_as(io, dir, &std::process::id().to_string(), loaded, optimizer, state)
 }
 
-/// Complete checkpoint folders of `dir`, oldest first.
+/// [`save_checkpoint`] with the temporary and trash folders named after `writer`, which
+/// distinguishes processes that may write into the same folder: a writer only ever removes
+/// its own leftovers.
+///
+/// Order: every file written and fsync'ed into `.tmp-<name>-<writer>`, that folder
+/// fsync'ed, renamed to `<name>`, then `dir` fsync'ed. An existing `<name>` (a resumed run
+/// saving the same position again) is renamed aside first and deleted once the new one is
+/// in place, so some complete `<name>` exists at every moment but between the two renames.
+/// On failure the temporary folder is removed when possible and the error names the file
+/// or folder at fault.
+pub fn save_checkpoint_as(
+    io: &dyn CheckpointIo,
+    dir: &Path,
+    writer: &str,
+    loaded: &LoadedModel,
+    optimizer: &AdamW,
+    state: &TrainState,
+) -> Result<PathBuf, TrainError> {
+    let files = checkpoint_files(loaded, optimizer, state)?;
+    write_checkpoint(io, dir, writer, &checkpoint_name(state), &files)
+}
+
+/// The writing part of [`save_checkpoint_as`]: publishes `files` (in order, the training
+/// state last, as [`checkpoint_files`] gives them) as the checkpoint `dir/<name>`.
+pub fn write_checkpoint(
+    io: &dyn CheckpointIo,
+    dir: &Path,
+    writer: &str,
+    name: &str,
+    files: &[(&'static str, Vec<u8>)],
+) -> Result<PathBuf, TrainError> {
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{writer}"));
+    let aside = dir.join(format!("{TRASH_PREFIX}{name}-{writer}"));
+    let dst = dir.join(name);
+
+    let missing: Vec<&Path> =
+        dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.is_dir()).collect();
+    for d in missing.into_iter().rev() {
+        io.create_dir(d).map_err(io_error(d))?;
+    }
+    // What an earlier failed or killed save of this writer left behind.
+    if tmp.exists() {
+        io.remove_dir_all(&tmp).map_err(io_error(&tmp))?;
+    }
+    match publish(io, dir, files, &tmp, &aside, &dst) {
+        Ok(()) => Ok(dst),
+        Err(e) => {
+            if tmp.exists() {
+                // Best effort: the error at hand is the one to report.
+                let _ = io.remove_dir_all(&tmp);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Steps 1 to 3 of a save (see the module documentation).
+fn publish(
+    io: &dyn CheckpointIo,
+    dir: &Path,
+    files: &[(&'static str, Vec<u8>)],
+    tmp: &Path,
+    aside: &Path,
+    dst: &Path,
+) -> Result<(), TrainError> {
+    io.create_dir(tmp).map_err(io_error(tmp))?;
+    for (file, bytes) in files {
+        let path = tmp.join(file);
+        io.write_file(&path, bytes).map_err(io_error(&path))?;
+    }
+    io.sync_dir(tmp).map_err(io_error(tmp))?;
+    let replacing = dst.exists();
+    if replacing {
+        if aside.exists() {
+            io.remove_dir_all(aside).map_err(io_error(aside))?;
+        }
+        io.rename(dst, aside).map_err(io_error(dst))?;
+    }
+    if let Err(error) = io.rename(tmp, dst) {
+        if replacing {
+            // Put the old checkpoint back; if even that fails it stays complete under
+            // its trash name.
+            let _ = io.rename(aside, dst);
+        }
+        return Err(TrainError::Io { path: dst.to_path_buf(), error });
+    }
+    // If this fails, the old checkpoint stays under its trash name: the rename may not
+    // have reached the disk yet.
+    io.sync_dir(dir).map_err(io_error(dir))?;
+    if replacing {
+        io.remove_dir_all(aside).map_err(io_error(aside))?;
+    }
+    Ok(())
+}
+
+/// The `map_err` of a failed operation on `path`.
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> TrainError {
+    let path = path.to_path_buf();
+    move |error| TrainError::Io { path, error }
+}
+
+/// Complete checkpoint folders of `dir`, oldest first by (epoch, step). Only folders named
+/// `e<epoch>-s<step>` holding a training state count.
 pub fn list_checkpoints(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut found: Vec<PathBuf> = entries
+    let mut found: Vec<((u64, u64), PathBuf)> = entries
         .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.starts_with('e') && p.join(STATE_FILE).exists()
+        .filter_map(|e| {
+            let key = parse_checkpoint_name(e.file_name().to_str()?)?;
+            let path = e.path();
+            path.join(STATE_FILE).is_file().then_some((key, path))
         })
         .collect();
-    found.sort();
-    found
+    found.sort_by_key(|(key, _)| *key);
+    found.into_iter().map(|(_, path)| path).collect()
+}
+
+/// Tidies a checkpoint folder before a run writes to it. The caller holds the run's lock
+/// ([`crate::run_lock::RunLock`]), so no other writer is at work and whatever temporary
+/// or trash folder is there was left by a process that died. A checkpoint left complete
+/// only under its trash name (a save that died between its two renames) is put back under
+/// its own name when that name is free; every other leftover is deleted.
+pub fn recover_checkpoints(io: &dyn CheckpointIo, dir: &Path) -> Result<(), TrainError> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    let complete = |path: &Path| {
+        [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, OPTIMIZER_FILE, STATE_FILE]
+            .iter()
+            .all(|file| path.join(file).is_file())
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let path = entry.path();
+        if let Some(rest) = name.strip_prefix(TRASH_PREFIX) {
+            // `<checkpoint name>-<writer>`
+            let original = rest.rsplit_once('-').map(|(n, _)| n);
+            if let Some(original) = original.filter(|n| parse_checkpoint_name(n).is_some()) {
+                let dst = dir.join(original);
+                if !dst.exists() && complete(&path) {
+                    io.rename(&path, &dst).map_err(io_error(&path))?;
+                    io.sync_dir(dir).map_err(io_error(dir))?;
+                    continue;
+                }
+            }
+            io.remove_dir_all(&path).map_err(io_error(&path))?;
+        } else if name.starts_with(TMP_PREFIX) {
+            io.remove_dir_all(&path).map_err(io_error(&path))?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads a checkpoint's training state.
 pub fn read_state(ckpt: &Path) -> Result<TrainState, TrainError> {
     let path = ckpt.join(STATE_FILE);
     let text = std::fs::read_to_string(&path)
-        .map_err(|source| TrainError::Io { path: path.clone(), source })?;
+        .map_err(|error| TrainError::Io { path: path.clone(), error })?;
     serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })
 }
 
@@ -119,21 +333,36 @@ pub fn load_checkpoint(
         .into_iter()
         .map(|(n, t)| (n, t.to_device(device)))
         .collect();
+    if let Some(name) = moments.iter().find(|(_, t)| !is_finite(t)).map(|(n, _)| n) {
+        return Err(ModelError::NonFiniteTensor { path: opt_path, name: name.clone() }.into());
+    }
     optimizer
         .load_state(&moments)
         .map_err(|message| TrainError::Checkpoint { path: opt_path, message })?;
     Ok((loaded, optimizer, state))
 }
 
-/// Deletes all but the newest `keep` checkpoints (0 keeps everything).
-pub fn prune_checkpoints(dir: &Path, keep: usize) -> Result<(), TrainError> {
+/// Deletes all but the newest `keep` checkpoints (0 keeps everything), through `io`. Each
+/// is first renamed to a trash name, so a checkpoint is either complete or gone, then
+/// deleted. One another process pruned already is skipped.
+pub fn prune_checkpoints(io: &dyn CheckpointIo, dir: &Path, keep: usize) -> Result<(), TrainError> {
     let all = list_checkpoints(dir);
     if keep == 0 || all.len() <= keep {
         return Ok(());
     }
+    let writer = std::process::id();
     for old in &all[..all.len() - keep] {
-        std::fs::remove_dir_all(old)
-            .map_err(|source| TrainError::Io { path: old.clone(), source })?;
+        let name = old.file_name().and_then(|n| n.to_str()).expect("a listed checkpoint name");
+        let trash = dir.join(format!("{TRASH_PREFIX}{name}-{writer}"));
+        if trash.exists() {
+            io.remove_dir_all(&trash).map_err(io_error(&trash))?;
+        }
+        match io.rename(old, &trash) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(TrainError::Io { path: old.clone(), error: e }),
+        }
+        io.remove_dir_all(&trash).map_err(io_error(&trash))?;
     }
     Ok(())
 }

@@ -247,40 +247,102 @@ impl RunConfig {
     /// Reads and validates a TOML run config. Errors name the file and the place.
     pub fn load(path: &Path) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+            .map_err(|error| TrainError::Io { path: path.to_path_buf(), error })?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates TOML text; `path` is used in error messages only.
     pub fn parse(text: &str, path: &Path) -> Result<Self, TrainError> {
-        let config: RunConfig = toml::from_str(text)
-            .map_err(|e| TrainError::Config { path: path.to_path_buf(), message: e.to_string() })?;
-        config
-            .validate()
-            .map_err(|message| TrainError::Config { path: path.to_path_buf(), message })?;
+        Self::parse_with_overrides(text, path, &[])
+    }
+
+    /// Parses TOML text, applies `overrides` (`key=value` with a dotted TOML key, as
+    /// `--set train.lr=3e-4` gives them) and validates the result. A value that is not a TOML
+    /// value (`train.device=cuda:0`) is taken as a string. A key the config does not have is
+    /// an error, as it is in the file.
+    pub fn parse_with_overrides(
+        text: &str,
+        path: &Path,
+        overrides: &[String],
+    ) -> Result<Self, TrainError> {
+        let error = |message: String| TrainError::Config { path: path.to_path_buf(), message };
+        let config: RunConfig = if overrides.is_empty() {
+            toml::from_str(text).map_err(|e| error(e.to_string()))?
+        } else {
+            let mut table: toml::Table = toml::from_str(text).map_err(|e| error(e.to_string()))?;
+            for item in overrides {
+                apply_override(&mut table, item)
+                    .map_err(|m| error(format!("--set {item}: {m}")))?;
+            }
+            let list = overrides.join(", ");
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e| error(format!("with --set {list}: {e}")))?
+        };
+        config.validate().map_err(error)?;
         Ok(config)
     }
 
-    /// Checks values that parse but make no sense.
+    /// Checks values that parse but make no sense, or that would not survive being saved
+    /// in a checkpoint and read back (JSON has no NaN or infinity; TOML integers stop at
+    /// `i64::MAX`). Every message names the key.
     pub fn validate(&self) -> Result<(), String> {
         self.curriculum.validate().map_err(|e| e.to_string())?;
-        let t = &self.train;
-        if t.batch_size == 0 || t.grad_accum == 0 {
-            return Err("train.batch_size and train.grad_accum must be at least 1".into());
+        let c = &self.curriculum;
+        if c.max_latent_stage > LIMIT_STAGES || c.c_thought > LIMIT_STAGES {
+            return Err(format!(
+                "curriculum.max_latent_stage ({}) and curriculum.c_thought ({}) must be at most {LIMIT_STAGES}",
+                c.max_latent_stage, c.c_thought
+            ));
         }
-        if t.lr.is_nan() || t.lr <= 0.0 || t.weight_decay < 0.0 {
-            return Err("train.lr must be positive and train.weight_decay non-negative".into());
+        if self.name.is_empty()
+            || self.name == "."
+            || self.name == ".."
+            || self.name.contains(['/', '\\'])
+        {
+            return Err(format!("name ({:?}) must be a plain folder name", self.name));
+        }
+
+        let t = &self.train;
+        at_least("train.batch_size", t.batch_size, 1, LIMIT_COUNT)?;
+        at_least("train.grad_accum", t.grad_accum, 1, LIMIT_COUNT)?;
+        at_least("train.num_epochs", t.num_epochs, 1, LIMIT_COUNT)?;
+        at_least("train.threads", t.threads, 0, LIMIT_THREADS)?;
+        for (key, value) in [
+            ("train.save_every_steps", t.save_every_steps),
+            ("train.keep_last", t.keep_last),
+            ("train.log_every_steps", t.log_every_steps),
+        ] {
+            at_least(key, value, 0, LIMIT_COUNT)?;
+        }
+        if t.seed > i64::MAX as u64 {
+            return Err(format!("train.seed ({}) must be at most {}", t.seed, i64::MAX));
+        }
+        positive("train.lr", t.lr)?;
+        positive("train.eps", t.eps)?;
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return Err(format!("train.weight_decay ({}) must be finite and >= 0", t.weight_decay));
+        }
+        for (key, beta) in [("train.betas[0]", t.betas.0), ("train.betas[1]", t.betas.1)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(format!("{key} ({beta}) must be in [0, 1)"));
+            }
+        }
+        if let Some(clip) = t.grad_clip {
+            // Zero would freeze training, a negative value would ascend the gradient.
+            positive("train.grad_clip", clip)?;
         }
         parse_device(&t.device)?;
         if t.bf16 && t.device == "cpu" {
             return Err("train.bf16 needs a CUDA device".into());
         }
-        if t.start_epoch >= t.num_epochs.max(1) {
+        if t.start_epoch >= t.num_epochs {
             return Err(format!(
-                "train.start_epoch ({}) must be below num_epochs ({})",
+                "train.start_epoch ({}) must be below train.num_epochs ({})",
                 t.start_epoch, t.num_epochs
             ));
         }
+
         if let Some(g) = &self.data.generate {
             if g.kind != "prosqa" && g.kind != "prontoqa" {
                 return Err(format!(
@@ -294,20 +356,41 @@ impl RunConfig {
                     g.preset
                 ));
             }
+            for (split, size) in ["train", "valid", "test"].iter().zip(g.sizes) {
+                let minimum = usize::from(*split != "test");
+                at_least(&format!("data.generate.sizes ({split})"), size, minimum, LIMIT_SAMPLES)?;
+            }
+            if g.seed > i64::MAX as u64 {
+                return Err(format!(
+                    "data.generate.seed ({}) must be at most {}",
+                    g.seed,
+                    i64::MAX
+                ));
+            }
         }
+        at_least("data.max_train_samples", self.data.max_train_samples, 0, LIMIT_SAMPLES)?;
+        at_least("data.max_valid_samples", self.data.max_valid_samples, 0, LIMIT_SAMPLES)?;
+
+        // The shape of a model trained from scratch (a pretrained one brings its own).
         let m = &self.model;
         if !(0.0..1.0).contains(&m.dropout) {
             return Err(format!("model.dropout ({}) must be in [0, 1)", m.dropout));
         }
-        if m.pretrained.is_none() && (m.n_head == 0 || !m.n_embd.is_multiple_of(m.n_head)) {
+        at_least("model.n_layer", m.n_layer, 1, LIMIT_LAYERS)?;
+        at_least("model.n_head", m.n_head, 1, LIMIT_WIDTH)?;
+        at_least("model.n_embd", m.n_embd, 1, LIMIT_WIDTH)?;
+        at_least("model.n_positions", m.n_positions, 1, LIMIT_POSITIONS)?;
+        let min_vocab = coconut_curriculum::MIN_TRAINED_VOCAB;
+        at_least("model.vocab_size", m.vocab_size, min_vocab, LIMIT_VOCAB)?;
+        if !m.n_embd.is_multiple_of(m.n_head) {
             return Err(format!(
                 "model.n_embd ({}) must be a multiple of model.n_head ({})",
                 m.n_embd, m.n_head
             ));
         }
-        if self.eval.batch_size == 0 || self.eval.max_new_tokens == 0 {
-            return Err("eval.batch_size and eval.max_new_tokens must be at least 1".into());
-        }
+
+        at_least("eval.batch_size", self.eval.batch_size, 1, LIMIT_COUNT)?;
+        at_least("eval.max_new_tokens", self.eval.max_new_tokens, 1, LIMIT_POSITIONS)?;
         Ok(())
     }
 
@@ -322,8 +405,69 @@ impl RunConfig {
     }
 }
 
+/// Bounds that keep every count far from overflow (a count times a count stays in `usize`)
+/// and within what a TOML integer holds.
+const LIMIT_COUNT: usize = 1 << 30;
+/// Curriculum stages and thoughts per step: `c_thought * max_latent_stage` stays small.
+const LIMIT_STAGES: usize = 1 << 10;
+/// Torch takes its thread count as an `i32`.
+const LIMIT_THREADS: usize = 1 << 12;
+/// Samples in a split.
+const LIMIT_SAMPLES: usize = 1 << 30;
+/// Layers of a model trained from scratch.
+const LIMIT_LAYERS: usize = 1 << 10;
+/// Hidden size and heads of a model trained from scratch.
+const LIMIT_WIDTH: usize = 1 << 16;
+/// Context length (Llama 3's is 131,072).
+const LIMIT_POSITIONS: usize = 1 << 20;
+/// Vocabulary of a tokenizer trained from scratch.
+const LIMIT_VOCAB: usize = 1 << 20;
+
+/// `key`'s value must lie in `min..=max`.
+fn at_least(key: &str, value: usize, min: usize, max: usize) -> Result<(), String> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else if value < min {
+        Err(format!("{key} ({value}) must be at least {min}"))
+    } else {
+        Err(format!("{key} ({value}) must be at most {max}"))
+    }
+}
+
+/// `key`'s value must be a finite positive number.
+fn positive(key: &str, value: f64) -> Result<(), String> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("{key} ({value}) must be a finite positive number"))
+    }
+}
+
+/// Sets one dotted key of a parsed TOML document: `train.lr=3e-4`.
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), String> {
+    let (key, raw) = item.split_once('=').ok_or("expected KEY=VALUE")?;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("{key:?} is not a dotted key"));
+    }
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("value = {raw}")) {
+        Ok(mut parsed) => parsed.remove("value").expect("the key just written"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let (last, sections) = parts.split_last().expect("split gives at least one part");
+    let mut current = table;
+    for section in sections {
+        let entry = current.entry(section.to_string()).or_insert_with(|| toml::Table::new().into());
+        current =
+            entry.as_table_mut().ok_or_else(|| format!("{section} is a value, not a section"))?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
 /// `cpu`, `cuda` (device 0) or `cuda:N`.
-fn parse_device(name: &str) -> Result<tch::Device, String> {
+pub fn parse_device(name: &str) -> Result<tch::Device, String> {
     let bad = || format!("train.device must be `cpu`, `cuda` or `cuda:N`, not {name:?}");
     match name {
         "cpu" => Ok(tch::Device::Cpu),
@@ -332,5 +476,133 @@ fn parse_device(name: &str) -> Result<tch::Device, String> {
             let index = name.strip_prefix("cuda:").ok_or_else(bad)?;
             index.parse().map(tch::Device::Cuda).map_err(|_| bad())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+[data]
+train = "a.json"
+valid = "b.json"
+[model]
+[train]
+lr = 1e-3
+"#;
+
+    fn parse(overrides: &[&str]) -> Result<RunConfig, TrainError> {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        RunConfig::parse_with_overrides(MINIMAL, Path::new("run.toml"), &overrides)
+    }
+
+    #[test]
+    fn overrides_set_dotted_keys_with_typed_values() {
+        let c = parse(&[
+            "train.lr=3e-4",
+            "train.device=cuda:1",
+            "curriculum.mode=\"cot\"",
+            "eval.batch_size = 7",
+            "name=other",
+        ])
+        .unwrap();
+        assert_eq!(c.train.lr, 3e-4);
+        assert_eq!(c.train.device, "cuda:1");
+        assert_eq!(c.curriculum.mode, coconut_curriculum::Mode::Cot);
+        assert_eq!(c.eval.batch_size, 7);
+        assert_eq!(c.name, "other");
+        assert_eq!(parse(&[]).unwrap().train.lr, 1e-3);
+    }
+
+    /// Sets `field` to a value from a pool of ordinary and extreme values (zero, the limits
+    /// of the type, NaN, infinities) one time in six; otherwise it keeps its valid value.
+    fn pick<T: Copy>(rng: &mut impl rand::Rng, field: &mut T, pool: &[T]) {
+        if rng.random_range(0..6) == 0 {
+            *field = pool[rng.random_range(0..pool.len())];
+        }
+    }
+
+    /// Every config that validates survives a checkpoint: its training state (JSON) and the
+    /// resolved `config.toml` read back equal. Values that cannot (NaN in JSON, integers
+    /// above `i64::MAX` in TOML) must be rejected by validation instead.
+    #[test]
+    fn every_valid_config_round_trips_through_a_checkpoint() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let floats = [0.0, 1e-4, 0.5, 0.999, 1.0, 3.0, -1.0, f64::NAN, f64::INFINITY, 1e300];
+        let sizes = [0, 1, 2, 3, 64, 1 << 12, 1 << 40, usize::MAX];
+        let (mut valid, mut rejected) = (0, 0);
+        for _ in 0..3000 {
+            let mut c = parse(&[]).unwrap();
+            pick(&mut rng, &mut c.train.lr, &floats);
+            pick(&mut rng, &mut c.train.weight_decay, &floats);
+            pick(&mut rng, &mut c.train.eps, &floats);
+            pick(&mut rng, &mut c.train.betas.0, &floats);
+            pick(&mut rng, &mut c.train.betas.1, &floats);
+            pick(&mut rng, &mut c.train.grad_clip, &[None, Some(0.0), Some(-1.0), Some(1.0)]);
+            pick(&mut rng, &mut c.train.threads, &sizes);
+            pick(&mut rng, &mut c.train.batch_size, &sizes);
+            pick(&mut rng, &mut c.train.num_epochs, &sizes);
+            pick(&mut rng, &mut c.train.seed, &[0, 1, u64::MAX]);
+            pick(&mut rng, &mut c.model.n_layer, &sizes);
+            pick(&mut rng, &mut c.model.n_embd, &sizes);
+            pick(&mut rng, &mut c.model.n_head, &sizes);
+            pick(&mut rng, &mut c.model.n_positions, &sizes);
+            pick(&mut rng, &mut c.model.vocab_size, &[0, 260, 261, 400, 1 << 40]);
+            pick(&mut rng, &mut c.model.dropout, &floats);
+            pick(&mut rng, &mut c.curriculum.c_thought, &sizes);
+            pick(&mut rng, &mut c.curriculum.max_latent_stage, &sizes);
+            pick(&mut rng, &mut c.curriculum.uniform_prob, &floats);
+            pick(&mut rng, &mut c.eval.max_new_tokens, &sizes);
+            if c.validate().is_err() {
+                rejected += 1;
+                continue;
+            }
+            valid += 1;
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(serde_json::from_str::<RunConfig>(&json).unwrap(), c, "{json}");
+            let toml = toml::to_string_pretty(&c).unwrap();
+            let back = RunConfig::parse(&toml, Path::new("config.toml")).unwrap();
+            assert_eq!(back, c, "{toml}");
+            // What the curriculum multiplies stays far from overflow.
+            assert!(c.curriculum.max_thoughts() <= LIMIT_STAGES * LIMIT_STAGES);
+        }
+        assert!(valid > 20 && rejected > 20, "{valid} valid, {rejected} rejected");
+    }
+
+    #[test]
+    fn values_that_break_a_run_are_rejected_with_their_key() {
+        let cases = [
+            ("train.weight_decay=nan", "train.weight_decay"),
+            ("train.grad_clip=0.0", "train.grad_clip"),
+            ("train.grad_clip=-1.0", "train.grad_clip"),
+            ("train.threads=4294967296", "train.threads"),
+            ("model.n_layer=0", "model.n_layer"),
+            ("model.n_embd=0", "model.n_embd"),
+            ("model.n_positions=100000000000", "model.n_positions"),
+            ("model.vocab_size=100", "model.vocab_size"),
+            ("curriculum.c_thought=4611686018427387904", "curriculum"),
+            ("curriculum.max_latent_stage=4611686018427387904", "curriculum"),
+            ("train.betas=[0.9, 1.5]", "train.betas[1]"),
+            ("name=\"../x\"", "name"),
+        ];
+        for (item, key) in cases {
+            let err = parse(&[item]).unwrap_err().to_string();
+            assert!(err.contains(key), "{item}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_bad_override_is_an_error_naming_it() {
+        let err = parse(&["train.lrr=1"]).unwrap_err().to_string();
+        assert!(err.contains("run.toml") && err.contains("lrr"), "{err}");
+        let err = parse(&["train.lr"]).unwrap_err().to_string();
+        assert!(err.contains("--set train.lr") && err.contains("KEY=VALUE"), "{err}");
+        let err = parse(&["name.x=1"]).unwrap_err().to_string();
+        assert!(err.contains("name is a value"), "{err}");
+        let err = parse(&["train.batch_size=0"]).unwrap_err().to_string();
+        assert!(err.contains("batch_size"), "{err}");
     }
 }

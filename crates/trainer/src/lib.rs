@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod coconut;
 pub mod config;
 pub mod model_setup;
+pub mod run_lock;
 pub mod train;
 
 use std::path::PathBuf;
@@ -14,23 +15,29 @@ pub use coconut::{
     coconut_loss, latent_hidden_states, pass_ranges, training_loss, DeviceBatch, TrainingLoss,
 };
 pub use config::{
-    DataConfig, EvalConfig, GenerateConfig, ModelConfig, OptimizerReset, RunConfig, TrainConfig,
+    parse_device, DataConfig, EvalConfig, GenerateConfig, ModelConfig, OptimizerReset, RunConfig,
+    TrainConfig,
 };
 pub use model_setup::{
     build_model, check_model_paths, load_model_dir, LoadedModel, TOKENIZER_FILE,
 };
-pub use train::{teacher_forced_loss, EpochEval, MetricLine, TrainSummary, Trainer};
+pub use train::{
+    check_sample_lengths, teacher_forced_loss, EpochEval, MetricLine, TrainSummary, Trainer,
+};
 
 /// What can go wrong in a run. File errors name the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    ///
+    /// The OS error is part of the message and deliberately not the error's `source()`, so
+    /// that chain printers (`anyhow`'s `{:#}`) show it once.
+    #[error("{path}: {error}")]
     Io {
         /// The file at fault.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The run configuration is invalid.
     #[error("{path}: {message}")]
@@ -66,17 +73,87 @@ pub enum TrainError {
         /// Rows of the model's embedding.
         model_vocab: usize,
     },
-    /// The loss became NaN or infinite; the last checkpoint is kept.
-    #[error("the training loss became {loss} at epoch {epoch}, step {step}: stopping (the last checkpoint is kept)")]
+    /// The loss became NaN or infinite. Checkpoints holding the weights that gave it were
+    /// set aside; `outcome` says which, and which checkpoint a resume would start from.
+    #[error("the {which} loss became {loss} at epoch {epoch}, after {step} optimizer steps: stopping. {outcome}")]
     NonFiniteLoss {
+        /// `training` or `validation`.
+        which: &'static str,
         /// Epoch.
         epoch: usize,
-        /// Global optimizer step.
+        /// Optimizer steps done when the loss was computed (the weights of that step gave it).
         step: u64,
         /// The loss value.
         loss: f64,
+        /// What happened to the checkpoints.
+        outcome: String,
+    },
+    /// A sample does not fit the model's context.
+    #[error("{path}: sample {index} {message}")]
+    SampleTooLong {
+        /// The data file.
+        path: PathBuf,
+        /// The sample's index in the file (0-based).
+        index: usize,
+        /// How many positions it needs and what to do.
+        message: String,
+    },
+    /// Another process holds the run folder.
+    #[error("{path} is in use by process {holder} (another run of the same name and output_dir): wait for it to end, or choose another name or output_dir")]
+    RunInUse {
+        /// The run folder's lock file.
+        path: PathBuf,
+        /// The holder's process id, as it wrote it.
+        holder: String,
+    },
+    /// The run was asked to stop (a signal) and checkpointed its position.
+    #[error("stopped by signal {signal}; {} holds the position: the same command resumes from it", checkpoint.as_ref().map_or_else(|| "the last checkpoint".to_string(), |c| c.display().to_string()))]
+    Interrupted {
+        /// The signal number (2 for SIGINT, 15 for SIGTERM).
+        signal: i32,
+        /// The checkpoint written at the stop.
+        checkpoint: Option<PathBuf>,
     },
     /// Anything else (evaluation callbacks, ...).
     #[error("{0}")]
     Other(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every message of an error and its `source()` chain, as `anyhow`'s `{:#}` joins them.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut next = e.source();
+        while let Some(cause) = next {
+            text = format!("{text}: {cause}");
+            next = cause.source();
+        }
+        text
+    }
+
+    #[test]
+    fn an_io_error_prints_the_os_error_once() {
+        let os = std::io::Error::from_raw_os_error(28);
+        let os_text = os.to_string();
+        let path = PathBuf::from("run/checkpoints/e001-s0000010/model.safetensors");
+        let errors: Vec<Box<dyn std::error::Error>> = vec![
+            Box::new(TrainError::Io { path: path.clone(), error: os }),
+            Box::new(TrainError::Model(coconut_model::ModelError::Io {
+                path: path.clone(),
+                error: std::io::Error::from_raw_os_error(28),
+            })),
+            Box::new(TrainError::Data(coconut_curriculum::CurriculumError::Io {
+                path: path.clone(),
+                error: std::io::Error::from_raw_os_error(28),
+            })),
+        ];
+        for e in errors {
+            let text = chain(e.as_ref());
+            assert_eq!(text.matches(&os_text).count(), 1, "{text}");
+            assert!(text.starts_with(&path.display().to_string()), "{text}");
+        }
+    }
 }

@@ -86,6 +86,12 @@ pub fn build_model(
     let mut gpt2 =
         Gpt2Config::new(tokenizer.vocab_size(), m.n_positions, m.n_embd, m.n_layer, m.n_head);
     (gpt2.embd_pdrop, gpt2.attn_pdrop, gpt2.resid_pdrop) = (m.dropout, m.dropout, m.dropout);
+    // The trained tokenizer's ids, so that transformers' `generate` stops at our EOS (it
+    // would otherwise assume GPT-2's 50256, beyond this vocabulary). Padding is EOS too.
+    let eos = tokenizer.special().eos;
+    for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+        gpt2.extra.insert(key.to_string(), eos.into());
+    }
     let model = Gpt2::new(&vs.root(), &gpt2);
     Ok(LoadedModel { vs, model, tokenizer })
 }

@@ -9,6 +9,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use coconut_curriculum::{
@@ -22,11 +24,13 @@ use tch::Kind;
 
 use crate::adamw::{AdamW, AdamWConfig};
 use crate::checkpoint::{
-    list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint, TrainState,
+    list_checkpoints, load_checkpoint, prune_checkpoints, read_state, recover_checkpoints,
+    save_checkpoint, write_checkpoint, DiskIo, TrainState,
 };
 use crate::coconut::{coconut_loss, training_loss, DeviceBatch};
 use crate::config::{OptimizerReset, RunConfig};
 use crate::model_setup::{build_model, check_model_paths, LoadedModel};
+use crate::run_lock::RunLock;
 use crate::TrainError;
 
 /// What the caller's evaluation reports at the end of an epoch (the trainer knows nothing
@@ -101,6 +105,10 @@ pub struct Trainer {
     optimizer: AdamW,
     state: TrainState,
     run_dir: PathBuf,
+    // Held from before the checkpoints are listed until the trainer is dropped.
+    _lock: RunLock,
+    // Non-zero (a signal number) when the run should checkpoint and stop.
+    stop: Arc<AtomicUsize>,
 }
 
 impl Trainer {
@@ -113,6 +121,8 @@ impl Trainer {
         }
         check_model_paths(&config, config_path)?;
         let run_dir = config.run_dir();
+        let lock = RunLock::acquire(&run_dir)?;
+        recover_checkpoints(&DiskIo, &run_dir.join("checkpoints"))?;
         let mut train_samples = load_samples(&config.data.train)?;
         if config.data.max_train_samples > 0 {
             train_samples.truncate(config.data.max_train_samples);
@@ -190,43 +200,33 @@ impl Trainer {
         }
         let train = tokenize_samples(&loaded.tokenizer, &train_samples);
         let valid = tokenize_samples(&loaded.tokenizer, &valid_samples);
+        // Every split is checked before any training: a sample too long for the model would
+        // otherwise fail in generation after the whole run.
         let positions = loaded.model.config().n_positions;
-        let longest = |samples: &[TokenizedSample]| {
-            samples
-                .iter()
-                .map(|s| {
-                    // The longest form a sample takes: every step kept, plus the most thoughts.
-                    s.question.len()
-                        + s.steps.iter().map(Vec::len).sum::<usize>()
-                        + s.answer.len()
-                        + config.curriculum.max_thoughts()
-                        + 2
-                })
-                .enumerate()
-                .max_by_key(|&(_, len)| len)
-        };
-        let used_valid = match config.data.max_valid_samples {
-            0 => valid.len(),
-            n => n.min(valid.len()),
-        };
-        for (file, samples, extra) in [
-            (&config.data.train, &train[..], 0),
-            (&config.data.valid, &valid[..used_valid], config.eval.max_new_tokens),
-        ] {
-            if let Some((index, len)) = longest(samples) {
-                if len + extra > positions {
-                    return Err(TrainError::Config {
-                        path: config_path.to_path_buf(),
-                        message: format!(
-                            "sample {index} of {} needs {} positions (with eval.max_new_tokens for validation), the model has {positions}: raise model.n_positions or shorten the data",
-                            file.display(),
-                            len + extra
-                        ),
-                    });
-                }
-            }
-        }
-        Ok(Self { config, loaded, valid_samples, train, valid, optimizer, state, run_dir })
+        let c = &config;
+        check_sample_lengths(&c.data.train, &train, &c.curriculum, None, positions)?;
+        let generated = Some(c.eval.max_new_tokens);
+        check_sample_lengths(&c.data.valid, &valid, &c.curriculum, generated, positions)?;
+        Ok(Self {
+            config,
+            loaded,
+            valid_samples,
+            train,
+            valid,
+            optimizer,
+            state,
+            run_dir,
+            _lock: lock,
+            stop: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The flag that stops the run cleanly: once something (a signal handler: the command
+    /// line sets it on SIGINT and SIGTERM) stores a non-zero signal number in it, the run
+    /// finishes the optimizer step under way, checkpoints its position and returns
+    /// [`TrainError::Interrupted`]. The same command then resumes exactly there.
+    pub fn stop_flag(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.stop)
     }
 
     /// The run folder.
@@ -247,11 +247,11 @@ impl Trainer {
     ) -> Result<TrainSummary, TrainError> {
         let ckpt_dir = self.run_dir.join("checkpoints");
         std::fs::create_dir_all(&ckpt_dir)
-            .map_err(|source| TrainError::Io { path: ckpt_dir.clone(), source })?;
+            .map_err(|error| TrainError::Io { path: ckpt_dir.clone(), error })?;
         let resolved = self.run_dir.join("config.toml");
         let toml = toml::to_string_pretty(&self.config).expect("the config serialises");
         std::fs::write(&resolved, toml)
-            .map_err(|source| TrainError::Io { path: resolved, source })?;
+            .map_err(|error| TrainError::Io { path: resolved, error })?;
         let mut metrics = MetricsFile::open(&self.run_dir.join("metrics.jsonl"))?;
 
         let mut last_checkpoint = list_checkpoints(&ckpt_dir).pop();
@@ -274,6 +274,11 @@ impl Trainer {
             let train_loss =
                 self.train_epoch(epoch, stage, &ckpt_dir, &mut metrics, &mut last_checkpoint)?;
             let valid_loss = self.validation_loss(stage);
+            // The epoch's last update has not met a training loss yet: the validation loss
+            // is the first to read those weights, and nothing is saved if it is not finite.
+            if !valid_loss.is_finite() {
+                return Err(self.diverged("validation", epoch, valid_loss, &ckpt_dir));
+            }
             let eval = if cfg.eval.every_epoch || epoch + 1 == cfg.train.num_epochs {
                 evaluate(self, epoch)?
             } else {
@@ -299,15 +304,13 @@ impl Trainer {
             })?;
             self.state.epoch = epoch + 1;
             self.state.step_in_epoch = 0;
-            last_checkpoint =
-                Some(save_checkpoint(&ckpt_dir, &self.loaded, &self.optimizer, &self.state)?);
+            last_checkpoint = Some(self.checkpoint(&ckpt_dir)?);
             if cfg.train.save_only_improve && improved {
                 // `best/` is an HF folder of the best model so far, replaced atomically.
-                let best = self.run_dir.join("best");
                 let saved = last_checkpoint.as_ref().expect("just saved");
-                copy_model_folder(saved, &best)?;
+                copy_model_folder(saved, &self.run_dir)?;
             }
-            prune_checkpoints(&ckpt_dir, cfg.train.keep_last)?;
+            self.stop_if_asked(last_checkpoint.as_deref())?;
         }
         Ok(TrainSummary {
             run_dir: self.run_dir.clone(),
@@ -370,11 +373,7 @@ impl Trainer {
                 loss.backward(&self.loaded.model, &mut self.optimizer, weight);
             }
             if !step_loss.is_finite() {
-                return Err(TrainError::NonFiniteLoss {
-                    epoch,
-                    step: self.state.global_step,
-                    loss: step_loss,
-                });
+                return Err(self.diverged("training", epoch, step_loss, ckpt_dir));
             }
             if let Some(max_norm) = t.grad_clip {
                 self.optimizer.clip_grad_norm(max_norm);
@@ -409,13 +408,73 @@ impl Trainer {
                 && self.state.global_step.is_multiple_of(t.save_every_steps as u64)
                 && step + 1 < steps
             {
-                *last_checkpoint =
-                    Some(save_checkpoint(ckpt_dir, &self.loaded, &self.optimizer, &self.state)?);
-                prune_checkpoints(ckpt_dir, t.keep_last)?;
+                *last_checkpoint = Some(self.checkpoint(ckpt_dir)?);
+            }
+            if self.stop.load(Ordering::SeqCst) != 0 && step + 1 < steps {
+                let saved = self.checkpoint(ckpt_dir)?;
+                self.stop_if_asked(Some(&saved))?;
             }
         }
         bar.finish_and_clear();
         Ok(if epoch_steps > 0 { epoch_loss / epoch_steps as f64 } else { f64::NAN })
+    }
+
+    /// Writes a checkpoint of the current position, then prunes older ones.
+    fn checkpoint(&self, ckpt_dir: &Path) -> Result<PathBuf, TrainError> {
+        let saved = save_checkpoint(&DiskIo, ckpt_dir, &self.loaded, &self.optimizer, &self.state)?;
+        prune_checkpoints(&DiskIo, ckpt_dir, self.config.train.keep_last)?;
+        Ok(saved)
+    }
+
+    /// [`TrainError::Interrupted`] when the stop flag is set; `saved` holds the position.
+    fn stop_if_asked(&self, saved: Option<&Path>) -> Result<(), TrainError> {
+        match self.stop.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            signal => Err(TrainError::Interrupted {
+                signal: signal as i32,
+                checkpoint: saved.map(Path::to_path_buf),
+            }),
+        }
+    }
+
+    /// The error for a non-finite `loss` computed from the current weights. A checkpoint
+    /// that holds those weights (saved after the last update) is renamed to
+    /// `diverged-<name>`, which no resume reads, so the newest checkpoint left holds weights
+    /// that gave a finite loss.
+    fn diverged(
+        &self,
+        which: &'static str,
+        epoch: usize,
+        loss: f64,
+        ckpt_dir: &Path,
+    ) -> TrainError {
+        let step = self.state.global_step;
+        let mut outcome = String::new();
+        for ckpt in list_checkpoints(ckpt_dir) {
+            if read_state(&ckpt).is_ok_and(|s| s.global_step == step) {
+                let name = ckpt.file_name().expect("a checkpoint folder").to_string_lossy();
+                let aside = ckpt_dir.join(format!("diverged-{name}"));
+                outcome += &match std::fs::rename(&ckpt, &aside) {
+                    Ok(()) => format!(
+                        "{} holds those weights: moved to {}. ",
+                        ckpt.display(),
+                        aside.display()
+                    ),
+                    Err(e) => format!(
+                        "{} holds those weights and could not be moved aside ({e}). ",
+                        ckpt.display()
+                    ),
+                };
+            }
+        }
+        outcome += &match list_checkpoints(ckpt_dir).pop() {
+            Some(last) => format!(
+                "A resume starts from {}, the newest checkpoint of earlier weights; lower train.lr or set train.grad_clip first.",
+                last.display()
+            ),
+            None => "No checkpoint holds earlier weights: start again with a lower train.lr or a train.grad_clip.".to_string(),
+        };
+        TrainError::NonFiniteLoss { which, epoch, step, loss, outcome }
     }
 
     /// The stage-k training sample of training example `index` in `epoch`.
@@ -452,6 +511,42 @@ impl Trainer {
     }
 }
 
+/// Checks that every sample of `file` fits a model of `positions` positions, before any
+/// work is spent on it: its longest training form (every step kept, plus the most thoughts
+/// and the two markers) and, for a split that is evaluated (`max_new_tokens` given), its
+/// longest prompt plus the tokens generation may add. The error names the file and the
+/// sample.
+pub fn check_sample_lengths(
+    file: &Path,
+    samples: &[TokenizedSample],
+    curriculum: &CurriculumConfig,
+    max_new_tokens: Option<usize>,
+    positions: usize,
+) -> Result<(), TrainError> {
+    let thoughts = curriculum.max_thoughts() + 2;
+    for (index, s) in samples.iter().enumerate() {
+        let steps: usize = s.steps.iter().map(Vec::len).sum();
+        let training = s.question.len() + steps + s.answer.len() + thoughts;
+        let generation = max_new_tokens.map_or(0, |n| s.question.len() + thoughts + n);
+        let needed = training.max(generation);
+        if needed > positions {
+            let what = if generation > training {
+                format!("{} for its prompt and eval.max_new_tokens", needed)
+            } else {
+                format!("{needed} in training")
+            };
+            return Err(TrainError::SampleTooLong {
+                path: file.to_path_buf(),
+                index,
+                message: format!(
+                    "needs {what}, the model has {positions}: raise model.n_positions or shorten the data"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The loss of the stage-`stage` training sequences of `samples` (no gradients), averaged
 /// over their supervised tokens: the paper's validation loss.
 pub fn teacher_forced_loss(
@@ -486,13 +581,16 @@ pub fn teacher_forced_loss(
 }
 
 /// The settings that differ between a checkpoint's run config and a new one, other than
-/// those that may change when a run is resumed (epochs, evaluation, threads, device,
-/// checkpoint frequency and retention, logging).
+/// those that may change when a run is resumed: epochs, evaluation, device, checkpoint
+/// frequency and retention, logging, and the learning rate and gradient clipping (what one
+/// changes to resume past a divergence). The thread count may not change: torch's CPU
+/// kernels split their sums by thread, so another count gives other weights.
 fn incompatible_changes(old: &RunConfig, new: &RunConfig) -> Vec<String> {
     let neutral = |c: &RunConfig| {
         let mut c = c.clone();
         c.train.num_epochs = 0;
-        c.train.threads = 0;
+        c.train.lr = 1.0;
+        c.train.grad_clip = None;
         c.train.device = String::new();
         c.train.bf16 = false;
         c.train.save_every_steps = 0;
@@ -539,29 +637,22 @@ fn progress_bar(steps: u64, epoch: usize, stage: usize) -> ProgressBar {
     bar
 }
 
-/// Copies the HF part of a checkpoint (config, weights, tokenizer) to `dst`, replacing it
-/// only once the copy is complete.
-fn copy_model_folder(src: &Path, dst: &Path) -> Result<(), TrainError> {
-    let tmp = dst.with_extension("tmp");
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TrainError::Io { path, source }
-    };
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+/// Copies the HF part of a checkpoint (config, weights, tokenizer) to `<run>/best`, written
+/// and replaced the way checkpoints are (see [`crate::checkpoint::write_checkpoint`]).
+fn copy_model_folder(src: &Path, run_dir: &Path) -> Result<(), TrainError> {
+    let mut files = Vec::new();
     for file in [
         coconut_model::CONFIG_FILE,
         coconut_model::WEIGHTS_FILE,
         crate::model_setup::TOKENIZER_FILE,
     ] {
-        std::fs::copy(src.join(file), tmp.join(file)).map_err(io(&src.join(file)))?;
+        let path = src.join(file);
+        let bytes = std::fs::read(&path).map_err(|error| TrainError::Io { path, error })?;
+        files.push((file, bytes));
     }
-    if dst.exists() {
-        std::fs::remove_dir_all(dst).map_err(io(dst))?;
-    }
-    std::fs::rename(&tmp, dst).map_err(io(dst))
+    let writer = std::process::id().to_string();
+    write_checkpoint(&DiskIo, run_dir, &writer, "best", &files)?;
+    Ok(())
 }
 
 /// `metrics.jsonl`, appended to (a resumed run continues the same file).
@@ -576,13 +667,13 @@ impl MetricsFile {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+            .map_err(|error| TrainError::Io { path: path.to_path_buf(), error })?;
         Ok(Self { path: path.to_path_buf(), file })
     }
 
     fn write(&mut self, line: &MetricLine) -> Result<(), TrainError> {
         let json = serde_json::to_string(line).expect("metrics serialise");
         writeln!(self.file, "{json}")
-            .map_err(|source| TrainError::Io { path: self.path.clone(), source })
+            .map_err(|error| TrainError::Io { path: self.path.clone(), error })
     }
 }

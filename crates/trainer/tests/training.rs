@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use coconut_testing::{assert_close, Tolerance};
 use coconut_trainer::checkpoint::{list_checkpoints, read_state};
 use coconut_trainer::{EpochEval, RunConfig, Trainer};
 
@@ -16,7 +17,7 @@ fn torch_rng() -> MutexGuard<'static, ()> {
 }
 
 fn prosqa_valid() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/prosqa/prosqa_valid.json")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/datasets/prosqa/prosqa_valid.json")
 }
 
 fn config(out: &Path, epochs: usize, extra: &str) -> RunConfig {
@@ -97,6 +98,17 @@ fn a_corrupt_newest_checkpoint_is_skipped_for_the_one_before() {
     Trainer::new(cfg.clone(), Path::new("test.toml")).unwrap().run(&mut no_eval).unwrap();
     let ckpts = list_checkpoints(&cfg.run_dir().join("checkpoints"));
     assert_eq!(ckpts.len(), 2);
+    // A from-scratch checkpoint names its tokenizer's EOS, not GPT-2's 50256.
+    let hf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpts[1].join("config.json")).unwrap())
+            .unwrap();
+    let tokenizer =
+        coconut_curriculum::Tokenizer::from_file(&ckpts[1].join("tokenizer.json")).unwrap();
+    let eos = tokenizer.special().eos;
+    assert_eq!(tokenizer.encode("<|endoftext|>"), [eos]);
+    for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+        assert_eq!(hf[key], eos, "{key}");
+    }
     // The newest checkpoint's weights are cut in half.
     let weights = ckpts[1].join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
@@ -110,20 +122,51 @@ fn a_corrupt_newest_checkpoint_is_skipped_for_the_one_before() {
 }
 
 #[test]
-fn a_diverging_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+fn a_diverging_loss_sets_aside_the_checkpoint_that_holds_its_weights() {
     let _rng = torch_rng();
     let out = tempfile::tempdir().unwrap();
-    // A learning rate this large sends the weights to infinity after the first update.
+    // A learning rate this large sends the weights to about 1e30 with the first update: the
+    // checkpoint after it is finite but useless, and the next loss is not finite.
     let mut cfg = config(out.path(), 2, "save_every_steps = 1\nkeep_last = 0");
     cfg.train.lr = 1e30;
     cfg.data.max_train_samples = 12;
     let err =
         Trainer::new(cfg.clone(), Path::new("test.toml")).unwrap().run(&mut no_eval).unwrap_err();
-    let coconut_trainer::TrainError::NonFiniteLoss { step, .. } = err else { panic!("{err}") };
-    let ckpts = list_checkpoints(&cfg.run_dir().join("checkpoints"));
-    assert!(!ckpts.is_empty(), "the checkpoint before the divergence is kept");
-    let last = read_state(ckpts.last().unwrap()).unwrap();
-    assert!(last.global_step <= step);
+    let text = err.to_string();
+    let coconut_trainer::TrainError::NonFiniteLoss { step, .. } = err else { panic!("{text}") };
+    assert_eq!(step, 1, "{text}");
+    let dir = cfg.run_dir().join("checkpoints");
+    assert!(list_checkpoints(&dir).is_empty(), "no checkpoint of diverged weights is resumable");
+    assert!(dir.join("diverged-e000-s0000001").join("train_state.json").exists(), "{text}");
+    assert!(text.contains("diverged-e000-s0000001") && text.contains("No checkpoint"), "{text}");
+    // Nothing resumable is left: a rerun with a lower learning rate starts afresh and trains.
+    cfg.train.lr = 5e-3;
+    let summary = Trainer::new(cfg.clone(), Path::new("test.toml")).unwrap().run(&mut no_eval);
+    assert!(summary.is_ok(), "{:?}", summary.err());
+}
+
+#[test]
+fn a_resume_refuses_another_thread_count_and_a_second_owner() {
+    let _rng = torch_rng();
+    let out = tempfile::tempdir().unwrap();
+    let cfg = config(out.path(), 1, "");
+    let first = Trainer::new(cfg.clone(), Path::new("test.toml")).unwrap();
+    // The folder is held while `first` lives.
+    let err = Trainer::new(cfg.clone(), Path::new("test.toml")).err().expect("a second owner");
+    let text = err.to_string();
+    assert!(matches!(err, coconut_trainer::TrainError::RunInUse { .. }), "{text}");
+    assert!(text.contains(&std::process::id().to_string()), "{text}");
+    let mut first = first;
+    first.run(&mut no_eval).unwrap();
+    drop(first);
+
+    let mut more = config(out.path(), 2, "");
+    more.train.threads = 2;
+    let err = Trainer::new(more.clone(), Path::new("test.toml")).err().expect("threads refused");
+    let text = err.to_string();
+    assert!(text.contains("train.threads") && !text.contains('\n'), "{text}");
+    more.train.threads = 1;
+    assert!(Trainer::new(more, Path::new("test.toml")).is_ok());
 }
 
 /// `gradient_checkpointing` changes how the backward pass gets its activations, not what it
@@ -145,7 +188,7 @@ fn gradient_checkpointing_trains_the_same_run() {
     assert_eq!(kept.len(), 23);
     assert_eq!(kept.len(), recomputed.len());
     for (step, (a, b)) in kept.iter().zip(&recomputed).enumerate() {
-        assert!((a - b).abs() < 1e-4 * a.abs(), "step {step}: loss {a} vs {b}");
+        assert_close(*b, *a, Tolerance::scaled(1e-4), &format!("step {step}: loss"));
     }
     assert!(kept[22] < 0.5 * kept[0], "the run learns: {} -> {}", kept[0], kept[22]);
 }
