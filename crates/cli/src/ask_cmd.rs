@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use coconut_curriculum::{prompt_slots, Mode};
 use coconut_eval::{ask, Reply};
 use coconut_trainer::checkpoint::{read_state, STATE_FILE};
-use coconut_trainer::{load_model_dir, parse_device};
+use coconut_trainer::{load_model_dir, usable_device};
 
 /// What `coconut ask` was asked.
 pub struct AskArgs<'a> {
@@ -50,7 +50,7 @@ pub fn run(args: &AskArgs) -> Result<()> {
             curriculum.mode
         );
     }
-    let device = parse_device(args.device).map_err(anyhow::Error::msg)?;
+    let device = usable_device(args.device).map_err(anyhow::Error::msg)?;
     let loaded = load_model_dir(args.checkpoint, device, &run.model.latent_init_token)?;
     let reply = ask(
         &loaded.model,

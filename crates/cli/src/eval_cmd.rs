@@ -36,6 +36,7 @@ pub fn eval(
             }
         },
     };
+    config.usable_device(config_path)?;
     crate::data::ensure_generated(config)?;
     let mut samples = load_samples(&data)?;
     if limit > 0 {

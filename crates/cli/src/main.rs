@@ -61,7 +61,8 @@ enum Command {
         /// Inspect the thoughts of this many samples.
         #[arg(long, default_value_t = 3)]
         inspect: usize,
-        /// Where to write metrics, predictions and the table (default: beside each checkpoint).
+        /// Where to write metrics, predictions and the table (default: `<run>/eval/<checkpoint>`
+        /// for a checkpoint of a run, `<folder>/eval` for a bare model folder).
         #[arg(long)]
         out: Option<PathBuf>,
         /// The device to evaluate on (`cpu`, `cuda`, `cuda:N`); the config's `train.device`

@@ -203,6 +203,31 @@ impl Tokenizer {
         })
     }
 
+    /// A canonical SHA-256 (hex) of what decides the ids: the vocabulary by id, the merges
+    /// and the added tokens. Saving and loading the tokenizer keeps it; another tokenizer of
+    /// the same size (trained on other text, say) has another.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        use tokenizers::Model;
+        let model = self.inner.get_model();
+        let mut vocab: Vec<(u32, String)> =
+            model.get_vocab().into_iter().map(|(token, id)| (id, token)).collect();
+        vocab.sort();
+        let merges = serde_json::to_value(model)
+            .ok()
+            .and_then(|m| m.get("merges").cloned())
+            .unwrap_or(serde_json::Value::Null);
+        let mut added: Vec<(u32, String, bool)> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .map(|(id, t)| (id, t.content, t.special))
+            .collect();
+        added.sort();
+        let canonical = serde_json::json!({ "vocab": vocab, "merges": merges, "added": added });
+        format!("{:x}", Sha256::digest(canonical.to_string().as_bytes()))
+    }
+
     /// The HF `tokenizer.json` text [`Tokenizer::save`] writes.
     pub fn to_json(&self) -> Result<String, CurriculumError> {
         self.inner.to_string(true).map_err(|e| CurriculumError::Tokenizer {
@@ -303,6 +328,21 @@ pub(crate) mod tests {
             "/../../fixtures/tiny-gpt2/tokenizer.json"
         )))
         .unwrap()
+    }
+
+    #[test]
+    fn the_fingerprint_survives_saving_and_tells_tokenizers_apart() {
+        let texts = |word: &str| vec![format!("Tom is a {word}. Every {word} is a yumpus.")];
+        let a = Tokenizer::train(&texts("wumpus"), 270).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        a.save(&path).unwrap();
+        let reloaded = Tokenizer::from_file(&path).unwrap();
+        assert_eq!(reloaded.fingerprint(), a.fingerprint());
+        let b = Tokenizer::train(&texts("lempus"), 270).unwrap();
+        assert_eq!(a.vocab_size(), b.vocab_size());
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_ne!(gpt2().fingerprint(), a.fingerprint());
     }
 
     #[test]

@@ -108,6 +108,11 @@ pub struct TrainState {
     pub best_accuracy: Option<f64>,
     /// The resolved configuration of the run.
     pub config: RunConfig,
+    /// [`coconut_curriculum::Tokenizer::fingerprint`] of the run's tokenizer: loading the
+    /// checkpoint with any other `tokenizer.json` is refused. (Absent in checkpoints written
+    /// before it was recorded.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_sha256: Option<String>,
 }
 
 /// A checkpoint folder's name, `e<epoch>-s<global step>` zero-padded to 3 and 7 digits

@@ -399,6 +399,13 @@ impl RunConfig {
         self.output_dir.join(&self.name)
     }
 
+    /// The device named by `train.device`, if this process can use it (see
+    /// [`usable_device`]); errors name `config_path`.
+    pub fn usable_device(&self, config_path: &Path) -> Result<tch::Device, TrainError> {
+        usable_device(&self.train.device)
+            .map_err(|message| TrainError::Config { path: config_path.to_path_buf(), message })
+    }
+
     /// The device named by `train.device` (validated at load).
     pub fn device(&self) -> tch::Device {
         parse_device(&self.train.device).expect("validated at load")
@@ -464,6 +471,25 @@ fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), String> {
     }
     current.insert(last.to_string(), value);
     Ok(())
+}
+
+/// `name` (`cpu`, `cuda`, `cuda:N`) as a device this process can use: a CUDA device needs
+/// a binary built against the CUDA LibTorch and the device itself. The messages say which
+/// is missing, in one line.
+pub fn usable_device(name: &str) -> Result<tch::Device, String> {
+    let device = parse_device(name)?;
+    if let tch::Device::Cuda(index) = device {
+        if !tch::utils::has_cuda() {
+            return Err(format!(
+                "device {name:?}: this binary was built without CUDA: cargo xtask setup --cuda"
+            ));
+        }
+        let count = tch::Cuda::device_count();
+        if index as i64 >= count {
+            return Err(format!("device {name:?}: no CUDA device {index} ({count} found)"));
+        }
+    }
+    Ok(device)
 }
 
 /// `cpu`, `cuda` (device 0) or `cuda:N`.

@@ -15,8 +15,8 @@ pub use coconut::{
     coconut_loss, latent_hidden_states, pass_ranges, training_loss, DeviceBatch, TrainingLoss,
 };
 pub use config::{
-    parse_device, DataConfig, EvalConfig, GenerateConfig, ModelConfig, OptimizerReset, RunConfig,
-    TrainConfig,
+    parse_device, usable_device, DataConfig, EvalConfig, GenerateConfig, ModelConfig,
+    OptimizerReset, RunConfig, TrainConfig,
 };
 pub use model_setup::{
     build_model, check_model_paths, load_model_dir, LoadedModel, TOKENIZER_FILE,
@@ -87,6 +87,18 @@ pub enum TrainError {
         loss: f64,
         /// What happened to the checkpoints.
         outcome: String,
+    },
+    /// A checkpoint's tokenizer is not the one its run trained with.
+    #[error("{tokenizer} is not the tokenizer this checkpoint was trained with (its fingerprint is {found}, {state} records {expected})")]
+    TokenizerChanged {
+        /// The tokenizer file.
+        tokenizer: PathBuf,
+        /// The training state that records the fingerprint.
+        state: PathBuf,
+        /// The recorded fingerprint.
+        expected: String,
+        /// The fingerprint of the file found.
+        found: String,
     },
     /// A sample does not fit the model's context.
     #[error("{path}: sample {index} {message}")]

@@ -107,6 +107,23 @@ pub fn load_model_dir(
 ) -> Result<LoadedModel, TrainError> {
     let tokenizer_path = dir.join(TOKENIZER_FILE);
     let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
+    // A checkpoint of ours names its tokenizer: a `tokenizer.json` of another run (of the
+    // same size, say) would silently give other ids.
+    let state_path = dir.join(crate::checkpoint::STATE_FILE);
+    if state_path.exists() {
+        let state = crate::checkpoint::read_state(dir)?;
+        if let Some(expected) = state.tokenizer_sha256 {
+            let found = tokenizer.fingerprint();
+            if found != expected {
+                return Err(TrainError::TokenizerChanged {
+                    tokenizer: tokenizer_path,
+                    state: state_path,
+                    expected,
+                    found,
+                });
+            }
+        }
+    }
     let vs = VarStore::new(device);
     let mut model = load_pretrained(&vs, dir)?;
     let (model_vocab, tok_vocab) = (model.config().vocab_size, tokenizer.vocab_size());

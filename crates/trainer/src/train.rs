@@ -120,6 +120,7 @@ impl Trainer {
             tch::set_num_threads(config.train.threads as i32);
         }
         check_model_paths(&config, config_path)?;
+        config.usable_device(config_path)?;
         let run_dir = config.run_dir();
         let lock = RunLock::acquire(&run_dir)?;
         recover_checkpoints(&DiskIo, &run_dir.join("checkpoints"))?;
@@ -190,6 +191,7 @@ impl Trainer {
                     global_step: 0,
                     best_accuracy: None,
                     config: config.clone(),
+                    tokenizer_sha256: Some(loaded.tokenizer.fingerprint()),
                 };
                 (loaded, optimizer, state)
             }
@@ -581,10 +583,11 @@ pub fn teacher_forced_loss(
 }
 
 /// The settings that differ between a checkpoint's run config and a new one, other than
-/// those that may change when a run is resumed: epochs, evaluation, device, checkpoint
-/// frequency and retention, logging, and the learning rate and gradient clipping (what one
-/// changes to resume past a divergence). The thread count may not change: torch's CPU
-/// kernels split their sums by thread, so another count gives other weights.
+/// those that may change when a run is resumed: the run's name and output folder (a moved
+/// run resumes where it is), epochs, evaluation, device, checkpoint frequency and
+/// retention, logging, and the learning rate and gradient clipping (what one changes to
+/// resume past a divergence). The thread count may not change: torch's CPU kernels split
+/// their sums by thread, so another count gives other weights.
 fn incompatible_changes(old: &RunConfig, new: &RunConfig) -> Vec<String> {
     let neutral = |c: &RunConfig| {
         let mut c = c.clone();
@@ -603,7 +606,8 @@ fn incompatible_changes(old: &RunConfig, new: &RunConfig) -> Vec<String> {
     };
     let (a, b) = (neutral(old), neutral(new));
     let mut changed = Vec::new();
-    for section in ["name", "output_dir", "data", "model", "curriculum", "train"] {
+    // Not `name` and `output_dir`: a run folder that was moved or renamed resumes where it is.
+    for section in ["data", "model", "curriculum", "train"] {
         match (&a[section], &b[section]) {
             (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
                 for key in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {

@@ -219,6 +219,7 @@ impl Fixture {
 
     fn state(&self, epoch: usize, global_step: u64) -> TrainState {
         TrainState {
+            tokenizer_sha256: None,
             epoch,
             step_in_epoch: 0,
             global_step,
@@ -560,7 +561,7 @@ fn recovery_puts_back_a_complete_checkpoint_and_clears_leftovers() {
     copy_dir(&trashed, &tmp);
 
     recover_checkpoints(&DiskIo, &dir).unwrap();
-    assert_eq!(list_checkpoints(&dir), [e2.clone()], "the complete one is back, alone");
+    assert_eq!(list_checkpoints(&dir), vec![e2.clone()], "the complete one is back, alone");
     fx.assert_holds(&e2, 1, E2);
     assert!(leftovers(&dir, TRASH_PREFIX).is_empty() && leftovers(&dir, TMP_PREFIX).is_empty());
 }

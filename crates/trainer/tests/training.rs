@@ -113,6 +113,15 @@ fn a_corrupt_newest_checkpoint_is_skipped_for_the_one_before() {
     let weights = ckpts[1].join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    // Another tokenizer of the same size in its place is refused by name.
+    let samples = coconut_curriculum::load_samples(&prosqa_valid()).unwrap();
+    let other = coconut_curriculum::Tokenizer::train_on_samples(&samples[4..8], 300).unwrap();
+    assert_eq!(other.vocab_size(), tokenizer.vocab_size());
+    other.save(&ckpts[1].join("tokenizer.json")).unwrap();
+    let err = coconut_trainer::load_model_dir(&ckpts[1], tch::Device::Cpu, "<<").unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, coconut_trainer::TrainError::TokenizerChanged { .. }), "{text}");
+    assert!(text.contains("tokenizer.json"), "{text}");
     let resumed = Trainer::new(cfg.clone(), Path::new("test.toml")).unwrap();
     // The position of the older checkpoint, with this run's settings.
     let mut expected = read_state(&ckpts[0]).unwrap();
