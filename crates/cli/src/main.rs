@@ -105,7 +105,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write generated datasets to datasets/<name>/{train,valid,test}.json, or convert GSM8k.
+    /// Write generated datasets to `datasets/<name>/{train,valid,test}.json`, or convert GSM8k.
     Data(data::DataArgs),
     /// Print a dataset file's statistics, beside a reference file's.
     Stats {

@@ -1,58 +1,16 @@
 //! `coconut ask` on a trained checkpoint generates what `coconut eval` generates for the same
 //! question and thought count, and `--set` reaches the config of `train-all-stages`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn fixture_samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/datasets/prosqa/prosqa_valid.json")
-}
+use std::path::Path;
+use std::process::Output;
 
-/// A run of three epochs that ends at stage 2: two continuous thoughts per prompt.
-fn write_config(dir: &Path) -> PathBuf {
-    let data = fixture_samples();
-    let text = format!(
-        r#"
-name = "ask"
-output_dir = "{out}"
-[data]
-train = "{data}"
-valid = "{data}"
-max_train_samples = 32
-[model]
-n_layer = 1
-n_embd = 32
-n_head = 2
-vocab_size = 300
-n_positions = 1024
-[curriculum]
-max_latent_stage = 2
-epochs_per_stage = 1
-[train]
-num_epochs = 2
-batch_size = 8
-lr = 1e-3
-threads = 1
-[eval]
-every_epoch = false
-max_new_tokens = 24
-"#,
-        out = dir.display(),
-        data = data.display()
-    );
-    let path = dir.join("ask.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use common::{coconut, fixture_samples, succeed, write_config};
 
-fn coconut(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_coconut"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "coconut {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out
+/// `coconut args...`, which must succeed.
+fn ok(args: &[&str]) -> Output {
+    succeed(coconut(args))
 }
 
 fn json_lines(path: &Path) -> Vec<serde_json::Value> {
@@ -66,21 +24,26 @@ fn json_lines(path: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn ask_generates_what_eval_generates() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
+    let config = write_config(dir.path(), "ask", "");
     let config = config.to_str().unwrap();
-    // `--set` raises the epochs to three: the final stage is 2.
-    coconut(&["train-all-stages", "--config", config, "--set", "train.num_epochs=3"]);
+    // `--set` reaches the config: three epochs where the file says two; the final stage is 2.
+    std::fs::write(
+        config,
+        std::fs::read_to_string(config).unwrap().replace("num_epochs = 3", "num_epochs = 2"),
+    )
+    .unwrap();
+    ok(&["train-all-stages", "--config", config, "--set", "train.num_epochs=3"]);
     let run = dir.path().join("ask");
     let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(run.join("checkpoints/e003-s0000012/train_state.json")).unwrap(),
+        &std::fs::read_to_string(run.join("checkpoints/e003-s0000024/train_state.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(state["config"]["train"]["num_epochs"], 3);
-    let ckpt = run.join("checkpoints/e003-s0000012");
+    let ckpt = run.join("checkpoints/e003-s0000024");
     let ckpt = ckpt.to_str().unwrap();
 
     let eval_dir = dir.path().join("eval");
-    coconut(&[
+    ok(&[
         "eval",
         "--config",
         config,
@@ -93,7 +56,7 @@ fn ask_generates_what_eval_generates() {
         "--out",
         eval_dir.to_str().unwrap(),
     ]);
-    let predictions = json_lines(&eval_dir.join("predictions_ask-e003-s0000012_valid.jsonl"));
+    let predictions = json_lines(&eval_dir.join("predictions_ask-e003-s0000024_valid.jsonl"));
     assert_eq!(predictions.len(), 4);
     let samples: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(fixture_samples()).unwrap()).unwrap();
@@ -101,7 +64,7 @@ fn ask_generates_what_eval_generates() {
     for (p, sample) in predictions.iter().zip(&samples) {
         assert_eq!(p["thoughts"], 2);
         let question = sample["question"].as_str().unwrap();
-        let out = coconut(&["ask", "--checkpoint", ckpt, "--json", question]);
+        let out = ok(&["ask", "--checkpoint", ckpt, "--json", question]);
         let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(reply["slots"], 2);
         assert_eq!(reply["thoughts"].as_array().unwrap().len(), 2);
@@ -113,7 +76,7 @@ fn ask_generates_what_eval_generates() {
 
     // Without thoughts the prompt differs, and so does what the model reads.
     let question = samples[0]["question"].as_str().unwrap();
-    let out = coconut(&["ask", "--checkpoint", ckpt, "--thoughts", "0", "--json", question]);
+    let out = ok(&["ask", "--checkpoint", ckpt, "--thoughts", "0", "--json", question]);
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reply["slots"], 0);
     assert!(reply["thoughts"].as_array().unwrap().is_empty());

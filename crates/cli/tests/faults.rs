@@ -6,74 +6,15 @@
 //! checkpoint writer's seam in `crates/trainer/tests/checkpoint_faults.rs`.)
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use coconut_trainer::checkpoint::{list_checkpoints, load_checkpoint, read_state};
+use common::{coconut, fixture_samples, succeed, train, write_config};
 use rand::{Rng, SeedableRng};
 use tch::{Device, Tensor};
-
-fn fixture_samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/datasets/prosqa/prosqa_valid.json")
-}
-
-/// A small run: 3 epochs of 8 steps, a checkpoint after every step unless `extra` says
-/// otherwise.
-fn write_config(dir: &Path, name: &str, extra: &str) -> PathBuf {
-    let data = fixture_samples();
-    let text = format!(
-        r#"
-name = "{name}"
-output_dir = "{out}"
-[data]
-train = "{data}"
-valid = "{data}"
-max_train_samples = 32
-max_valid_samples = 4
-[model]
-n_layer = 1
-n_embd = 32
-n_head = 2
-vocab_size = 300
-n_positions = 1024
-[curriculum]
-max_latent_stage = 2
-epochs_per_stage = 1
-[train]
-num_epochs = 3
-batch_size = 4
-lr = 1e-3
-threads = 1
-keep_last = 2
-log_every_steps = 1
-{extra}
-[eval]
-every_epoch = false
-max_new_tokens = 8
-"#,
-        out = dir.display(),
-        data = data.display()
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn coconut(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coconut"));
-    cmd.args(args).env("RUST_LOG", "warn");
-    cmd
-}
-
-fn train(config: &Path) -> Command {
-    coconut(&["train-all-stages", "--config", config.to_str().unwrap()])
-}
-
-fn succeed(mut cmd: Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{:?}: {}", cmd, String::from_utf8_lossy(&out.stderr));
-    out
-}
 
 fn weights(ckpt: &Path) -> Vec<(String, Tensor)> {
     let mut w = Tensor::read_safetensors(ckpt.join("model.safetensors")).unwrap();
@@ -165,9 +106,9 @@ fn kill_9_at_random_moments_resumes_to_the_same_weights() {
 fn sigterm_checkpoints_the_position_and_the_rerun_resumes_there() {
     let dir = tempfile::tempdir().unwrap();
     // No step checkpoints: the one after SIGTERM is the stop's own.
-    let straight = write_config(dir.path(), "straight", "");
+    let straight = write_config(dir.path(), "straight", "log_every_steps = 1");
     succeed(train(&straight));
-    let stopped = write_config(dir.path(), "stopped", "");
+    let stopped = write_config(dir.path(), "stopped", "log_every_steps = 1");
     let run = dir.path().join("stopped");
     let child = train(&stopped).stderr(std::process::Stdio::piped()).spawn().unwrap();
     wait_for("a training step", || step_lines(&run) >= 2);
@@ -188,7 +129,7 @@ fn sigterm_checkpoints_the_position_and_the_rerun_resumes_there() {
 #[test]
 fn a_second_run_on_the_same_folder_is_refused_and_the_first_is_unharmed() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "shared", "save_every_steps = 1");
+    let config = write_config(dir.path(), "shared", "save_every_steps = 1\nlog_every_steps = 1");
     let run = dir.path().join("shared");
     let mut first = train(&config).spawn().unwrap();
     wait_for("the first run to hold its folder", || {
@@ -336,4 +277,61 @@ fn samples_too_long_for_the_model_stop_the_run_before_training() {
         tch::utils::has_cuda() || err.contains("built without CUDA: cargo xtask setup --cuda");
     let no_device = !tch::utils::has_cuda() || err.contains("no CUDA device");
     assert!(without && no_device && !err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_configs_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "bad", "");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("lr = 1e-3", "lr = 1e-3\nlearning_rate = 2");
+    std::fs::write(&path, text).unwrap();
+    let out = train(&path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("learning_rate"), "{err}");
+
+    // A paper config without the pretrained GPT-2 names the key and the file.
+    let paper = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/prosqa-coconut.toml");
+    let out = train(&paper).current_dir(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("prosqa-coconut.toml") && err.contains("model.pretrained"), "{err}");
+}
+
+#[test]
+fn eval_checks_its_output_and_the_lengths_before_generating() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "run", "");
+    succeed(train(&config));
+    let run = dir.path().join("run");
+    let ckpt = last_checkpoint(&run);
+    let (config, ckpt_arg) = (config.to_str().unwrap(), ckpt.to_str().unwrap());
+
+    // By default the results go beside the run's checkpoints, which pruning never touches.
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--config", config, "--checkpoint", ckpt_arg, "--limit", "2"];
+        args.extend_from_slice(extra);
+        coconut(&args).output().unwrap()
+    };
+    let out = eval(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let name = ckpt.file_name().unwrap().to_str().unwrap();
+    let results = run.join("eval").join(name);
+    assert!(results.join(format!("predictions_run-{name}_valid.jsonl")).exists());
+    assert!(!ckpt.join("eval").exists());
+
+    // An output folder that cannot be made fails at once, naming it.
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let out = eval(&["--out", blocker.join("sub").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("a-file"), "{err}");
+
+    // Prompts that would outgrow the model's context with the tokens to generate.
+    let out = eval(&["--set", "eval.max_new_tokens=5000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("prosqa_valid.json") && err.contains("sample 0"), "{err}");
 }

@@ -1,0 +1,66 @@
+//! What the binary's test files share: a small run config on the committed ProsQA fixture,
+//! and the `coconut` command.
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn fixture_samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/datasets/prosqa/prosqa_valid.json")
+}
+
+/// A small run of 3 epochs of 8 steps (32 samples, batches of 4) ending at stage 2 (two
+/// thoughts); `extra` adds lines to `[train]`.
+pub fn write_config(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let data = fixture_samples();
+    let text = format!(
+        r#"
+name = "{name}"
+output_dir = "{out}"
+[data]
+train = "{data}"
+valid = "{data}"
+max_train_samples = 32
+max_valid_samples = 4
+[model]
+n_layer = 1
+n_embd = 32
+n_head = 2
+vocab_size = 300
+n_positions = 1024
+[curriculum]
+max_latent_stage = 2
+epochs_per_stage = 1
+[train]
+num_epochs = 3
+batch_size = 4
+lr = 1e-3
+threads = 1
+{extra}
+[eval]
+every_epoch = false
+max_new_tokens = 8
+"#,
+        out = dir.display(),
+        data = data.display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn coconut(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coconut"));
+    cmd.args(args).env("RUST_LOG", "warn");
+    cmd
+}
+
+pub fn train(config: &Path) -> Command {
+    coconut(&["train-all-stages", "--config", config.to_str().unwrap()])
+}
+
+pub fn succeed(mut cmd: Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{:?}: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    out
+}
