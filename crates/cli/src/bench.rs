@@ -16,6 +16,7 @@ use coconut_curriculum::{
 use coconut_eval::{generate, generate_without_cache};
 use coconut_model::{Gpt2, Gpt2Config};
 use coconut_trainer::adamw::{AdamW, AdamWConfig};
+use coconut_trainer::gradients::Gradients;
 use coconut_trainer::{training_loss, DeviceBatch};
 use serde_json::{json, Value};
 use tch::{nn::VarStore, Device, Kind};
@@ -313,6 +314,7 @@ fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
         vs.variables(),
         AdamWConfig { lr: 1e-4, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 },
     );
+    let mut grads = Gradients::new(vs.variables());
     // The first steps of a process run slower while the allocator takes memory from the
     // system; a GPT-2 step is long enough for one to do.
     let warmup = if model_name == "gpt2" { 1 } else { 2 };
@@ -327,7 +329,8 @@ fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
         // Dropout draws from a seed per step, as in training, so that measurements of the
         // same step with and without recomputation end with the same loss.
         tch::manual_seed(index as i64);
-        let timing = timed_step(&model, &mut optimizer, &inputs, plain, gradient_checkpointing);
+        let timing =
+            timed_step(&model, &mut optimizer, &mut grads, &inputs, plain, gradient_checkpointing);
         eprintln!(
             "# {name} {model_name} step {index} (plain {plain}): loss {:.4}, {:.3} s",
             timing.loss, timing.total_s
@@ -428,6 +431,7 @@ struct StepTiming {
 fn timed_step(
     model: &Gpt2,
     optimizer: &mut AdamW,
+    grads: &mut Gradients,
     inputs: &StepInputs,
     plain: bool,
     gradient_checkpointing: bool,
@@ -450,9 +454,9 @@ fn timed_step(
     let loss = training_loss(model, &device_batch, gradient_checkpointing);
     let t3 = Instant::now();
     let loss_value = loss.value.double_value(&[]);
-    loss.backward(model, optimizer, 1.0);
+    loss.backward(model, grads, 1.0);
     let t4 = Instant::now();
-    optimizer.step();
+    optimizer.step(grads.take());
     let t5 = Instant::now();
     StepTiming {
         tokenize_s: (t1 - t0).as_secs_f64(),

@@ -12,6 +12,7 @@ use coconut_curriculum::{
 use coconut_datasets::{generate_distinct, DatasetConfig, DatasetKind};
 use coconut_model::{Gpt2, Gpt2Config};
 use coconut_trainer::adamw::{AdamW, AdamWConfig};
+use coconut_trainer::gradients::Gradients;
 use coconut_trainer::{coconut_loss, DeviceBatch};
 use criterion::{criterion_group, criterion_main, Criterion};
 use tch::{nn::VarStore, Device, Kind};
@@ -42,10 +43,11 @@ fn bench_training_step(c: &mut Criterion) {
         vs.variables(),
         AdamWConfig { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 },
     );
+    let mut grads = Gradients::new(vs.variables());
     let mut step = |batch: &Batch| {
         let device_batch = DeviceBatch::new(batch, Device::Cpu, Kind::Float);
-        optimizer.backward(&coconut_loss(&model, &device_batch, true));
-        optimizer.step();
+        grads.backward(&coconut_loss(&model, &device_batch, true));
+        optimizer.step(grads.take());
     };
 
     let last = staged(4);

@@ -22,18 +22,14 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
-/// The optimizer: the parameters by checkpoint name, their gradients, their moments and the
-/// step count.
-///
-/// The optimizer owns the gradients ([`AdamW::backward`]) rather than leaving them in each
-/// parameter's `.grad`: they exist from the backward pass to the update and no longer, so
-/// the next forward pass never shares memory with a model-sized set of stale gradients
-/// (PyTorch's `zero_grad(set_to_none=True)`).
+/// The optimizer: the parameters by checkpoint name, their moments and the step count. It
+/// does the update math only; the gradients come from a [`crate::gradients::Gradients`]
+/// accumulator, so that whatever happens to them between the backward passes and the
+/// update (an all-reduce across ranks, clipping) happens outside it.
 #[derive(Debug)]
 pub struct AdamW {
     config: AdamWConfig,
     params: BTreeMap<String, Tensor>,
-    grads: BTreeMap<String, Tensor>,
     exp_avg: BTreeMap<String, Tensor>,
     exp_avg_sq: BTreeMap<String, Tensor>,
     step: i64,
@@ -46,7 +42,7 @@ impl AdamW {
         let zeros = |p: &Tensor| tch::no_grad(|| p.zeros_like().to_kind(Kind::Float));
         let exp_avg = params.iter().map(|(n, p)| (n.clone(), zeros(p))).collect();
         let exp_avg_sq = params.iter().map(|(n, p)| (n.clone(), zeros(p))).collect();
-        Self { config, params, grads: BTreeMap::new(), exp_avg, exp_avg_sq, step: 0 }
+        Self { config, params, exp_avg, exp_avg_sq, step: 0 }
     }
 
     /// Forgets the moments (a new optimizer, as the paper does at a stage switch).
@@ -64,80 +60,16 @@ impl AdamW {
         self.step
     }
 
-    /// Drops the accumulated gradients.
-    pub fn zero_grad(&mut self) {
-        self.grads.clear();
-    }
-
-    /// Backpropagates `loss` and adds the parameters' gradients to those accumulated since
-    /// the last [`AdamW::zero_grad`] or [`AdamW::step`]. A parameter the loss does not
-    /// reach gets none (and is not updated, as in PyTorch).
-    pub fn backward(&mut self, loss: &Tensor) {
-        self.backward_and_grads(loss, &[], false);
-    }
-
-    /// [`AdamW::backward`] that also returns the gradients of `others`, tensors of the graph
-    /// that are not parameters (undefined where the loss does not reach one). With
-    /// `keep_graph` the graph can be walked again from another root.
-    pub fn backward_and_grads(
-        &mut self,
-        loss: &Tensor,
-        others: &[&Tensor],
-        keep_graph: bool,
-    ) -> Vec<Tensor> {
-        let inputs: Vec<&Tensor> = self.params.values().chain(others.iter().copied()).collect();
-        let mut grads = Tensor::run_backward(&[loss], &inputs, keep_graph, false);
-        let others_grads = grads.split_off(self.params.len());
-        tch::no_grad(|| {
-            for (name, g) in self.params.keys().zip(grads) {
-                if !g.defined() {
-                    continue;
-                }
-                match self.grads.get_mut(name) {
-                    Some(sum) => {
-                        let _ = sum.g_add_(&g);
-                    }
-                    None => {
-                        self.grads.insert(name.clone(), g);
-                    }
-                }
-            }
-        });
-        others_grads
-    }
-
-    /// The gradients accumulated since the last step, by parameter name.
-    pub fn gradients(&self) -> &BTreeMap<String, Tensor> {
-        &self.grads
-    }
-
-    /// Scales gradients so that their global norm is at most `max_norm`; returns the norm
-    /// before clipping.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        tch::no_grad(|| {
-            let norms: Vec<Tensor> = self.grads.values().map(Tensor::norm).collect();
-            if norms.is_empty() {
-                return 0.0;
-            }
-            let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
-            if total > max_norm {
-                let scale = max_norm / (total + 1e-6);
-                for g in self.grads.values_mut() {
-                    let _ = g.g_mul_scalar_(scale);
-                }
-            }
-            total
-        })
-    }
-
-    /// One AdamW update from the accumulated gradients, which it then drops.
-    pub fn step(&mut self) {
+    /// One AdamW update from `grads` (by parameter name; a parameter without one is not
+    /// updated, as in PyTorch). The gradients are consumed: they are dropped as soon as
+    /// their parameter is updated.
+    pub fn step(&mut self, grads: BTreeMap<String, Tensor>) {
         self.step += 1;
         let AdamWConfig { lr, betas: (b1, b2), eps, weight_decay } = self.config;
         let bias1 = 1.0 - b1.powi(self.step as i32);
         let bias2 = 1.0 - b2.powi(self.step as i32);
         tch::no_grad(|| {
-            for (name, g) in std::mem::take(&mut self.grads) {
+            for (name, g) in grads {
                 let p = self.params.get_mut(&name).expect("a gradient belongs to a parameter");
                 if weight_decay > 0.0 && p.dim() >= 2 {
                     let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
@@ -200,6 +132,7 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gradients::Gradients;
 
     /// Three steps on a small problem, against `torch.optim.AdamW` with weight decay 0.1 on
     /// the matrix and none on the vector (the values PyTorch 2.11 printed).
@@ -208,17 +141,16 @@ mod tests {
         let w = Tensor::from_slice(&[1.0f32, -2.0, 0.5, 3.0]).view([2, 2]).set_requires_grad(true);
         let b = Tensor::from_slice(&[0.3f32, -0.7]).set_requires_grad(true);
         let config = AdamWConfig { lr: 0.05, betas: (0.9, 0.99), eps: 1e-8, weight_decay: 0.1 };
-        let mut opt = AdamW::new(
-            [("w".to_string(), w.shallow_clone()), ("b".to_string(), b.shallow_clone())],
-            config,
-        );
+        let params = [("w".to_string(), w.shallow_clone()), ("b".to_string(), b.shallow_clone())];
+        let mut opt =
+            AdamW::new(params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())), config);
+        let mut grads = Gradients::new(params);
         for _ in 0..3 {
-            opt.zero_grad();
             let loss = (&w * &w).sum(Kind::Float) * 0.5
                 + w.get(0).get(0) * b.get(1)
                 + (&b * &b * &b).sum(Kind::Float);
-            opt.backward(&loss);
-            opt.step();
+            grads.backward(&loss);
+            opt.step(grads.take());
         }
         let expected_w =
             Tensor::from_slice(&[0.843_120_4f32, -1.821_054_1, 0.344_088_2, 2.806_081])

@@ -35,7 +35,7 @@ use coconut_curriculum::{Batch, IGNORE_INDEX};
 use coconut_model::{causal_bias, draw_seed, gradient_root, Gpt2, KvCache, RecomputedPass};
 use tch::{Device, Kind, Tensor};
 
-use crate::adamw::AdamW;
+use crate::gradients::Gradients;
 
 /// A collated batch on the device, with everything the passes need built once.
 #[derive(Debug)]
@@ -237,7 +237,7 @@ pub fn training_loss(
 }
 
 impl TrainingLoss {
-    /// Adds the parameter gradients of `weight * loss` to the optimizer's.
+    /// Adds the parameter gradients of `weight * loss` to `grads`.
     ///
     /// With gradient checkpointing the backward pass walks the recomputed passes from the
     /// last to the first. From the current root (first the loss) it runs down to the outputs
@@ -250,7 +250,7 @@ impl TrainingLoss {
     /// Recomputation reseeds torch for dropout, so either way the backward pass ends by
     /// seeding torch from a seed drawn at its start: what runs next (the next micro-batch)
     /// draws the same masks with and without checkpointing.
-    pub fn backward(self, model: &Gpt2, optimizer: &mut AdamW, weight: f64) {
+    pub fn backward(self, model: &Gpt2, grads: &mut Gradients, weight: f64) {
         let continuation = draw_seed();
         let TrainingLoss { value, mut recomputed } = self;
         let mut root = Some(&value * weight);
@@ -263,19 +263,19 @@ impl TrainingLoss {
             if let Some(root) = root.take() {
                 let outputs: Vec<&Tensor> =
                     recomputed.iter().chain([&pass]).flat_map(RecomputedPass::outputs).collect();
-                let mut grads = optimizer.backward_and_grads(&root, &outputs, true).into_iter();
+                let mut found = grads.backward_and_grads(&root, &outputs, true).into_iter();
                 for sum in output_grads.iter_mut().flatten() {
-                    add_gradient(sum, grads.next().expect("one gradient per output"));
+                    add_gradient(sum, found.next().expect("one gradient per output"));
                 }
             }
             let pass_grads = output_grads.pop().expect("one set of gradients per pass");
             let input_grads = pass.backward(model, &pass_grads, |scalar, inputs| {
-                optimizer.backward_and_grads(scalar, inputs, false)
+                grads.backward_and_grads(scalar, inputs, false)
             });
             root = gradient_root(pass.inputs().into_iter().zip(&input_grads));
         }
         if let Some(root) = root {
-            optimizer.backward_and_grads(&root, &[], false);
+            grads.backward(&root);
         }
         tch::manual_seed(continuation);
     }

@@ -5,6 +5,7 @@ pub mod adamw;
 pub mod checkpoint;
 pub mod coconut;
 pub mod config;
+pub mod gradients;
 pub mod model_setup;
 pub mod run_lock;
 pub mod train;

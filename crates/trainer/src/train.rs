@@ -29,6 +29,7 @@ use crate::checkpoint::{
 };
 use crate::coconut::{coconut_loss, training_loss, DeviceBatch};
 use crate::config::{OptimizerReset, RunConfig};
+use crate::gradients::Gradients;
 use crate::model_setup::{build_model, check_model_paths, LoadedModel};
 use crate::run_lock::RunLock;
 use crate::TrainError;
@@ -103,6 +104,8 @@ pub struct Trainer {
     train: Vec<TokenizedSample>,
     valid: Vec<TokenizedSample>,
     optimizer: AdamW,
+    // Summed over an optimizer step's micro-batches, then handed to the optimizer.
+    grads: Gradients,
     state: TrainState,
     run_dir: PathBuf,
     // Held from before the checkpoints are listed until the trainer is dropped.
@@ -209,6 +212,7 @@ impl Trainer {
         check_sample_lengths(&c.data.train, &train, &c.curriculum, None, positions)?;
         let generated = Some(c.eval.max_new_tokens);
         check_sample_lengths(&c.data.valid, &valid, &c.curriculum, generated, positions)?;
+        let grads = Gradients::new(loaded.vs.variables());
         Ok(Self {
             config,
             loaded,
@@ -216,6 +220,7 @@ impl Trainer {
             train,
             valid,
             optimizer,
+            grads,
             state,
             run_dir,
             _lock: lock,
@@ -356,7 +361,7 @@ impl Trainer {
             tch::manual_seed((t.seed as i64).wrapping_add(self.state.global_step as i64));
             let micro = &order[step * t.grad_accum..((step + 1) * t.grad_accum).min(order.len())];
             let total_samples: usize = micro.iter().map(Vec::len).sum();
-            self.optimizer.zero_grad();
+            self.grads.clear();
             let mut step_loss = 0.0;
             for indices in micro {
                 let staged: Vec<StagedSample> =
@@ -372,15 +377,15 @@ impl Trainer {
                 // Weight each micro-batch by its share of the samples of the step.
                 let weight = indices.len() as f64 / total_samples as f64;
                 step_loss += loss.value.double_value(&[]) * weight;
-                loss.backward(&self.loaded.model, &mut self.optimizer, weight);
+                loss.backward(&self.loaded.model, &mut self.grads, weight);
             }
             if !step_loss.is_finite() {
                 return Err(self.diverged("training", epoch, step_loss, ckpt_dir));
             }
             if let Some(max_norm) = t.grad_clip {
-                self.optimizer.clip_grad_norm(max_norm);
+                self.grads.clip_norm(max_norm);
             }
-            self.optimizer.step();
+            self.optimizer.step(self.grads.take());
             self.state.global_step += 1;
             self.state.step_in_epoch = step + 1;
             epoch_loss += step_loss;

@@ -17,6 +17,7 @@ use coconut_trainer::checkpoint::{
     prune_checkpoints, recover_checkpoints, save_checkpoint, save_checkpoint_as, write_checkpoint,
     CheckpointIo, DiskIo, TrainState, OPTIMIZER_FILE, STATE_FILE, TMP_PREFIX, TRASH_PREFIX,
 };
+use coconut_trainer::gradients::Gradients;
 use coconut_trainer::{build_model, LoadedModel, RunConfig, TrainError};
 use tch::{Device, Kind, Tensor};
 
@@ -187,17 +188,17 @@ impl Fixture {
         samples.truncate(16);
         let loaded = build_model(&config, Path::new("faults.toml"), &samples).unwrap();
         let mut optimizer = AdamW::new(loaded.vs.variables(), ADAMW);
+        let mut grads = Gradients::new(loaded.vs.variables());
         let mut versions = Vec::new();
         for k in 0..n {
-            optimizer.zero_grad();
             let vars = loaded.vs.variables();
             let loss = vars
                 .values()
                 .map(|v| (v * v).sum(Kind::Float) * (k + 1) as f64)
                 .reduce(|a, b| a + b)
                 .unwrap();
-            optimizer.backward(&loss);
-            optimizer.step();
+            grads.backward(&loss);
+            optimizer.step(grads.take());
             versions.push(Version {
                 weights: vars.into_iter().map(|(n, t)| (n, t.detach().copy())).collect(),
                 moments: optimizer.state().into_iter().map(|(n, t)| (n, t.copy())).collect(),

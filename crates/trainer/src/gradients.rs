@@ -1,0 +1,127 @@
+//! Gradients with a home of their own: an accumulator that backward passes add into and
+//! the optimizer takes from. Between the two is where data-parallel training reduces them
+//! across ranks, and where gradient clipping reads their global norm.
+//!
+//! Gradients live here rather than in each parameter's `.grad`: they exist from the first
+//! backward pass of an optimizer step to the update and no longer, so the next forward pass
+//! never shares memory with a model-sized set of stale gradients (PyTorch's
+//! `zero_grad(set_to_none=True)`).
+
+use std::collections::BTreeMap;
+
+use tch::Tensor;
+
+/// The summed gradients of a set of named parameters.
+#[derive(Debug)]
+pub struct Gradients {
+    params: BTreeMap<String, Tensor>,
+    sums: BTreeMap<String, Tensor>,
+}
+
+impl Gradients {
+    /// An empty accumulator for `params` (shallow clones of the model's variables).
+    pub fn new(params: impl IntoIterator<Item = (String, Tensor)>) -> Self {
+        Self { params: params.into_iter().collect(), sums: BTreeMap::new() }
+    }
+
+    /// Backpropagates `loss` and adds the parameters' gradients to the sums. A parameter
+    /// the loss does not reach gets none (and is not updated, as in PyTorch).
+    pub fn backward(&mut self, loss: &Tensor) {
+        self.backward_and_grads(loss, &[], false);
+    }
+
+    /// [`Gradients::backward`] that also returns the gradients of `others`, tensors of the
+    /// graph that are not parameters (undefined where the loss does not reach one). With
+    /// `keep_graph` the graph can be walked again from another root.
+    pub fn backward_and_grads(
+        &mut self,
+        loss: &Tensor,
+        others: &[&Tensor],
+        keep_graph: bool,
+    ) -> Vec<Tensor> {
+        let inputs: Vec<&Tensor> = self.params.values().chain(others.iter().copied()).collect();
+        let mut grads = Tensor::run_backward(&[loss], &inputs, keep_graph, false);
+        let others_grads = grads.split_off(self.params.len());
+        tch::no_grad(|| {
+            for (name, g) in self.params.keys().zip(grads) {
+                if !g.defined() {
+                    continue;
+                }
+                match self.sums.get_mut(name) {
+                    Some(sum) => {
+                        let _ = sum.g_add_(&g);
+                    }
+                    None => {
+                        self.sums.insert(name.clone(), g);
+                    }
+                }
+            }
+        });
+        others_grads
+    }
+
+    /// The sums so far, by parameter name.
+    pub fn sums(&self) -> &BTreeMap<String, Tensor> {
+        &self.sums
+    }
+
+    /// The global L2 norm of the sums (0 when there are none).
+    pub fn norm(&self) -> f64 {
+        tch::no_grad(|| {
+            let norms: Vec<Tensor> = self.sums.values().map(Tensor::norm).collect();
+            if norms.is_empty() {
+                return 0.0;
+            }
+            Tensor::stack(&norms, 0).norm().double_value(&[])
+        })
+    }
+
+    /// Scales the sums so that their global norm is at most `max_norm`; returns the norm
+    /// before clipping.
+    pub fn clip_norm(&mut self, max_norm: f64) -> f64 {
+        let total = self.norm();
+        if total > max_norm {
+            let scale = max_norm / (total + 1e-6);
+            tch::no_grad(|| {
+                for g in self.sums.values_mut() {
+                    let _ = g.g_mul_scalar_(scale);
+                }
+            });
+        }
+        total
+    }
+
+    /// Hands the sums over (to the optimizer) and starts afresh.
+    pub fn take(&mut self) -> BTreeMap<String, Tensor> {
+        std::mem::take(&mut self.sums)
+    }
+
+    /// Drops the sums.
+    pub fn clear(&mut self) {
+        self.sums.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coconut_testing::Tolerance;
+    use tch::Kind;
+
+    #[test]
+    fn backward_passes_add_up_and_clipping_bounds_the_norm() {
+        let w = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+        let mut grads = Gradients::new([("w".to_string(), w.shallow_clone())]);
+        grads.backward(&(&w * &w).sum(Kind::Float)); // 2w
+        grads.backward(&w.sum(Kind::Float)); // + 1
+        let expected = Tensor::from_slice(&[3.0f32, -3.0]);
+        let tol = Tolerance::scaled(1e-6);
+        coconut_model::testing::assert_close(&grads.sums()["w"], &expected, tol, "sum");
+        coconut_testing::assert_close(grads.norm(), 18f64.sqrt(), tol, "norm");
+        let before = grads.clip_norm(1.0);
+        coconut_testing::assert_close(before, 18f64.sqrt(), tol, "norm before");
+        coconut_testing::assert_close(grads.norm(), 1.0, Tolerance::scaled(1e-5), "clipped");
+        assert_eq!(grads.take().len(), 1);
+        assert!(grads.sums().is_empty());
+    }
+}
