@@ -187,7 +187,8 @@ pub struct TrainConfig {
     pub save_every_steps: usize,
     /// Keep this many newest checkpoints (0 = all).
     pub keep_last: usize,
-    /// Keep an epoch checkpoint only when validation accuracy improved.
+    /// Also keep the model of the best validation accuracy so far in `<run>/best` (an HF
+    /// folder, replaced when the accuracy improves); epoch checkpoints are kept as usual.
     pub save_only_improve: bool,
     /// Start from the newest complete checkpoint of the run folder, if any.
     pub resume: bool,
