@@ -50,9 +50,8 @@ pub fn eval(
         .collect();
     for dir in &dirs {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let probe = tempfile::NamedTempFile::new_in(dir)
+        tempfile::NamedTempFile::new_in(dir)
             .with_context(|| format!("{} is not writable", dir.display()))?;
-        drop(probe);
     }
     let mut rows = Vec::new();
     for (ckpt, dir) in checkpoints.iter().zip(&dirs) {

@@ -494,7 +494,7 @@ pub fn usable_device(name: &str) -> Result<tch::Device, String> {
 }
 
 /// `cpu`, `cuda` (device 0) or `cuda:N`.
-pub fn parse_device(name: &str) -> Result<tch::Device, String> {
+fn parse_device(name: &str) -> Result<tch::Device, String> {
     let bad = || format!("train.device must be `cpu`, `cuda` or `cuda:N`, not {name:?}");
     match name {
         "cpu" => Ok(tch::Device::Cpu),

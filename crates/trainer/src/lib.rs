@@ -16,8 +16,8 @@ pub use coconut::{
     coconut_loss, latent_hidden_states, pass_ranges, training_loss, DeviceBatch, TrainingLoss,
 };
 pub use config::{
-    parse_device, usable_device, DataConfig, EvalConfig, GenerateConfig, ModelConfig,
-    OptimizerReset, RunConfig, TrainConfig,
+    usable_device, DataConfig, EvalConfig, GenerateConfig, ModelConfig, OptimizerReset, RunConfig,
+    TrainConfig,
 };
 pub use model_setup::{
     build_model, check_model_paths, load_model_dir, LoadedModel, TOKENIZER_FILE,

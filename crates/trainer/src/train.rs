@@ -411,15 +411,15 @@ impl Trainer {
                 (window_loss, window_steps, window_tokens) = (0.0, 0, 0);
                 window_start = Instant::now();
             }
-            if t.save_every_steps > 0
-                && self.state.global_step.is_multiple_of(t.save_every_steps as u64)
-                && step + 1 < steps
-            {
+            // A stop asked for mid-epoch checkpoints this position (once, even when it is
+            // also a `save_every_steps` position); at the epoch's end the epoch checkpoint
+            // serves.
+            let stopping = self.stop.load(Ordering::SeqCst) != 0;
+            let periodic = t.save_every_steps > 0
+                && self.state.global_step.is_multiple_of(t.save_every_steps as u64);
+            if (stopping || periodic) && step + 1 < steps {
                 *last_checkpoint = Some(self.checkpoint(ckpt_dir)?);
-            }
-            if self.stop.load(Ordering::SeqCst) != 0 && step + 1 < steps {
-                let saved = self.checkpoint(ckpt_dir)?;
-                self.stop_if_asked(Some(&saved))?;
+                self.stop_if_asked(last_checkpoint.as_deref())?;
             }
         }
         bar.finish_and_clear();
