@@ -53,7 +53,7 @@ pub fn run(args: &AskArgs) -> Result<()> {
     let device = usable_device(args.device).map_err(anyhow::Error::msg)?;
     let loaded = load_model_dir(args.checkpoint, device, &run.model.latent_init_token)?;
     let reply = ask(
-        &loaded.model,
+        loaded.model.as_ref(),
         &loaded.tokenizer,
         curriculum,
         args.question,

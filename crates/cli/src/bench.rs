@@ -14,7 +14,7 @@ use coconut_curriculum::{
     CurriculumConfig, Mode, Sample, StagedSample, Tokenizer,
 };
 use coconut_eval::{generate, generate_without_cache};
-use coconut_model::{Gpt2, Gpt2Config};
+use coconut_model::{CausalLm, Gpt2, Gpt2Config};
 use coconut_trainer::adamw::{AdamW, AdamWConfig};
 use coconut_trainer::gradients::Gradients;
 use coconut_trainer::{training_loss, DeviceBatch};
@@ -429,7 +429,7 @@ struct StepTiming {
 /// optimizer update. `plain` treats the latents as ordinary tokens: the same tokens in one
 /// pass.
 fn timed_step(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     optimizer: &mut AdamW,
     grads: &mut Gradients,
     inputs: &StepInputs,

@@ -69,7 +69,7 @@ pub fn eval(
         let device = config.device();
         let loaded = load_model_dir(ckpt, device, &config.model.latent_init_token)?;
         let tokenized = tokenize_samples(&loaded.tokenizer, &samples);
-        let positions = loaded.model.config().n_positions;
+        let positions = loaded.model.shape().max_positions;
         let max_new_tokens = Some(config.eval.max_new_tokens);
         check_sample_lengths(&data, &tokenized, curriculum, max_new_tokens, positions)?;
         let options = EvalOptions {
@@ -78,8 +78,14 @@ pub fn eval(
             batch_size: config.eval.batch_size,
             device,
         };
-        let (metrics, predictions) =
-            evaluate(&loaded.model, &loaded.tokenizer, curriculum, &samples, &tokenized, &options);
+        let (metrics, predictions) = evaluate(
+            loaded.model.as_ref(),
+            &loaded.tokenizer,
+            curriculum,
+            &samples,
+            &tokenized,
+            &options,
+        );
         let valid_loss =
             teacher_forced_loss(&loaded, curriculum, &tokenized, stage, config.eval.batch_size);
         let thoughts: Vec<SampleThoughts> = (0..samples.len().min(inspect))
@@ -87,12 +93,12 @@ pub fn eval(
                 sample: i,
                 question: samples[i].question.clone(),
                 mean_token_embedding_norm: mean_embedding_norm(
-                    &loaded.model,
+                    loaded.model.as_ref(),
                     &tokenized[i].question,
                     device,
                 ),
                 thoughts: inspect_thoughts(
-                    &loaded.model,
+                    loaded.model.as_ref(),
                     &loaded.tokenizer,
                     curriculum,
                     &tokenized[i],

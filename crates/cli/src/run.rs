@@ -43,7 +43,7 @@ pub fn train_all_stages(config: RunConfig, config_path: &Path) -> Result<PathBuf
         None => ("valid", trainer.valid_samples.clone()),
     };
     let tokenized = tokenize_samples(&trainer.loaded.tokenizer, &samples);
-    let positions = trainer.loaded.model.config().n_positions;
+    let positions = trainer.loaded.model.shape().max_positions;
     let test_file = config.data.test.as_ref().unwrap_or(&config.data.valid);
     let max_new_tokens = Some(config.eval.max_new_tokens);
     check_sample_lengths(test_file, &tokenized, &config.curriculum, max_new_tokens, positions)?;
@@ -59,7 +59,7 @@ pub fn train_all_stages(config: RunConfig, config_path: &Path) -> Result<PathBuf
             device,
         };
         let (m, _) = evaluate(
-            &t.loaded.model,
+            t.loaded.model.as_ref(),
             &t.loaded.tokenizer,
             &t.config.curriculum,
             &t.valid_samples[..limit],
@@ -87,7 +87,7 @@ pub fn train_all_stages(config: RunConfig, config_path: &Path) -> Result<PathBuf
         device,
     };
     let (metrics, predictions) = evaluate(
-        &trainer.loaded.model,
+        trainer.loaded.model.as_ref(),
         &trainer.loaded.tokenizer,
         &config.curriculum,
         &samples,
@@ -100,12 +100,12 @@ pub fn train_all_stages(config: RunConfig, config_path: &Path) -> Result<PathBuf
             sample: i,
             question: samples[i].question.clone(),
             mean_token_embedding_norm: mean_embedding_norm(
-                &trainer.loaded.model,
+                trainer.loaded.model.as_ref(),
                 &tokenized[i].question,
                 device,
             ),
             thoughts: inspect_thoughts(
-                &trainer.loaded.model,
+                trainer.loaded.model.as_ref(),
                 &trainer.loaded.tokenizer,
                 &config.curriculum,
                 &tokenized[i],

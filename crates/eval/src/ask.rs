@@ -4,7 +4,7 @@
 use coconut_curriculum::{
     prompt_with_slots, tokenize_samples, CurriculumConfig, Sample, Tokenizer,
 };
-use coconut_model::Gpt2;
+use coconut_model::CausalLm;
 use serde::Serialize;
 use tch::Device;
 
@@ -31,7 +31,7 @@ pub struct Reply {
 /// text here as in an evaluation whose prompt has the same number of thoughts.
 #[allow(clippy::too_many_arguments)]
 pub fn ask(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     tokenizer: &Tokenizer,
     config: &CurriculumConfig,
     question: &str,

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use coconut_curriculum::{collate_prompts, SpecialTokens};
-use coconut_model::{causal_bias, padding_bias, Gpt2, KvCache};
+use coconut_model::{causal_bias, padding_bias, CausalLm, KvCache};
 use coconut_trainer::{latent_hidden_states, DeviceBatch};
 use tch::{Device, Kind, Tensor};
 
@@ -28,7 +28,7 @@ pub struct Generation {
 /// Greedily continues every prompt, at most `max_new_tokens` tokens each, stopping a row at
 /// eos (unless `ignore_eos`, for benchmarks that need a fixed amount of work).
 pub fn generate(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     prompts: &[Vec<u32>],
     special: &SpecialTokens,
     max_new_tokens: usize,
@@ -87,7 +87,8 @@ pub fn generate(
         let mut active: Vec<usize> = order; // batch row -> prompt index
 
         // Never decode past the model's last position.
-        let max_new_tokens = max_new_tokens.min(model.config().n_positions.saturating_sub(longest));
+        let max_new_tokens =
+            max_new_tokens.min(model.shape().max_positions.saturating_sub(longest));
         let mut out: Vec<Generation> =
             vec![Generation { tokens: Vec::new(), stopped_at_eos: false }; prompts.len()];
         for step in 0..max_new_tokens {
@@ -139,7 +140,7 @@ pub fn generate(
 /// position). The baseline that [`generate`] must agree with token for token, and the
 /// benchmark's slow side.
 pub fn generate_without_cache(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     prompt: &[u32],
     special: &SpecialTokens,
     max_new_tokens: usize,

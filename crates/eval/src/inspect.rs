@@ -5,7 +5,7 @@
 use coconut_curriculum::{
     collate_prompts, eval_prompt, CurriculumConfig, TokenizedSample, Tokenizer,
 };
-use coconut_model::{Gpt2, KvCache};
+use coconut_model::{CausalLm, KvCache};
 use coconut_trainer::{latent_hidden_states, DeviceBatch};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -36,7 +36,7 @@ pub struct SampleThoughts {
 
 /// Runs the latent passes of the stage-`stage` prompt of one sample and reads its thoughts.
 pub fn inspect_thoughts(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     tokenizer: &Tokenizer,
     config: &CurriculumConfig,
     sample: &TokenizedSample,
@@ -51,7 +51,7 @@ pub fn inspect_thoughts(
 /// Runs the latent passes of one prompt and reads each continuous thought: its norm and
 /// the `top_k` tokens the LM head gives it.
 pub fn inspect_prompt(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     top_k: usize,
@@ -83,7 +83,7 @@ pub fn inspect_prompt(
 }
 
 /// Mean L2 norm of the embeddings of `ids`, the scale a thought is compared with.
-pub fn mean_embedding_norm(model: &Gpt2, ids: &[u32], device: Device) -> f64 {
+pub fn mean_embedding_norm(model: &dyn CausalLm, ids: &[u32], device: Device) -> f64 {
     let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     tch::no_grad(|| {
         let e = model.embed(&Tensor::from_slice(&ids).to_device(device)); // (N, C)

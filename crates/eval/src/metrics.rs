@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use coconut_curriculum::{eval_prompt, CurriculumConfig, Mode, Sample, TokenizedSample, Tokenizer};
-use coconut_model::Gpt2;
+use coconut_model::CausalLm;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
@@ -88,7 +88,7 @@ fn expected_reasoning(config: &CurriculumConfig, sample: &Sample, stage: usize) 
 /// Greedy-decodes every sample after its stage-`stage` prompt and scores the answers.
 /// Prompts are decoded in batches of similar length, so little is spent on padding.
 pub fn evaluate(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     tokenizer: &Tokenizer,
     config: &CurriculumConfig,
     samples: &[Sample],

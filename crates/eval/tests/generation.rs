@@ -83,7 +83,7 @@ fn evaluates_and_inspects_the_real_tiny_gpt2() {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
     let loaded = load_model_dir(&shared.join("tiny-gpt2"), Device::Cpu, "<<").unwrap();
     // GPT-2's 50257 tokens plus the three latent markers and <pause>.
-    assert_eq!(loaded.model.config().vocab_size, 50261);
+    assert_eq!(loaded.model.shape().vocab_size, 50261);
     let samples =
         load_samples(&shared.join("datasets/prosqa/prosqa_valid.json")).unwrap()[..6].to_vec();
     let tokenized = tokenize_samples(&loaded.tokenizer, &samples);
@@ -95,7 +95,7 @@ fn evaluates_and_inspects_the_real_tiny_gpt2() {
     };
     let options = EvalOptions { stage: 2, max_new_tokens: 8, batch_size: 4, device: Device::Cpu };
     let (metrics, predictions) =
-        evaluate(&loaded.model, &loaded.tokenizer, &config, &samples, &tokenized, &options);
+        evaluate(loaded.model.as_ref(), &loaded.tokenizer, &config, &samples, &tokenized, &options);
     assert_eq!(metrics.samples, 6);
     assert_eq!(predictions.len(), 6);
     assert!(predictions.iter().all(|p| p.thoughts == 2 && p.generated_tokens <= 8));
@@ -109,7 +109,7 @@ fn evaluates_and_inspects_the_real_tiny_gpt2() {
     assert_eq!(metrics.accuracy, 0.0);
 
     let thoughts = inspect_thoughts(
-        &loaded.model,
+        loaded.model.as_ref(),
         &loaded.tokenizer,
         &config,
         &tokenized[0],

@@ -1,4 +1,4 @@
-//! Loads an HF GPT-2 folder and saves it again: `cargo run -p coconut-model --example resave
+//! Loads an HF model folder (GPT-2, Llama, Qwen2) and saves it again: `cargo run -p coconut-model --example resave
 //! -- SRC DST`. The fixture script uses it to check that transformers loads what we write.
 use coconut_model::{load_pretrained, save_pretrained};
 use tch::{nn::VarStore, Device};
@@ -10,6 +10,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let vs = VarStore::new(Device::Cpu);
     let model = load_pretrained(&vs, src.as_ref())?;
-    save_pretrained(&vs, &model, dst.as_ref())?;
+    save_pretrained(&vs, model.as_ref(), dst.as_ref())?;
     Ok(())
 }

@@ -1,45 +1,174 @@
-//! Loading and saving HF GPT-2 checkpoint folders: `config.json` and `model.safetensors`
-//! in the `save_pretrained` layout (`transformer.` prefix, Conv1D weights, tied head), so a
-//! folder saved here loads unchanged with `GPT2LMHeadModel.from_pretrained(dir)`.
+//! Loading and saving HF checkpoint folders: `config.json` and `model.safetensors` (or
+//! shards listed by `model.safetensors.index.json`) in the `save_pretrained` layout, so a
+//! folder saved here loads unchanged with `AutoModelForCausalLM.from_pretrained(dir)`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::gpt2::{Gpt2, Gpt2Config};
-use crate::ModelError;
+use crate::{CausalLm, ModelError};
 
 /// File name of the configuration inside a checkpoint folder.
 pub const CONFIG_FILE: &str = "config.json";
 /// File name of the weights inside a checkpoint folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
-/// Reads and validates `dir/config.json`.
-pub fn load_config(dir: &Path) -> Result<Gpt2Config, ModelError> {
+/// Index of a checkpoint whose weights are split over several files (shards).
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// The architectures a `config.json` can name, by `model_type` or by `architectures`.
+const ARCHITECTURES: &[(&str, &str, Family)] = &[("gpt2", "GPT2LMHeadModel", Family::Gpt2)];
+
+#[derive(Debug, Clone, Copy)]
+enum Family {
+    Gpt2,
+}
+
+/// Reads `dir/config.json` and builds the model it describes, freshly initialised, in `vs`.
+pub fn model_from_config(vs: &nn::VarStore, dir: &Path) -> Result<Box<dyn CausalLm>, ModelError> {
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path)
         .map_err(|error| ModelError::Io { path: path.clone(), error })?;
-    let config: Gpt2Config = serde_json::from_str(&text)
-        .map_err(|source| ModelError::Config { path: path.clone(), message: source.to_string() })?;
-    config.validate().map_err(|message| ModelError::Config { path, message })?;
-    Ok(config)
+    let config_error = |message: String| ModelError::Config { path: path.clone(), message };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| config_error(e.to_string()))?;
+    let model_type = json.get("model_type").and_then(|v| v.as_str());
+    let architectures: Vec<&str> = json
+        .get("architectures")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let family = ARCHITECTURES
+        .iter()
+        .find(|(ty, arch, _)| model_type == Some(*ty) || architectures.contains(arch))
+        .map(|(_, _, family)| *family)
+        .ok_or_else(|| {
+            let known: Vec<&str> = ARCHITECTURES.iter().map(|(ty, _, _)| *ty).collect();
+            config_error(format!(
+                "unsupported model: model_type {model_type:?}, architectures {architectures:?} \
+                 (supported model types: {})",
+                known.join(", ")
+            ))
+        })?;
+    Ok(match family {
+        Family::Gpt2 => {
+            let config: Gpt2Config =
+                serde_json::from_value(json).map_err(|e| config_error(e.to_string()))?;
+            config.validate().map_err(config_error)?;
+            Box::new(Gpt2::new(&vs.root(), &config))
+        }
+    })
 }
 
-/// Builds a model in `vs` from the checkpoint folder `dir`.
+/// Builds a model in `vs` from the HF checkpoint folder `dir`: `config.json` names the
+/// architecture, the weights come from `model.safetensors` or from
+/// the shards that `model.safetensors.index.json` lists.
 ///
 /// Every parameter must be present with the right shape and only finite values, and no
-/// unknown tensor may remain; errors name the file and the tensor. HF buffers that are not parameters
-/// (`attn.bias`, `attn.masked_bias`) and the tied `lm_head.weight` are skipped. Weights
-/// stored as f16 or bf16 are converted to the VarStore's kind.
-pub fn load_pretrained(vs: &nn::VarStore, dir: &Path) -> Result<Gpt2, ModelError> {
-    let config = load_config(dir)?;
-    let model = Gpt2::new(&vs.root(), &config);
-    let path = dir.join(WEIGHTS_FILE);
-    let tensors = read_weights(&path)?;
-    copy_into(vs, tensors, &path)?;
+/// unknown tensor may remain; errors name the file and the tensor. Buffers that are not
+/// parameters and a tied head's copy are skipped. Weights stored as f16 or bf16 are
+/// converted to the VarStore's kind one tensor at a time from a memory map of the file, so
+/// loading never holds a second copy of the weights.
+pub fn load_pretrained(vs: &nn::VarStore, dir: &Path) -> Result<Box<dyn CausalLm>, ModelError> {
+    let model = model_from_config(vs, dir)?;
+    let variables = vs.variables();
+    let mut loaded = HashSet::new();
+    let files = weight_files(dir)?;
+    for path in &files {
+        copy_file_into(path, model.as_ref(), &variables, &mut loaded)?;
+    }
+    let mut names: Vec<&String> = variables.keys().filter(|n| !loaded.contains(*n)).collect();
+    names.sort();
+    if let Some(name) = names.first() {
+        let path = if files.len() == 1 { files[0].clone() } else { dir.join(WEIGHTS_INDEX_FILE) };
+        return Err(ModelError::MissingTensor { path, name: name.to_string() });
+    }
     Ok(model)
+}
+
+/// The weight files of a folder: the shards its index lists, or `model.safetensors`.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let index = dir.join(WEIGHTS_INDEX_FILE);
+    if !index.exists() {
+        return Ok(vec![dir.join(WEIGHTS_FILE)]);
+    }
+    let invalid = |message: String| ModelError::Weights { path: index.clone(), message };
+    let text = std::fs::read_to_string(&index)
+        .map_err(|error| ModelError::Io { path: index.clone(), error })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| invalid("no weight_map object".to_string()))?;
+    let mut shards = BTreeSet::new();
+    for (name, file) in map {
+        let file = file.as_str().ok_or_else(|| invalid(format!("{name}: not a file name")))?;
+        if file.contains('/') || file.contains('\\') || file == ".." {
+            return Err(invalid(format!("{name}: shard {file:?} is outside the folder")));
+        }
+        shards.insert(dir.join(file));
+    }
+    Ok(shards.into_iter().collect())
+}
+
+/// Copies every tensor of one safetensors file into its variable, checking names, shapes
+/// and values; `loaded` collects the variables filled so far.
+fn copy_file_into(
+    path: &Path,
+    model: &dyn CausalLm,
+    variables: &HashMap<String, Tensor>,
+    loaded: &mut HashSet<String>,
+) -> Result<(), ModelError> {
+    let io_error = |error| ModelError::Io { path: path.to_path_buf(), error };
+    let invalid = |message: String| ModelError::Weights { path: path.to_path_buf(), message };
+    let file = std::fs::File::open(path).map_err(io_error)?;
+    // SAFETY: the map is read-only and lives until the end of this function; a checkpoint
+    // file changed by another process while it loads could give torn values, which the
+    // checks below cannot rule out but no Rust invariant depends on.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error)?;
+    let tensors = SafeTensors::deserialize(&map).map_err(|e| invalid(e.to_string()))?;
+    let mut names = tensors.names();
+    names.sort();
+    for key in names {
+        let view = tensors.tensor(key).map_err(|e| invalid(e.to_string()))?;
+        let Some(name) = model.variable_for(key) else { continue };
+        let Some(var) = variables.get(&name) else {
+            return Err(ModelError::UnexpectedTensor {
+                path: path.to_path_buf(),
+                name: key.to_string(),
+            });
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        if shape != var.size() {
+            return Err(ModelError::ShapeMismatch {
+                path: path.to_path_buf(),
+                name: key.to_string(),
+                expected: var.size(),
+                found: shape,
+            });
+        }
+        let kind = match view.dtype() {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            other => return Err(invalid(format!("tensor {key} has unsupported dtype {other:?}"))),
+        };
+        let src = Tensor::f_from_data_size(view.data(), &shape, kind)
+            .map_err(|e| invalid(format!("tensor {key}: {e}")))?;
+        if !is_finite(&src) {
+            return Err(ModelError::NonFiniteTensor {
+                path: path.to_path_buf(),
+                name: key.to_string(),
+            });
+        }
+        tch::no_grad(|| var.shallow_clone().copy_(&src.to_kind(var.kind())));
+        loaded.insert(name);
+    }
+    Ok(())
 }
 
 /// Writes `dir/config.json` and `dir/model.safetensors` (f32, `format: pt` metadata as
@@ -47,7 +176,11 @@ pub fn load_pretrained(vs: &nn::VarStore, dir: &Path) -> Result<Gpt2, ModelError
 ///
 /// A plain writer; durable, atomic folders are the trainer's checkpoint writer's job, which
 /// writes the same bytes ([`pretrained_files`]).
-pub fn save_pretrained(vs: &nn::VarStore, model: &Gpt2, dir: &Path) -> Result<(), ModelError> {
+pub fn save_pretrained(
+    vs: &nn::VarStore,
+    model: &dyn CausalLm,
+    dir: &Path,
+) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir)
         .map_err(|error| ModelError::Io { path: dir.to_path_buf(), error })?;
     for (name, bytes) in pretrained_files(vs, model) {
@@ -59,8 +192,8 @@ pub fn save_pretrained(vs: &nn::VarStore, model: &Gpt2, dir: &Path) -> Result<()
 
 /// The files of an HF model folder as bytes, by file name: `config.json`, then
 /// `model.safetensors` (every variable as f32, `format: pt` metadata).
-pub fn pretrained_files(vs: &nn::VarStore, model: &Gpt2) -> Vec<(&'static str, Vec<u8>)> {
-    let json = serde_json::to_string_pretty(model.config()).expect("a config always serialises");
+pub fn pretrained_files(vs: &nn::VarStore, model: &dyn CausalLm) -> Vec<(&'static str, Vec<u8>)> {
+    let json = serde_json::to_string_pretty(&model.hf_config()).expect("JSON always prints");
     let named: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
@@ -107,79 +240,6 @@ pub fn serialize_tensors(
         views.push((*name, view));
     }
     safetensors::serialize(views, metadata).map_err(|e| e.to_string())
-}
-
-/// Reads every tensor of a safetensors file, keyed by its HF name with the `transformer.`
-/// prefix (files saved from a bare `GPT2Model` lack it).
-fn read_weights(path: &Path) -> Result<BTreeMap<String, Tensor>, ModelError> {
-    let bytes =
-        std::fs::read(path).map_err(|error| ModelError::Io { path: path.to_path_buf(), error })?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| ModelError::Weights { path: path.to_path_buf(), message: e.to_string() })?;
-    let mut tensors = BTreeMap::new();
-    for (name, view) in file.tensors() {
-        if is_skipped(&name) {
-            continue;
-        }
-        let kind = match view.dtype() {
-            Dtype::F32 => Kind::Float,
-            Dtype::F16 => Kind::Half,
-            Dtype::BF16 => Kind::BFloat16,
-            other => {
-                return Err(ModelError::Weights {
-                    path: path.to_path_buf(),
-                    message: format!("tensor {name} has unsupported dtype {other:?}"),
-                })
-            }
-        };
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let tensor = Tensor::f_from_data_size(view.data(), &shape, kind).map_err(|e| {
-            ModelError::Weights { path: path.to_path_buf(), message: format!("tensor {name}: {e}") }
-        })?;
-        let name =
-            if name.starts_with("transformer.") { name } else { format!("transformer.{name}") };
-        tensors.insert(name, tensor);
-    }
-    Ok(tensors)
-}
-
-/// Attention-mask buffers of older HF files and the tied head carry no parameters.
-fn is_skipped(name: &str) -> bool {
-    name == "lm_head.weight" || name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")
-}
-
-/// Copies file tensors into the VarStore, checking the key set and every shape.
-fn copy_into(
-    vs: &nn::VarStore,
-    mut tensors: BTreeMap<String, Tensor>,
-    path: &Path,
-) -> Result<(), ModelError> {
-    let file = PathBuf::from(path);
-    let variables = vs.variables();
-    let mut names: Vec<&String> = variables.keys().collect();
-    names.sort();
-    for name in names {
-        let var = &variables[name];
-        let Some(src) = tensors.remove(name) else {
-            return Err(ModelError::MissingTensor { path: file, name: name.clone() });
-        };
-        if src.size() != var.size() {
-            return Err(ModelError::ShapeMismatch {
-                path: file,
-                name: name.clone(),
-                expected: var.size(),
-                found: src.size(),
-            });
-        }
-        if !is_finite(&src) {
-            return Err(ModelError::NonFiniteTensor { path: file, name: name.clone() });
-        }
-        tch::no_grad(|| var.shallow_clone().copy_(&src.to_kind(var.kind())));
-    }
-    if let Some(name) = tensors.into_keys().next() {
-        return Err(ModelError::UnexpectedTensor { path: file, name });
-    }
-    Ok(())
 }
 
 /// Whether every value of a tensor is finite (integer tensors always are).

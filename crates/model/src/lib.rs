@@ -1,30 +1,46 @@
-//! GPT-2 on libtorch for Coconut: a forward over input embeddings with an explicit KV cache
-//! that returns the last hidden state, and HF checkpoint loading and saving.
+//! Causal language models on libtorch for Coconut: GPT-2 for now, each a forward over input embeddings with an explicit KV cache that
+//! returns the last hidden state, and HF checkpoint loading and saving.
+//!
+//! The crate is split by concern:
+//! - `causal_lm.rs`: the [`CausalLm`] trait every architecture implements, and the forward
+//!   passes written once on top of it (why a trait: see there);
+//! - `kv_cache.rs`: the [`KvCache`], with its storage regimes spelled out;
+//! - `recompute.rs`: gradient checkpointing ([`RecomputedPass`]);
+//! - `attention.rs`: attention biases and attention over cached chunks, shared;
+//! - `gpt2.rs`: one file per architecture, reading top-down;
+//! - `checkpoint.rs`: HF folders in and out, the architecture chosen by `config.json`.
 //!
 //! ```no_run
 //! use coconut_model::{causal_bias, load_pretrained};
 //! use tch::{nn::VarStore, Device, Kind, Tensor};
 //! let vs = VarStore::new(Device::Cpu);
-//! let model = load_pretrained(&vs, std::path::Path::new("gpt2")).unwrap();
+//! let model = load_pretrained(&vs, std::path::Path::new("models/gpt2")).unwrap();
 //! let ids = Tensor::from_slice(&[15496i64, 995]).unsqueeze(0); // (1, 2)
 //! let mask = ids.ones_like();
 //! let positions = Tensor::arange(2, (Kind::Int64, Device::Cpu)).unsqueeze(0);
 //! let (logits, hidden) = model.forward(&ids, &positions, &causal_bias(&mask, Kind::Float), None, false);
 //! ```
 
+mod attention;
+mod causal_lm;
 mod checkpoint;
+mod embedding;
 mod gpt2;
+mod kv_cache;
+mod recompute;
 pub mod testing;
 
 use std::path::PathBuf;
 
+pub use attention::{causal_bias, padding_bias};
+pub use causal_lm::{draw_seed, CausalLm, ModelShape, PassInputs};
 pub use checkpoint::{
-    is_finite, load_config, load_pretrained, pretrained_files, save_pretrained, serialize_tensors,
-    CONFIG_FILE, WEIGHTS_FILE,
+    is_finite, load_pretrained, model_from_config, pretrained_files, save_pretrained,
+    serialize_tensors, CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
 };
-pub use gpt2::{
-    causal_bias, draw_seed, gradient_root, padding_bias, Gpt2, Gpt2Config, KvCache, RecomputedPass,
-};
+pub use gpt2::{Gpt2, Gpt2Config};
+pub use kv_cache::{KeysValues, KvCache};
+pub use recompute::{gradient_root, RecomputedPass};
 
 /// What can go wrong when reading or writing a checkpoint. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +56,8 @@ pub enum ModelError {
         /// The underlying error.
         error: std::io::Error,
     },
-    /// `config.json` is not a valid GPT-2 configuration.
-    #[error("{path}: invalid GPT-2 config: {message}")]
+    /// `config.json` is not a valid configuration of a supported architecture.
+    #[error("{path}: invalid model config: {message}")]
     Config {
         /// The file at fault.
         path: PathBuf,
@@ -65,7 +81,7 @@ pub enum ModelError {
         name: String,
     },
     /// The file holds a tensor the model has no parameter for.
-    #[error("{path}: unexpected tensor {name} (not a GPT-2 parameter)")]
+    #[error("{path}: unexpected tensor {name} (not a parameter of this model)")]
     UnexpectedTensor {
         /// The file at fault.
         path: PathBuf,

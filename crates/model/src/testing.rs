@@ -1,8 +1,42 @@
-//! Tensor comparisons for tests: [`coconut_testing::is_close`]'s rule (the semantics of
-//! `torch.testing.assert_close`) applied to every element.
+//! Helpers for tests: tensor comparisons with [`coconut_testing::is_close`]'s rule (the
+//! semantics of `torch.testing.assert_close`) applied to every element, and one tiny random
+//! model of every architecture, so that a test of the trainer or of generation runs for
+//! each.
 
 use coconut_testing::Tolerance;
-use tch::{Kind, Tensor};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::{CausalLm, Gpt2, Gpt2Config};
+
+/// A tiny random model of every architecture, each in its own `VarStore` seeded with
+/// `seed`: width 16, `n_layer` layers, a vocabulary of `vocab` and 64 positions. `dropout` goes
+/// wherever the architecture has dropout.
+///
+/// - `gpt2`: two heads, tied head.
+pub fn tiny_models(
+    vocab: usize,
+    n_layer: usize,
+    dropout: f64,
+    seed: i64,
+) -> Vec<(&'static str, VarStore, Box<dyn CausalLm>)> {
+    let mut gpt2 = Gpt2Config::new(vocab, 64, 16, n_layer, 2);
+    (gpt2.embd_pdrop, gpt2.attn_pdrop, gpt2.resid_pdrop) = (dropout, dropout, dropout);
+    let build = |name, make: &dyn Fn(&VarStore) -> Box<dyn CausalLm>| {
+        tch::manual_seed(seed);
+        let vs = VarStore::new(Device::Cpu);
+        let model = make(&vs);
+        // Fresh norms are the identity and fresh biases zero; perturb every parameter so
+        // that a test also sees them applied.
+        tch::no_grad(|| {
+            for (_, mut v) in vs.variables() {
+                let _ = v.g_add_(&(v.randn_like() * 0.05));
+            }
+        });
+        (name, vs, model)
+    };
+    vec![build("gpt2", &|vs| Box::new(Gpt2::new(&vs.root(), &gpt2)))]
+}
 
 /// Panics unless `actual` and `expected` have one shape and every element of `actual`
 /// is within `tol` of the expected element. The message names `what`, the number of

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use coconut_model::{
-    load_pretrained, pretrained_files, save_pretrained, serialize_tensors, Gpt2, Gpt2Config,
-    ModelError, CONFIG_FILE, WEIGHTS_FILE,
+    load_pretrained, pretrained_files, save_pretrained, serialize_tensors, CausalLm, Gpt2,
+    Gpt2Config, ModelError, CONFIG_FILE, WEIGHTS_FILE,
 };
 use coconut_testing::{assert_close, is_close, Tolerance};
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -46,7 +46,7 @@ fn save_pretrained_writes_pretrained_files_which_load_back_exactly() {
     }
     let loaded_vs = VarStore::new(Device::Cpu);
     let loaded = load_pretrained(&loaded_vs, dir.path()).unwrap();
-    assert_eq!(loaded.config(), model.config());
+    assert_eq!(loaded.hf_config(), model.hf_config());
     let saved = vs.variables();
     let back = loaded_vs.variables();
     assert_eq!(back.len(), saved.len());

@@ -141,7 +141,7 @@ pub fn checkpoint_files(
     optimizer: &AdamW,
     state: &TrainState,
 ) -> Result<Vec<(&'static str, Vec<u8>)>, TrainError> {
-    let mut files = pretrained_files(&loaded.vs, &loaded.model);
+    let mut files = pretrained_files(&loaded.vs, loaded.model.as_ref());
     files.push((TOKENIZER_FILE, loaded.tokenizer.to_json()?.into_bytes()));
     let optimizer_bytes = serialize_tensors(&optimizer.state(), None)
         .map_err(|message| TrainError::Other(format!("{OPTIMIZER_FILE}: {message}")))?;

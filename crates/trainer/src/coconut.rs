@@ -32,7 +32,7 @@
 //! theirs.
 
 use coconut_curriculum::{Batch, IGNORE_INDEX};
-use coconut_model::{causal_bias, draw_seed, gradient_root, Gpt2, KvCache, RecomputedPass};
+use coconut_model::{causal_bias, draw_seed, gradient_root, CausalLm, KvCache, RecomputedPass};
 use tch::{Device, Kind, Tensor};
 
 use crate::gradients::Gradients;
@@ -141,7 +141,7 @@ pub fn pass_ranges(first_latent: i64, n_latents: usize, seq_len: i64) -> Vec<(i6
 /// Each pass computes the hidden states of its last column (the next thought) and of the
 /// columns the caller reads, and no others (see [`Gpt2::forward_embeds_from`]).
 pub fn latent_hidden_states(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     batch: &DeviceBatch,
     cache: &mut KvCache,
     train: bool,
@@ -153,7 +153,7 @@ pub fn latent_hidden_states(
 /// [`latent_hidden_states`]; with `recompute`, the first and the final pass run through
 /// [`Gpt2::forward_recomputed`] and are returned, in order, for the backward pass.
 fn multi_pass(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     batch: &DeviceBatch,
     cache: &mut KvCache,
     train: bool,
@@ -207,7 +207,7 @@ fn multi_pass(
 /// fraction of the cost: with a 50k vocabulary the LM head dominates a small model, and at
 /// late stages only a few percent of the positions carry a label. For the same reason the
 /// last block runs only from the first column the loss reads.
-pub fn coconut_loss(model: &Gpt2, batch: &DeviceBatch, train: bool) -> Tensor {
+pub fn coconut_loss(model: &dyn CausalLm, batch: &DeviceBatch, train: bool) -> Tensor {
     let hidden =
         latent_hidden_states(model, batch, &mut KvCache::new(), train, batch.first_loss_column);
     loss_on_supervised_columns(model, batch, &hidden)
@@ -226,7 +226,7 @@ pub struct TrainingLoss {
 /// backward pass when `gradient_checkpointing` is set. Loss and gradients are the same
 /// either way.
 pub fn training_loss(
-    model: &Gpt2,
+    model: &dyn CausalLm,
     batch: &DeviceBatch,
     gradient_checkpointing: bool,
 ) -> TrainingLoss {
@@ -250,7 +250,7 @@ impl TrainingLoss {
     /// Recomputation reseeds torch for dropout, so either way the backward pass ends by
     /// seeding torch from a seed drawn at its start: what runs next (the next micro-batch)
     /// draws the same masks with and without checkpointing.
-    pub fn backward(self, model: &Gpt2, grads: &mut Gradients, weight: f64) {
+    pub fn backward(self, model: &dyn CausalLm, grads: &mut Gradients, weight: f64) {
         let continuation = draw_seed();
         let TrainingLoss { value, mut recomputed } = self;
         let mut root = Some(&value * weight);
@@ -290,7 +290,11 @@ fn add_gradient(sum: &mut Tensor, g: Tensor) {
 
 /// Cross-entropy of the next token at the supervised columns of `hidden`, the hidden
 /// states of columns `[first_loss_column, T)`.
-fn loss_on_supervised_columns(model: &Gpt2, batch: &DeviceBatch, hidden: &Tensor) -> Tensor {
+fn loss_on_supervised_columns(
+    model: &dyn CausalLm,
+    batch: &DeviceBatch,
+    hidden: &Tensor,
+) -> Tensor {
     let (b, read, c) = hidden.size3().expect("(B, T', C)");
     let flat = hidden.reshape([b * read, c]); // (B*T', C)
     let selected = flat.index_select(0, &batch.supervised_positions); // (N, C)

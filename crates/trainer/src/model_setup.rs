@@ -1,10 +1,11 @@
-//! Building the model and tokenizer a run trains: a pretrained HF GPT-2 folder, an earlier
-//! checkpoint, or a small GPT-2 trained from scratch with a tokenizer trained on the data.
+//! Building the model and tokenizer a run trains: a pretrained HF folder (GPT-2, Llama,
+//! Qwen2), an earlier checkpoint, or a small GPT-2 or Llama trained from scratch with a
+//! tokenizer trained on the data.
 
 use std::path::Path;
 
 use coconut_curriculum::{Mode, Sample, Tokenizer};
-use coconut_model::{load_pretrained, Gpt2, Gpt2Config};
+use coconut_model::{load_pretrained, CausalLm, Gpt2, Gpt2Config};
 use tch::{nn::VarStore, Device};
 
 use crate::config::RunConfig;
@@ -16,10 +17,10 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// A model, its variables and its tokenizer.
 #[derive(Debug)]
 pub struct LoadedModel {
-    /// The variables (checkpoint keys `transformer.*`).
+    /// The variables, named by their HF checkpoint keys.
     pub vs: VarStore,
     /// The model.
-    pub model: Gpt2,
+    pub model: Box<dyn CausalLm>,
     /// The tokenizer, with the latent tokens added.
     pub tokenizer: Tokenizer,
 }
@@ -67,7 +68,7 @@ pub fn build_model(
             let init = single_token(
                 &loaded.tokenizer,
                 &m.latent_init_token,
-                loaded.model.config().vocab_size,
+                loaded.model.shape().vocab_size,
                 dir,
             )?;
             let s = loaded.tokenizer.special();
@@ -83,17 +84,27 @@ pub fn build_model(
     let tokenizer = Tokenizer::train_on_samples(train, m.vocab_size)?;
     tch::manual_seed(config.train.seed as i64);
     let vs = VarStore::new(device);
-    let mut gpt2 =
-        Gpt2Config::new(tokenizer.vocab_size(), m.n_positions, m.n_embd, m.n_layer, m.n_head);
-    (gpt2.embd_pdrop, gpt2.attn_pdrop, gpt2.resid_pdrop) = (m.dropout, m.dropout, m.dropout);
+    let model = from_scratch(&vs, m, &tokenizer);
+    Ok(LoadedModel { vs, model, tokenizer })
+}
+
+/// A freshly initialised GPT-2 of the configured shape for `tokenizer`.
+fn from_scratch(
+    vs: &VarStore,
+    m: &crate::config::ModelConfig,
+    tokenizer: &Tokenizer,
+) -> Box<dyn CausalLm> {
     // The trained tokenizer's ids, so that transformers' `generate` stops at our EOS (it
     // would otherwise assume GPT-2's 50256, beyond this vocabulary). Padding is EOS too.
     let eos = tokenizer.special().eos;
-    for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
-        gpt2.extra.insert(key.to_string(), eos.into());
+    let special_ids = ["bos_token_id", "eos_token_id", "pad_token_id"].map(|k| (k, eos));
+    let vocab = tokenizer.vocab_size();
+    let mut config = Gpt2Config::new(vocab, m.n_positions, m.n_embd, m.n_layer, m.n_head);
+    (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop) = (m.dropout, m.dropout, m.dropout);
+    for (key, id) in special_ids {
+        config.extra.insert(key.to_string(), id.into());
     }
-    let model = Gpt2::new(&vs.root(), &gpt2);
-    Ok(LoadedModel { vs, model, tokenizer })
+    Box::new(Gpt2::new(&vs.root(), &config))
 }
 
 /// Loads a model folder with `config.json`, `model.safetensors` and `tokenizer.json` (an
@@ -126,7 +137,7 @@ pub fn load_model_dir(
     }
     let vs = VarStore::new(device);
     let mut model = load_pretrained(&vs, dir)?;
-    let (model_vocab, tok_vocab) = (model.config().vocab_size, tokenizer.vocab_size());
+    let (model_vocab, tok_vocab) = (model.shape().vocab_size, tokenizer.vocab_size());
     let mismatch = || TrainError::TokenizerMismatch {
         tokenizer: tokenizer_path.clone(),
         model: dir.join("config.json"),

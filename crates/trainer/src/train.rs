@@ -207,7 +207,7 @@ impl Trainer {
         let valid = tokenize_samples(&loaded.tokenizer, &valid_samples);
         // Every split is checked before any training: a sample too long for the model would
         // otherwise fail in generation after the whole run.
-        let positions = loaded.model.config().n_positions;
+        let positions = loaded.model.shape().max_positions;
         let c = &config;
         check_sample_lengths(&c.data.train, &train, &c.curriculum, None, positions)?;
         let generated = Some(c.eval.max_new_tokens);
@@ -372,12 +372,15 @@ impl Trainer {
                 if device_batch.supervised_tokens() == 0 {
                     continue;
                 }
-                let loss =
-                    training_loss(&self.loaded.model, &device_batch, t.gradient_checkpointing);
+                let loss = training_loss(
+                    self.loaded.model.as_ref(),
+                    &device_batch,
+                    t.gradient_checkpointing,
+                );
                 // Weight each micro-batch by its share of the samples of the step.
                 let weight = indices.len() as f64 / total_samples as f64;
                 step_loss += loss.value.double_value(&[]) * weight;
-                loss.backward(&self.loaded.model, &mut self.grads, weight);
+                loss.backward(self.loaded.model.as_ref(), &mut self.grads, weight);
             }
             if !step_loss.is_finite() {
                 return Err(self.diverged("training", epoch, step_loss, ckpt_dir));
@@ -578,8 +581,8 @@ pub fn teacher_forced_loss(
             );
             let count = batch.supervised_tokens();
             if count > 0 {
-                total +=
-                    coconut_loss(&loaded.model, &batch, false).double_value(&[]) * count as f64;
+                total += coconut_loss(loaded.model.as_ref(), &batch, false).double_value(&[])
+                    * count as f64;
                 tokens += count;
             }
         }

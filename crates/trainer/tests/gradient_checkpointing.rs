@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 
 use coconut_curriculum::{collate_training, training_sample, CurriculumConfig, Mode};
 use coconut_model::testing::assert_close;
-use coconut_model::{Gpt2, Gpt2Config};
+use coconut_model::testing::tiny_models;
 use coconut_testing::assert_close as assert_scalar_close;
 use coconut_trainer::gradients::Gradients;
 use coconut_trainer::{training_loss, DeviceBatch};
 use common::{latent_batch, samples, SAME, SPECIAL};
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Gradient checkpointing recomputes the first and the final pass in the backward pass: the
 /// loss and every gradient are those of the passes that keep their activations. With
@@ -32,12 +32,9 @@ fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
     let one_thought = batch_at(Mode::Coconut, 1);
     assert!(one_thought.latent_columns.iter().all(|c| c.len() == 1));
     let batches = [latent_batch(), one_thought, batch_at(Mode::Cot, 0)];
-    for n_layer in [1, 2] {
-        let mut config = Gpt2Config::new(44, 64, 16, n_layer, 2);
-        (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop) = (0.1, 0.1, 0.1);
-        tch::manual_seed(7);
-        let vs = VarStore::new(Device::Cpu);
-        let model = Gpt2::new(&vs.root(), &config);
+    for (arch, vs, model) in [1, 2].into_iter().flat_map(|n| tiny_models(44, n, 0.1, 7)) {
+        let model = model.as_ref();
+        let n_layer = model.shape().n_layer;
         for (index, batch) in batches.iter().enumerate() {
             let batch = DeviceBatch::new(batch, Device::Cpu, Kind::Float);
             let run = |checkpointing: bool| {
@@ -45,14 +42,14 @@ fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
                 tch::manual_seed(3);
                 let mut losses = Vec::new();
                 for _micro_batch in 0..2 {
-                    let loss = training_loss(&model, &batch, checkpointing);
+                    let loss = training_loss(model, &batch, checkpointing);
                     losses.push(loss.value.double_value(&[]));
-                    loss.backward(&model, &mut grads, 0.5);
+                    loss.backward(model, &mut grads, 0.5);
                 }
                 let grads: BTreeMap<String, Tensor> = grads.take();
                 (losses, grads)
             };
-            let case = format!("{n_layer} layers, batch {index}");
+            let case = format!("{arch}, {n_layer} layers, batch {index}");
             let (kept_losses, kept) = run(false);
             let (recomputed_losses, recomputed) = run(true);
             assert_ne!(kept_losses[0], kept_losses[1], "{case}: dropout differs per micro-batch");

@@ -1,26 +1,26 @@
 //! The multi-pass forward against a naive implementation that recomputes the whole prefix
-//! without a cache at every pass: same loss, same gradients for every parameter.
+//! without a cache at every pass: same loss, same gradients for every parameter, for every
+//! architecture.
 
 mod common;
 
 use coconut_curriculum::{collate_training, training_sample, Batch, CurriculumConfig, Mode};
 use coconut_model::testing::assert_close;
-use coconut_model::{causal_bias, Gpt2, Gpt2Config, KvCache};
+use coconut_model::testing::tiny_models;
+use coconut_model::{causal_bias, CausalLm, KvCache};
 use coconut_testing::{assert_close as assert_scalar_close, Tolerance};
 use coconut_trainer::{coconut_loss, latent_hidden_states, pass_ranges, DeviceBatch};
 use common::{latent_batch, samples, SAME, SPECIAL};
 use tch::{nn::VarStore, Device, Kind, Reduction, Tensor};
 
-fn tiny_model() -> (VarStore, Gpt2) {
-    tch::manual_seed(7);
-    let vs = VarStore::new(Device::Cpu);
-    let model = Gpt2::new(&vs.root(), &Gpt2Config::new(44, 64, 16, 2, 2));
-    (vs, model)
+/// One tiny model of every architecture, without dropout.
+fn models() -> Vec<(&'static str, VarStore, Box<dyn CausalLm>)> {
+    tiny_models(44, 2, 0.0, 7)
 }
 
 /// The naive Coconut forward: before thought i, the whole sequence is recomputed from
 /// scratch and the hidden state before each i-th latent is written into its embedding.
-fn naive_loss(model: &Gpt2, batch: &Batch) -> Tensor {
+fn naive_loss(model: &dyn CausalLm, batch: &Batch) -> Tensor {
     let (b, t) = (batch.batch_size as i64, batch.seq_len as i64);
     let ids = Tensor::from_slice(&batch.input_ids).view([b, t]);
     let mask = Tensor::from_slice(&batch.attention_mask).view([b, t]);
@@ -70,18 +70,21 @@ fn gradients(vs: &VarStore, loss: &Tensor) -> Vec<(String, Tensor)> {
 
 #[test]
 fn multipass_equals_naive_recompute_in_loss_and_gradients() {
-    let (vs, model) = tiny_model();
-    let batch = latent_batch();
-    let fast = coconut_loss(&model, &DeviceBatch::new(&batch, Device::Cpu, Kind::Float), true);
-    let fast_grads = gradients(&vs, &fast);
-    let naive = naive_loss(&model, &batch);
-    let naive_grads = gradients(&vs, &naive);
-    let (a, b) = (fast.double_value(&[]), naive.double_value(&[]));
-    assert_scalar_close(a, b, SAME, "loss against the naive recompute");
-    assert_eq!(fast_grads.len(), naive_grads.len());
-    for ((name, g1), (_, g2)) in fast_grads.iter().zip(&naive_grads) {
-        assert_close(g1, g2, SAME, &format!("gradient of {name}"));
-        assert!(g1.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{name} got no gradient");
+    for (arch, vs, model) in models() {
+        let model = model.as_ref();
+        let batch = latent_batch();
+        let fast = coconut_loss(model, &DeviceBatch::new(&batch, Device::Cpu, Kind::Float), true);
+        let fast_grads = gradients(&vs, &fast);
+        let naive = naive_loss(model, &batch);
+        let naive_grads = gradients(&vs, &naive);
+        let (a, b) = (fast.double_value(&[]), naive.double_value(&[]));
+        assert_scalar_close(a, b, SAME, &format!("{arch}: loss against the naive recompute"));
+        assert_eq!(fast_grads.len(), naive_grads.len());
+        for ((name, g1), (_, g2)) in fast_grads.iter().zip(&naive_grads) {
+            assert_close(g1, g2, SAME, &format!("{arch}: gradient of {name}"));
+            let total = g1.abs().sum(Kind::Float).double_value(&[]);
+            assert!(total > 0.0, "{arch}: {name} got no gradient");
+        }
     }
 }
 
@@ -94,25 +97,31 @@ fn one_pass_per_thought_plus_one() {
 
 #[test]
 fn without_latents_it_is_a_plain_forward() {
-    let (_vs, model) = tiny_model();
     let config = CurriculumConfig { mode: Mode::Cot, ..CurriculumConfig::default() };
     let staged: Vec<_> =
         samples().iter().map(|s| training_sample(&config, &SPECIAL, s, 0)).collect();
     let batch = collate_training(&staged, &SPECIAL);
     assert_eq!(batch.max_latents(), 0);
-    let fast = coconut_loss(&model, &DeviceBatch::new(&batch, Device::Cpu, Kind::Float), true)
-        .double_value(&[]);
-    let plain = naive_loss(&model, &batch).double_value(&[]);
-    assert_scalar_close(fast, plain, SAME, "loss against a plain forward");
+    for (arch, _vs, model) in models() {
+        let device_batch = DeviceBatch::new(&batch, Device::Cpu, Kind::Float);
+        let fast = coconut_loss(model.as_ref(), &device_batch, true).double_value(&[]);
+        let plain = naive_loss(model.as_ref(), &batch).double_value(&[]);
+        assert_scalar_close(fast, plain, SAME, &format!("{arch}: loss against a plain forward"));
+    }
 }
 
 #[test]
 fn a_later_token_does_not_change_earlier_thoughts() {
-    let (_vs, model) = tiny_model();
+    for (_arch, _vs, model) in models() {
+        a_later_token_does_not_change_earlier_thoughts_of(model.as_ref());
+    }
+}
+
+fn a_later_token_does_not_change_earlier_thoughts_of(model: &dyn CausalLm) {
     let batch = latent_batch();
     let thoughts = |batch: &Batch| {
         let hidden = latent_hidden_states(
-            &model,
+            model,
             &DeviceBatch::new(batch, Device::Cpu, Kind::Float),
             &mut KvCache::new(),
             false,
@@ -137,17 +146,19 @@ fn a_later_token_does_not_change_earlier_thoughts() {
 
 #[test]
 fn bf16_compute_keeps_f32_weights_and_tracks_the_f32_loss() {
-    let (vs, mut model) = tiny_model();
-    let batch = DeviceBatch::new(&latent_batch(), Device::Cpu, Kind::Float);
-    let f32_loss = coconut_loss(&model, &batch, true).double_value(&[]);
-    model.set_compute_kind(Kind::BFloat16);
-    let bf16_loss = coconut_loss(&model, &batch, true);
-    bf16_loss.backward();
-    let b = bf16_loss.double_value(&[]);
-    assert_scalar_close(b, f32_loss, Tolerance::new(0.02, 0.0), "bf16 loss against f32");
-    // Gradients reach the f32 master weights.
-    for (name, v) in vs.variables() {
-        assert_eq!(v.kind(), Kind::Float, "{name}");
-        assert_eq!(v.grad().kind(), Kind::Float, "{name}");
+    for (arch, vs, mut model) in models() {
+        let batch = DeviceBatch::new(&latent_batch(), Device::Cpu, Kind::Float);
+        let f32_loss = coconut_loss(model.as_ref(), &batch, true).double_value(&[]);
+        model.set_compute_kind(Kind::BFloat16);
+        let bf16_loss = coconut_loss(model.as_ref(), &batch, true);
+        bf16_loss.backward();
+        let b = bf16_loss.double_value(&[]);
+        let tol = Tolerance::new(0.02, 0.0);
+        assert_scalar_close(b, f32_loss, tol, &format!("{arch}: bf16 loss against f32"));
+        // Gradients reach the f32 master weights.
+        for (name, v) in vs.variables() {
+            assert_eq!(v.kind(), Kind::Float, "{arch}: {name}");
+            assert_eq!(v.grad().kind(), Kind::Float, "{arch}: {name}");
+        }
     }
 }

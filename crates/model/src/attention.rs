@@ -1,0 +1,99 @@
+//! What every architecture's attention shares: the additive biases that encode causality and
+//! padding, and softmax attention over keys and values held in one chunk or several, with
+//! as many query heads per key-value head as the architecture groups (GQA).
+
+use tch::{Kind, Tensor};
+
+use crate::kv_cache::KeysValues;
+
+/// Builds the additive attention bias for a whole sequence: causal plus key padding.
+///
+/// `attention_mask` is (B, T) with 1 for real tokens and 0 for padding. The result is
+/// (B, 1, T, T): 0 where query t may attend to key s (s <= t and s is real), a large negative
+/// number elsewhere. A large finite number rather than -inf keeps the softmax of a padded
+/// query row (which sees no real key) finite, so padding never produces NaN.
+pub fn causal_bias(attention_mask: &Tensor, kind: Kind) -> Tensor {
+    let (_, t) = attention_mask.size2().expect("attention_mask must be (B, T)");
+    let device = attention_mask.device();
+    let causal = Tensor::ones([t, t], (Kind::Bool, device)).tril(0); // (T, T)
+    let keys = attention_mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1); // (B, 1, 1, T)
+    let allowed = keys.logical_and(&causal); // (B, 1, T, T)
+    Tensor::zeros(allowed.size(), (kind, device)).masked_fill(&allowed.logical_not(), NEG_INF)
+}
+
+/// The bias for one query column that may see every real key (incremental decoding):
+/// `attention_mask` is (B, T_keys); the result is (B, 1, 1, T_keys).
+pub fn padding_bias(attention_mask: &Tensor, kind: Kind) -> Tensor {
+    let masked = attention_mask.eq(0).unsqueeze(1).unsqueeze(1); // (B, 1, 1, Tk)
+    Tensor::zeros(masked.size(), (kind, attention_mask.device())).masked_fill(&masked, NEG_INF)
+}
+
+/// Large enough to zero a softmax weight, small enough not to overflow f32 or bf16.
+const NEG_INF: f64 = -1e9;
+
+/// softmax(q K^T / sqrt(hs) + bias) V for queries `q` (B, nh, Tq, hs) over keys and values
+/// held in `chunks` ((B, n_kv, T_chunk, hs) each, read side by side, never concatenated),
+/// where query head h reads key-value head h / (nh / n_kv). `bias` is (B, 1, Tq, T_all) in
+/// the kind of `q`. Returns (B, nh, Tq, hs).
+pub fn attend(q: &Tensor, chunks: &[KeysValues], bias: &Tensor, dropout: f64) -> Tensor {
+    let (b, nh, tq, hs) = q.size4().expect("queries must be (B, nh, T, hs)");
+    let n_kv = chunks.first().expect("at least one chunk").0.size()[1];
+    if let [(k, v)] = chunks {
+        return Tensor::scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            Some(bias),
+            dropout,
+            false,
+            None,
+            nh != n_kv,
+        );
+    }
+    // The query heads that share a key-value head become rows of one matrix, so every
+    // chunk is multiplied in place (repeating keys and values per head would copy them).
+    let groups = nh / n_kv;
+    let q = q.reshape([b, n_kv, groups * tq, hs]);
+    let scores: Vec<Tensor> = chunks.iter().map(|(k, _)| q.matmul(&k.transpose(-2, -1))).collect(); // (B, n_kv, g*Tq, T_chunk) each
+    let scores = Tensor::cat(&scores, -1).view([b, nh, tq, -1]) / (hs as f64).sqrt() + bias;
+    let probs = scores.softmax(-1, scores.kind()).dropout(dropout, dropout > 0.0);
+    let probs = probs.view([b, n_kv, groups * tq, -1]);
+    let mut start = 0;
+    let mut y: Option<Tensor> = None;
+    for (_, v) in chunks {
+        let len = v.size()[2];
+        let part = probs.narrow(-1, start, len).matmul(v); // (B, n_kv, g*Tq, hs)
+        y = Some(match y {
+            Some(acc) => acc + part,
+            None => part,
+        });
+        start += len;
+    }
+    y.expect("at least one chunk").view([b, nh, tq, hs])
+}
+
+/// One layer's attention step shared by every architecture: the new keys and values `k`,
+/// `v` (B, n_kv, T, hs) of all T columns join the layer's cache, and the queries `q`
+/// (B, nh, Tq, hs) of the last Tq columns attend to everything held. `bias` is the pass's
+/// (B, 1, T, T_past + T) bias; `dropout` applies to the attention probabilities (0 outside
+/// train mode). Returns (B, Tq, nh * hs).
+pub(crate) fn cached_attention(
+    q: &Tensor,
+    (k, v): KeysValues,
+    layer: usize,
+    cache: Option<&mut crate::KvCache>,
+    bias: &Tensor,
+    dropout: f64,
+) -> Tensor {
+    let tq = q.size()[2];
+    // With a cache, the new keys and values join those of every earlier position.
+    let chunks = match cache {
+        Some(cache) => cache.append(layer, k, v),
+        None => vec![(k, v)],
+    };
+    // (B, 1, Tq, T_past + T), in the compute kind (a bias broadcast over queries stays so)
+    let rows = bias.size()[2];
+    let bias = if tq < rows { bias.narrow(2, rows - tq, tq) } else { bias.shallow_clone() };
+    let y = attend(q, &chunks, &bias.to_kind(q.kind()), dropout); // (B, nh, Tq, hs)
+    crate::causal_lm::merge_heads(&y)
+}
