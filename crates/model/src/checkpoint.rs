@@ -9,6 +9,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::gpt2::{Gpt2, Gpt2Config};
+use crate::llama::{Llama, LlamaConfig};
 use crate::{CausalLm, ModelError};
 
 /// File name of the configuration inside a checkpoint folder.
@@ -20,11 +21,16 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// The architectures a `config.json` can name, by `model_type` or by `architectures`.
-const ARCHITECTURES: &[(&str, &str, Family)] = &[("gpt2", "GPT2LMHeadModel", Family::Gpt2)];
+const ARCHITECTURES: &[(&str, &str, Family)] = &[
+    ("gpt2", "GPT2LMHeadModel", Family::Gpt2),
+    ("llama", "LlamaForCausalLM", Family::Llama),
+    ("qwen2", "Qwen2ForCausalLM", Family::Llama),
+];
 
 #[derive(Debug, Clone, Copy)]
 enum Family {
     Gpt2,
+    Llama,
 }
 
 /// Reads `dir/config.json` and builds the model it describes, freshly initialised, in `vs`.
@@ -60,11 +66,15 @@ pub fn model_from_config(vs: &nn::VarStore, dir: &Path) -> Result<Box<dyn Causal
             config.validate().map_err(config_error)?;
             Box::new(Gpt2::new(&vs.root(), &config))
         }
+        Family::Llama => {
+            let config = LlamaConfig::from_hf(json).map_err(config_error)?;
+            Box::new(Llama::new(&vs.root(), &config))
+        }
     })
 }
 
 /// Builds a model in `vs` from the HF checkpoint folder `dir`: `config.json` names the
-/// architecture, the weights come from `model.safetensors` or from
+/// architecture (GPT-2, Llama or Qwen2), the weights come from `model.safetensors` or from
 /// the shards that `model.safetensors.index.json` lists.
 ///
 /// Every parameter must be present with the right shape and only finite values, and no

@@ -1,4 +1,5 @@
-//! Causal language models on libtorch for Coconut: GPT-2 for now, each a forward over input embeddings with an explicit KV cache that
+//! Causal language models on libtorch for Coconut: GPT-2 and the Llama family (Llama 2 and
+//! 3.x, Qwen2/2.5), each a forward over input embeddings with an explicit KV cache that
 //! returns the last hidden state, and HF checkpoint loading and saving.
 //!
 //! The crate is split by concern:
@@ -7,7 +8,7 @@
 //! - `kv_cache.rs`: the [`KvCache`], with its storage regimes spelled out;
 //! - `recompute.rs`: gradient checkpointing ([`RecomputedPass`]);
 //! - `attention.rs`: attention biases and attention over cached chunks, shared;
-//! - `gpt2.rs`: one file per architecture, reading top-down;
+//! - `gpt2.rs`, `llama.rs`: one file per architecture, each reading top-down;
 //! - `checkpoint.rs`: HF folders in and out, the architecture chosen by `config.json`.
 //!
 //! ```no_run
@@ -27,6 +28,7 @@ mod checkpoint;
 mod embedding;
 mod gpt2;
 mod kv_cache;
+mod llama;
 mod recompute;
 pub mod testing;
 
@@ -40,6 +42,7 @@ pub use checkpoint::{
 };
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use kv_cache::{KeysValues, KvCache};
+pub use llama::{Llama, Llama3Scaling, LlamaConfig, Rope};
 pub use recompute::{gradient_root, RecomputedPass};
 
 /// What can go wrong when reading or writing a checkpoint. Every variant names the file.

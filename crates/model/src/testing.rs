@@ -7,13 +7,16 @@ use coconut_testing::Tolerance;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use crate::{CausalLm, Gpt2, Gpt2Config};
+use crate::{CausalLm, Gpt2, Gpt2Config, Llama, LlamaConfig};
 
 /// A tiny random model of every architecture, each in its own `VarStore` seeded with
 /// `seed`: width 16, `n_layer` layers, a vocabulary of `vocab` and 64 positions. `dropout` goes
 /// wherever the architecture has dropout.
 ///
 /// - `gpt2`: two heads, tied head.
+/// - `llama`: four query heads sharing two key-value heads, an untied head, Llama 3's rope
+///   scaling (with an original context short enough that it changes some frequencies).
+/// - `qwen2`: biases on the query, key and value projections, tied head, one key-value head.
 pub fn tiny_models(
     vocab: usize,
     n_layer: usize,
@@ -22,6 +25,28 @@ pub fn tiny_models(
 ) -> Vec<(&'static str, VarStore, Box<dyn CausalLm>)> {
     let mut gpt2 = Gpt2Config::new(vocab, 64, 16, n_layer, 2);
     (gpt2.embd_pdrop, gpt2.attn_pdrop, gpt2.resid_pdrop) = (dropout, dropout, dropout);
+    let llama = |extra: serde_json::Value| {
+        let mut json = serde_json::json!({
+            "model_type": "llama", "vocab_size": vocab, "hidden_size": 16,
+            "intermediate_size": 24, "num_hidden_layers": n_layer, "max_position_embeddings": 64,
+            "rms_norm_eps": 1e-5, "attention_dropout": dropout,
+        });
+        for (k, v) in extra.as_object().expect("an object") {
+            json[k] = v.clone();
+        }
+        LlamaConfig::from_hf(json).expect("a valid tiny config")
+    };
+    let llama3 = llama(serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "num_attention_heads": 4,
+        "num_key_value_heads": 2, "tie_word_embeddings": false, "rope_theta": 500000.0,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+    }));
+    let qwen2 = llama(serde_json::json!({
+        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
+        "num_attention_heads": 2, "num_key_value_heads": 1, "tie_word_embeddings": true,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+    }));
     let build = |name, make: &dyn Fn(&VarStore) -> Box<dyn CausalLm>| {
         tch::manual_seed(seed);
         let vs = VarStore::new(Device::Cpu);
@@ -35,7 +60,11 @@ pub fn tiny_models(
         });
         (name, vs, model)
     };
-    vec![build("gpt2", &|vs| Box::new(Gpt2::new(&vs.root(), &gpt2)))]
+    vec![
+        build("gpt2", &|vs| Box::new(Gpt2::new(&vs.root(), &gpt2))),
+        build("llama", &|vs| Box::new(Llama::new(&vs.root(), &llama3))),
+        build("qwen2", &|vs| Box::new(Llama::new(&vs.root(), &qwen2))),
+    ]
 }
 
 /// Panics unless `actual` and `expected` have one shape and every element of `actual`

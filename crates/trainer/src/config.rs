@@ -78,12 +78,14 @@ fn default_preset() -> String {
     "small".to_string()
 }
 
-/// A pretrained HF GPT-2 folder, or the shape of a model trained from scratch.
+/// A pretrained HF model folder (GPT-2, Llama or Qwen2), or the architecture and shape of a
+/// model trained from scratch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// HF GPT-2 folder (config.json, model.safetensors, tokenizer.json). When absent a
-    /// model of the shape below is trained from scratch with a tokenizer trained on the data.
+    /// HF model folder (config.json, the weights, tokenizer.json; its config.json names the
+    /// architecture). When absent a model of the architecture and shape below is trained
+    /// from scratch with a tokenizer trained on the data.
     #[serde(default)]
     pub pretrained: Option<PathBuf>,
     /// Start from this checkpoint of an earlier run (for example the CoT run's) instead.
@@ -92,6 +94,19 @@ pub struct ModelConfig {
     /// Token whose embedding initialises the added latent tokens (the reference uses `<<`).
     #[serde(default = "default_init_token")]
     pub latent_init_token: String,
+    /// Architecture of a model trained from scratch: `gpt2` or `llama` (RMSNorm, rotary
+    /// positions, grouped-query attention, SwiGLU, tied embeddings).
+    #[serde(default)]
+    pub architecture: Architecture,
+    /// Key-value heads of a Llama trained from scratch (grouped-query attention when fewer
+    /// than `n_head`); defaults to `n_head`.
+    #[serde(default)]
+    pub n_kv_head: Option<usize>,
+    /// MLP inner size of a Llama trained from scratch; defaults to 8/3 of `n_embd`
+    /// rounded up to a multiple of 64 (SwiGLU's three matrices then hold about as many
+    /// weights as GPT-2's two of 4 x `n_embd`).
+    #[serde(default)]
+    pub intermediate_size: Option<usize>,
     /// Layers of a model trained from scratch.
     #[serde(default = "default_n_layer")]
     pub n_layer: usize,
@@ -108,10 +123,33 @@ pub struct ModelConfig {
     #[serde(default = "default_vocab")]
     pub vocab_size: usize,
     /// Dropout of a model trained from scratch, on the embeddings, the attention
-    /// probabilities and the residual branches (GPT-2 uses 0.1). A pretrained model keeps
-    /// its own.
+    /// probabilities and the residual branches (GPT-2 uses 0.1); a Llama has it on the
+    /// attention probabilities only, as HF's does. A pretrained model keeps its own.
     #[serde(default)]
     pub dropout: f64,
+}
+
+/// The architectures a model trained from scratch can have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// GPT-2: LayerNorm, learned positions, GELU MLP, tied head.
+    #[default]
+    Gpt2,
+    /// Llama: RMSNorm, rotary positions, grouped-query attention, SwiGLU, tied head.
+    Llama,
+}
+
+impl ModelConfig {
+    /// Key-value heads of a Llama trained from scratch.
+    pub fn kv_heads(&self) -> usize {
+        self.n_kv_head.unwrap_or(self.n_head)
+    }
+
+    /// MLP inner size of a Llama trained from scratch.
+    pub fn llama_intermediate_size(&self) -> usize {
+        self.intermediate_size.unwrap_or((8 * self.n_embd).div_ceil(3).div_ceil(64) * 64)
+    }
 }
 
 fn default_init_token() -> String {
@@ -388,6 +426,28 @@ impl RunConfig {
                 "model.n_embd ({}) must be a multiple of model.n_head ({})",
                 m.n_embd, m.n_head
             ));
+        }
+        if m.architecture == Architecture::Gpt2 {
+            for (key, set) in [
+                ("model.n_kv_head", m.n_kv_head.is_some()),
+                ("model.intermediate_size", m.intermediate_size.is_some()),
+            ] {
+                if set {
+                    return Err(format!("{key} applies to architecture = \"llama\" only"));
+                }
+            }
+        } else {
+            at_least("model.n_kv_head", m.kv_heads(), 1, LIMIT_WIDTH)?;
+            at_least("model.intermediate_size", m.llama_intermediate_size(), 1, LIMIT_WIDTH)?;
+            if !m.n_head.is_multiple_of(m.kv_heads()) || !(m.n_embd / m.n_head).is_multiple_of(2) {
+                return Err(format!(
+                    "model.n_head ({}) must be a multiple of model.n_kv_head ({}), and the head \
+                     width n_embd / n_head ({}) even",
+                    m.n_head,
+                    m.kv_heads(),
+                    m.n_embd / m.n_head
+                ));
+            }
         }
 
         at_least("eval.batch_size", self.eval.batch_size, 1, LIMIT_COUNT)?;

@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use coconut_curriculum::{Mode, Sample, Tokenizer};
-use coconut_model::{load_pretrained, CausalLm, Gpt2, Gpt2Config};
+use coconut_model::{load_pretrained, CausalLm, Gpt2, Gpt2Config, Llama, LlamaConfig};
 use tch::{nn::VarStore, Device};
 
-use crate::config::RunConfig;
+use crate::config::{Architecture, RunConfig};
 use crate::TrainError;
 
 /// File name of the tokenizer inside a model folder.
@@ -88,7 +88,7 @@ pub fn build_model(
     Ok(LoadedModel { vs, model, tokenizer })
 }
 
-/// A freshly initialised GPT-2 of the configured shape for `tokenizer`.
+/// A freshly initialised model of the configured architecture and shape for `tokenizer`.
 fn from_scratch(
     vs: &VarStore,
     m: &crate::config::ModelConfig,
@@ -99,12 +99,34 @@ fn from_scratch(
     let eos = tokenizer.special().eos;
     let special_ids = ["bos_token_id", "eos_token_id", "pad_token_id"].map(|k| (k, eos));
     let vocab = tokenizer.vocab_size();
-    let mut config = Gpt2Config::new(vocab, m.n_positions, m.n_embd, m.n_layer, m.n_head);
-    (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop) = (m.dropout, m.dropout, m.dropout);
-    for (key, id) in special_ids {
-        config.extra.insert(key.to_string(), id.into());
+    match m.architecture {
+        Architecture::Gpt2 => {
+            let mut config = Gpt2Config::new(vocab, m.n_positions, m.n_embd, m.n_layer, m.n_head);
+            (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop) =
+                (m.dropout, m.dropout, m.dropout);
+            for (key, id) in special_ids {
+                config.extra.insert(key.to_string(), id.into());
+            }
+            Box::new(Gpt2::new(&vs.root(), &config))
+        }
+        Architecture::Llama => {
+            let mut config = LlamaConfig::new(
+                vocab,
+                m.n_positions,
+                m.n_embd,
+                m.n_layer,
+                m.n_head,
+                m.kv_heads(),
+                m.llama_intermediate_size(),
+                m.dropout,
+            )
+            .expect("RunConfig::validate checks the shape");
+            for (key, id) in special_ids {
+                config.hf.insert(key.to_string(), id.into());
+            }
+            Box::new(Llama::new(&vs.root(), &config))
+        }
     }
-    Box::new(Gpt2::new(&vs.root(), &config))
 }
 
 /// Loads a model folder with `config.json`, `model.safetensors` and `tokenizer.json` (an

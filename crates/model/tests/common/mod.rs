@@ -36,6 +36,10 @@ impl Fixture {
     }
 }
 
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 fn read(path: PathBuf) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -43,14 +47,29 @@ fn read(path: PathBuf) -> HashMap<String, Tensor> {
         .collect()
 }
 
-/// GPT-2 (crates/model/tests/fixtures/make_gpt2_fixture.py).
+/// GPT-2 (crates/model/tests/fixtures/make_gpt2_fixture.py), a Llama 3 with grouped-query
+/// attention, rope scaling, an untied head and sharded bf16 weights, and a Qwen2 with
+/// biased projections and a tied head (fixtures/make_llama_fixtures.py).
 pub fn fixtures() -> Vec<Fixture> {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    vec![Fixture {
-        name: "gpt2",
-        dir: here.join("tiny-random-gpt2"),
-        reference: read(here.join("gpt2_reference.safetensors")),
-    }]
+    let shared = repository().join("fixtures");
+    vec![
+        Fixture {
+            name: "gpt2",
+            dir: here.join("tiny-random-gpt2"),
+            reference: read(here.join("gpt2_reference.safetensors")),
+        },
+        Fixture {
+            name: "llama",
+            dir: shared.join("tiny-llama"),
+            reference: read(shared.join("reference/llama.safetensors")),
+        },
+        Fixture {
+            name: "qwen2",
+            dir: shared.join("tiny-qwen2"),
+            reference: read(shared.join("reference/qwen2.safetensors")),
+        },
+    ]
 }
 
 /// The GPT-2 fixture alone.
