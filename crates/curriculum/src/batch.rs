@@ -19,7 +19,7 @@ pub struct Batch {
     pub batch_size: usize,
     /// Columns, the same for every row.
     pub seq_len: usize,
-    /// Token ids; padding holds the eos id.
+    /// Token ids; padding holds the pad id ([`SpecialTokens::pad`]).
     pub input_ids: Vec<i64>,
     /// 1 on real tokens, 0 on padding.
     pub attention_mask: Vec<i64>,
@@ -52,7 +52,7 @@ impl Batch {
 /// Pads staged samples into one training batch: rows with latents are left-padded so that
 /// their first latents share a column (the latest first-latent index among them), rows
 /// without latents are not left-padded, and then every row is right-padded to the longest.
-/// Padding has the eos id, attention mask 0, position id 0 and label -100.
+/// Padding has the pad id, attention mask 0, position id 0 and label -100.
 pub fn collate_training(samples: &[StagedSample], special: &SpecialTokens) -> Batch {
     let first_latent: Vec<Option<usize>> =
         samples.iter().map(|s| s.input_ids.iter().position(|&id| id == special.latent)).collect();
@@ -148,7 +148,7 @@ fn assemble(rows: &[Row], special: &SpecialTokens) -> Batch {
     let mut batch = Batch {
         batch_size: rows.len(),
         seq_len,
-        input_ids: vec![i64::from(special.eos); n],
+        input_ids: vec![i64::from(special.pad); n],
         attention_mask: vec![0; n],
         position_ids: vec![0; n],
         labels: vec![IGNORE_INDEX; n],
@@ -182,8 +182,15 @@ mod tests {
     use crate::tokenizer::{tests::gpt2, END_LATENT, EOS, LATENT, START_LATENT};
     use std::path::Path;
 
-    const SP: SpecialTokens =
-        SpecialTokens { eos: 0, start_latent: 1, end_latent: 2, latent: 3, pause: 4 };
+    const SP: SpecialTokens = SpecialTokens {
+        bos: None,
+        eos: 0,
+        pad: 0,
+        start_latent: 1,
+        end_latent: 2,
+        latent: 3,
+        pause: 4,
+    };
 
     fn tokenized(question_len: usize, n_steps: usize) -> TokenizedSample {
         TokenizedSample {
@@ -261,6 +268,25 @@ mod tests {
         assert_eq!(b.seq_len, staged[0].input_ids.len());
         assert_eq!(b.max_latents(), 0);
         assert_eq!(b.first_latent_column(), None);
+    }
+
+    #[test]
+    fn padding_holds_the_pad_id_not_the_eos() {
+        let special = SpecialTokens { pad: 7, ..SP };
+        let staged = [
+            training_sample(&CurriculumConfig::default(), &special, &tokenized(2, 3), 0),
+            training_sample(&CurriculumConfig::default(), &special, &tokenized(5, 3), 1),
+        ];
+        let b = collate_training(&staged, &special);
+        assert!(b.attention_mask.contains(&0));
+        for r in 0..2 {
+            let (ids, mask) = (row(&b, &b.input_ids, r), row(&b, &b.attention_mask, r));
+            for (id, m) in ids.iter().zip(&mask) {
+                assert!(*m == 1 || *id == 7, "row {r}: {ids:?}");
+            }
+        }
+        let b = collate_prompts(&[vec![100], vec![100, 101, 102]], &special);
+        assert_eq!(row(&b, &b.input_ids, 0), [7, 7, 100]);
     }
 
     #[test]

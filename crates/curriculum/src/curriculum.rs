@@ -120,15 +120,18 @@ impl CurriculumConfig {
 /// A sample as token ids, every part encoded on its own so that steps can be dropped.
 #[derive(Debug, Clone)]
 pub struct TokenizedSample {
-    /// `enc(question + "\n")`.
+    /// `[bos] + enc(question + "\n")` ([`Tokenizer::encode_question`]; no BOS for a model
+    /// without one): every sequence starts with the question, so it alone carries the BOS.
     pub question: Vec<u32>,
-    /// `enc(step_i + "\n")` for each step.
+    /// `enc(step_i + "\n")` for each step (never a BOS).
     pub steps: Vec<Vec<u32>>,
     /// `enc("### " + answer) + [eos]`.
     pub answer: Vec<u32>,
 }
 
-/// Tokenizes every sample (in parallel, order preserved).
+/// Tokenizes every sample (in parallel, order preserved). The question starts with the
+/// model's BOS when it has one; the steps and the answer never carry it, so a sequence has it
+/// once, at its start, whatever steps the curriculum drops.
 pub fn tokenize_samples(tok: &Tokenizer, samples: &[Sample]) -> Vec<TokenizedSample> {
     let eos = tok.special().eos;
     samples
@@ -137,7 +140,7 @@ pub fn tokenize_samples(tok: &Tokenizer, samples: &[Sample]) -> Vec<TokenizedSam
             let mut answer = tok.encode(&format!("### {}", s.answer));
             answer.push(eos);
             TokenizedSample {
-                question: tok.encode(&format!("{}\n", s.question)),
+                question: tok.encode_question(&s.question),
                 steps: s.steps.iter().map(|st| tok.encode(&format!("{st}\n"))).collect(),
                 answer,
             }
@@ -258,7 +261,7 @@ pub fn prompt_slots(cfg: &CurriculumConfig, stage: usize, n_steps: Option<usize>
 }
 
 /// The evaluation prompt of `cfg.mode` with `slots` thought (or pause) slots after the
-/// tokenized `question`: `question + [start_latent] + [latent] * slots + [end_latent]` for
+/// tokenized `question` (as [`Tokenizer::encode_question`] gives it, BOS included): `question + [start_latent] + [latent] * slots + [end_latent]` for
 /// `coconut` and `no-curriculum`, the same with pause ids for `pause-as-thought`,
 /// `question + [pause] * slots` for `pause-token`, and the question alone for the modes
 /// without thoughts (which ignore `slots`).
@@ -323,8 +326,15 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
-    const SP: SpecialTokens =
-        SpecialTokens { eos: 0, start_latent: 1, end_latent: 2, latent: 3, pause: 4 };
+    const SP: SpecialTokens = SpecialTokens {
+        bos: None,
+        eos: 0,
+        pad: 0,
+        start_latent: 1,
+        end_latent: 2,
+        latent: 3,
+        pause: 4,
+    };
     const B: u32 = 1; // start-latent
     const E: u32 = 2; // end-latent
     const L: u32 = 3; // latent

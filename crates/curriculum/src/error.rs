@@ -72,6 +72,32 @@ pub enum CurriculumError {
         token: String,
     },
 
+    /// A special-token key of a model folder's JSON file (`tokenizer_config.json`,
+    /// `generation_config.json`, `config.json`) has the wrong type, names a token the
+    /// vocabulary lacks, or an id outside it.
+    #[error("{path}: key `{key}`: {reason}")]
+    SpecialToken {
+        /// The file at fault.
+        path: PathBuf,
+        /// The key at fault (`eos_token`, `eos_token_id`, ...).
+        key: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
+
+    /// A model folder names no end-of-text token, and its vocabulary has no `<|endoftext|>`.
+    #[error(
+        "{dir}: no end-of-text token: no `eos_token` in tokenizer_config.json, no \
+         `eos_token_id` in generation_config.json or config.json, and no `<|endoftext|>` in \
+         the vocabulary (files read: {read})"
+    )]
+    NoEos {
+        /// The model folder.
+        dir: PathBuf,
+        /// The files of it that were read, comma-separated.
+        read: String,
+    },
+
     /// A configuration key has a value the curriculum cannot run with.
     #[error("{field}: {reason}")]
     Config {

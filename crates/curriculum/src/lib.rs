@@ -5,7 +5,8 @@
 //! "Batching") and follows the reference implementation (facebookresearch/coconut).
 //!
 //! - [`data`]: [`Sample`] and the Coconut JSON, iCoT line and GSM8k JSONL formats;
-//! - [`tokenizer`]: a HF tokenizer with the latent and pause tokens added, or one trained here;
+//! - [`tokenizer`]: a model folder's HF tokenizer, its BOS, EOS, padding and stop ids read from
+//!   the folder, with the latent and pause tokens added; or one trained here;
 //! - [`curriculum`]: the stage-k training sequence and labels of every [`Mode`], and the
 //!   evaluation prompt;
 //! - [`batch`]: padding that lines up the latents of every row, and shuffled index batches.
@@ -28,6 +29,7 @@ pub use data::{
 };
 pub use error::CurriculumError;
 pub use tokenizer::{
-    SpecialTokens, Tokenizer, END_LATENT, EOS, LATENT, MIN_TRAINED_VOCAB, PAUSE, START_LATENT,
+    SpecialTokens, Tokenizer, END_LATENT, EOS, GENERATION_CONFIG_FILE, LATENT, MIN_TRAINED_VOCAB,
+    MODEL_CONFIG_FILE, PAUSE, START_LATENT, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
     TRAINING_TEXT_BYTES, TRAINING_WORD_BYTES,
 };
