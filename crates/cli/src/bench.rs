@@ -285,7 +285,7 @@ fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
         let max_new = 64;
         let started = Instant::now();
         let generated: usize = if name == "generate_batched" {
-            generate(&model, &prompts, &special, max_new, true, Device::Cpu)
+            generate(&model, &prompts, &special, &[], max_new, Device::Cpu)
                 .iter()
                 .map(|g| g.tokens.len())
                 .sum()
@@ -293,7 +293,7 @@ fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
             prompts
                 .iter()
                 .map(|p| {
-                    generate_without_cache(&model, p, &special, max_new, true, Device::Cpu)
+                    generate_without_cache(&model, p, &special, &[], max_new, Device::Cpu)
                         .tokens
                         .len()
                 })

@@ -165,6 +165,8 @@ pub struct Tokenizer {
     special: SpecialTokens,
     /// Sorted, deduplicated, the EOS among them.
     stop_ids: Vec<u32>,
+    /// The ids of the added tokens that the file lacked and loading added.
+    newly_added: Vec<u32>,
 }
 
 impl fmt::Debug for Tokenizer {
@@ -394,6 +396,12 @@ impl Tokenizer {
         &self.stop_ids
     }
 
+    /// The ids of the added tokens (latent markers, pause) that the loaded file lacked: a
+    /// model loaded with this tokenizer has no trained rows for them yet.
+    pub fn newly_added(&self) -> &[u32] {
+        &self.newly_added
+    }
+
     /// The number of ids, added tokens included: the embedding table needs this many rows.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
@@ -432,9 +440,11 @@ impl Tokenizer {
 
         let choices = choose_special(&inner, context, side, dir)?;
         // One at a time, so that the ids follow the order of ADDED.
+        let mut newly_added = Vec::new();
         for token in ADDED {
             if inner.token_to_id(token).is_none() {
                 inner.add_special_tokens([AddedToken::from(token, true)]).map_err(tok_err)?;
+                newly_added.extend(inner.token_to_id(token));
             }
         }
         let id = |token: &str| inner.token_to_id(token).ok_or_else(|| missing(token));
@@ -447,7 +457,7 @@ impl Tokenizer {
             latent: id(LATENT)?,
             pause: id(PAUSE)?,
         };
-        Ok(Self { inner, special, stop_ids: choices.stop_ids })
+        Ok(Self { inner, special, stop_ids: choices.stop_ids, newly_added })
     }
 }
 

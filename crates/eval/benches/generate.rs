@@ -37,13 +37,13 @@ fn bench_generation(c: &mut Criterion) {
     let model = Gpt2::new(&vs.root(), &Gpt2Config::new(tokenizer.vocab_size(), 256, 128, 2, 4));
 
     c.bench_function("generate/batched_32", |b| {
-        b.iter(|| generate(&model, &prompts, &special, NEW_TOKENS, true, Device::Cpu))
+        b.iter(|| generate(&model, &prompts, &special, &[], NEW_TOKENS, Device::Cpu))
     });
     c.bench_function("generate/one_at_a_time_no_cache_32", |b| {
         b.iter(|| {
             prompts
                 .iter()
-                .map(|p| generate_without_cache(&model, p, &special, NEW_TOKENS, true, Device::Cpu))
+                .map(|p| generate_without_cache(&model, p, &special, &[], NEW_TOKENS, Device::Cpu))
                 .collect::<Vec<_>>()
         })
     });

@@ -45,10 +45,16 @@ pub fn ask(
     let tokenized = tokenize_samples(tokenizer, &[sample]).remove(0);
     let special = tokenizer.special();
     let prompt = prompt_with_slots(config, &special, &tokenized.question, slots);
-    let generation =
-        generate(model, std::slice::from_ref(&prompt), &special, max_new_tokens, false, device)
-            .pop()
-            .expect("one prompt, one generation");
+    let generation = generate(
+        model,
+        std::slice::from_ref(&prompt),
+        &special,
+        tokenizer.stop_ids(),
+        max_new_tokens,
+        device,
+    )
+    .pop()
+    .expect("one prompt, one generation");
     let (generated, _) = decode_generation(tokenizer, generation);
     Reply {
         slots,

@@ -4,7 +4,8 @@
 //! new token. Here the prompts go through the latent passes once (the same multi-pass
 //! forward as training, which leaves every prompt position in the KV cache), in chunks of
 //! similar length, then the whole batch decodes one column per step from the cache. Rows
-//! that reach eos leave the batch, so finished rows cost nothing.
+//! that reach a stop id (the EOS, or any id the model's generation config lists) leave the
+//! batch, so finished rows cost nothing.
 
 use std::collections::BTreeMap;
 
@@ -19,20 +20,21 @@ const PROMPT_CHUNK_ROWS: usize = 8;
 /// The greedy continuation of one prompt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generation {
-    /// New tokens, up to and including eos when it was produced.
+    /// New tokens, up to and including the stop id when one was produced.
     pub tokens: Vec<u32>,
-    /// Whether decoding stopped at eos (rather than at `max_new_tokens`).
-    pub stopped_at_eos: bool,
+    /// Whether decoding stopped at a stop id (rather than at `max_new_tokens`).
+    pub stopped: bool,
 }
 
 /// Greedily continues every prompt, at most `max_new_tokens` tokens each, stopping a row at
-/// eos (unless `ignore_eos`, for benchmarks that need a fixed amount of work).
+/// any of `stop_ids` (`Tokenizer::stop_ids`; none for benchmarks that need a fixed amount
+/// of work).
 pub fn generate(
     model: &dyn CausalLm,
     prompts: &[Vec<u32>],
     special: &SpecialTokens,
+    stop_ids: &[u32],
     max_new_tokens: usize,
-    ignore_eos: bool,
     device: Device,
 ) -> Vec<Generation> {
     // The latent passes need every row's thoughts in the same columns, so prompts with
@@ -45,14 +47,9 @@ pub fn generate(
         let mut out = vec![None; prompts.len()];
         for rows in groups.values() {
             let group: Vec<Vec<u32>> = rows.iter().map(|&i| prompts[i].clone()).collect();
-            for (&i, g) in rows.iter().zip(generate(
-                model,
-                &group,
-                special,
-                max_new_tokens,
-                ignore_eos,
-                device,
-            )) {
+            for (&i, g) in
+                rows.iter().zip(generate(model, &group, special, stop_ids, max_new_tokens, device))
+            {
                 out[i] = Some(g);
             }
         }
@@ -90,15 +87,15 @@ pub fn generate(
         let max_new_tokens =
             max_new_tokens.min(model.shape().max_positions.saturating_sub(longest));
         let mut out: Vec<Generation> =
-            vec![Generation { tokens: Vec::new(), stopped_at_eos: false }; prompts.len()];
+            vec![Generation { tokens: Vec::new(), stopped: false }; prompts.len()];
         for step in 0..max_new_tokens {
             let next = logits.argmax(-1, false); // (B_active)
             let ids: Vec<i64> = Vec::try_from(&next).expect("token ids");
             let mut keep = Vec::with_capacity(active.len());
             for (row, (&prompt, &id)) in active.iter().zip(&ids).enumerate() {
                 out[prompt].tokens.push(id as u32);
-                if id as u32 == special.eos && !ignore_eos {
-                    out[prompt].stopped_at_eos = true;
+                if stop_ids.contains(&(id as u32)) {
+                    out[prompt].stopped = true;
                 } else {
                     keep.push(row as i64);
                 }
@@ -143,8 +140,8 @@ pub fn generate_without_cache(
     model: &dyn CausalLm,
     prompt: &[u32],
     special: &SpecialTokens,
+    stop_ids: &[u32],
     max_new_tokens: usize,
-    ignore_eos: bool,
     device: Device,
 ) -> Generation {
     tch::no_grad(|| {
@@ -170,15 +167,15 @@ pub fn generate_without_cache(
                 1,
             );
         }
-        let mut out = Generation { tokens: Vec::new(), stopped_at_eos: false };
+        let mut out = Generation { tokens: Vec::new(), stopped: false };
         for _ in 0..max_new_tokens {
             // Logits at every position, as a plain forward of the reference computes them.
             let logits = model.lm_head(&run(&embeds)); // (1, T, V)
             let next = logits.narrow(1, -1, 1).argmax(-1, false); // (1, 1)
             let id = next.int64_value(&[0, 0]) as u32;
             out.tokens.push(id);
-            if id == special.eos && !ignore_eos {
-                out.stopped_at_eos = true;
+            if stop_ids.contains(&id) {
+                out.stopped = true;
                 break;
             }
             embeds = Tensor::cat(&[embeds, model.embed(&next)], 1);

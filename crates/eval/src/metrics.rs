@@ -104,7 +104,14 @@ pub fn evaluate(
     let mut generations = vec![None; prompts.len()];
     for chunk in order.chunks(options.batch_size.max(1)) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
-        let out = generate(model, &batch, &special, options.max_new_tokens, false, options.device);
+        let out = generate(
+            model,
+            &batch,
+            &special,
+            tokenizer.stop_ids(),
+            options.max_new_tokens,
+            options.device,
+        );
         for (&i, g) in chunk.iter().zip(out) {
             generations[i] = Some(g);
         }
@@ -148,7 +155,7 @@ pub fn evaluate(
 /// The text of a generation without its closing eos, and its number of tokens.
 pub(crate) fn decode_generation(tokenizer: &Tokenizer, generation: Generation) -> (String, usize) {
     let mut tokens = generation.tokens;
-    if generation.stopped_at_eos {
+    if generation.stopped {
         tokens.pop();
     }
     (tokenizer.decode(&tokens), tokens.len())

@@ -1,28 +1,39 @@
 //! Batched cached generation against one-at-a-time decoding without a cache, and evaluation
 //! and thought inspection on the real tiny-gpt2 checkpoint.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use coconut_curriculum::{load_samples, tokenize_samples, CurriculumConfig, Mode, SpecialTokens};
 use coconut_eval::{evaluate, generate, generate_without_cache, inspect_thoughts, EvalOptions};
-use coconut_model::{Gpt2, Gpt2Config};
-use coconut_trainer::load_model_dir;
-use tch::{nn::VarStore, Device};
+use coconut_model::testing::{assert_close, tiny_models};
+use coconut_model::CausalLm;
+use coconut_testing::Tolerance;
+use coconut_trainer::{latent_hidden_states, load_model_dir, DeviceBatch};
+use tch::{nn::VarStore, Device, Kind, Tensor};
 
-const SPECIAL: SpecialTokens =
-    SpecialTokens { eos: 0, start_latent: 40, end_latent: 41, latent: 42, pause: 43 };
+const SPECIAL: SpecialTokens = SpecialTokens {
+    bos: None,
+    eos: 0,
+    pad: 0,
+    start_latent: 40,
+    end_latent: 41,
+    latent: 42,
+    pause: 43,
+};
 
-fn random_model(seed: i64) -> Gpt2 {
-    tch::manual_seed(seed);
-    let vs = VarStore::new(Device::Cpu);
-    // Larger init than GPT-2's so that greedy decoding varies from token to token.
-    let model = Gpt2::new(&vs.root(), &Gpt2Config::new(44, 96, 32, 2, 4));
-    tch::no_grad(|| {
-        for (_, mut v) in vs.variables() {
-            let _ = v.g_mul_scalar_(20.0);
-        }
-    });
-    model
+/// One random model of every architecture, with weights large enough that greedy decoding
+/// varies from token to token.
+fn random_models(seed: i64) -> Vec<(&'static str, VarStore, Box<dyn CausalLm>)> {
+    let models = tiny_models(44, 2, 0.0, seed);
+    for (_, vs, _) in &models {
+        tch::no_grad(|| {
+            for (_, mut v) in vs.variables() {
+                let _ = v.g_mul_scalar_(20.0);
+            }
+        });
+    }
+    models
 }
 
 /// Question ids, then `<bot>`, `n` latents, `<eot>`.
@@ -37,44 +48,121 @@ fn prompt(question: &[u32], n: usize) -> Vec<u32> {
 #[test]
 fn batched_generation_matches_decoding_each_prompt_alone_without_cache() {
     for seed in [1, 2, 3] {
-        let model = random_model(seed);
-        let mut prompts = vec![
-            prompt(&[5, 6, 7, 8, 9, 10, 11], 3),
-            prompt(&[12, 13], 3),
-            prompt(&[20, 21, 22, 23], 1), // another thought count: decoded as its own group
-            prompt(&[30, 31, 32, 33, 34], 0),
-            prompt(&[3], 3),
-        ];
-        // Enough 3-thought prompts of mixed lengths for several prompt-phase chunks, whose
-        // caches are stacked left-padded before decoding.
-        prompts.extend((0..12u32).map(|i| {
-            let len = (i * 7) % 13 + 1;
-            prompt(&(0..len).map(|j| 1 + (i + 3 * j) % 38).collect::<Vec<u32>>(), 3)
-        }));
-        let batched = generate(&model, &prompts, &SPECIAL, 12, false, Device::Cpu);
-        for (p, b) in prompts.iter().zip(&batched) {
-            let alone = generate_without_cache(&model, p, &SPECIAL, 12, false, Device::Cpu);
-            assert_eq!(b, &alone, "seed {seed}, prompt {p:?}");
+        for (arch, _vs, model) in random_models(seed) {
+            let mut prompts = vec![
+                prompt(&[5, 6, 7, 8, 9, 10, 11], 3),
+                prompt(&[12, 13], 3),
+                prompt(&[20, 21, 22, 23], 1), // another thought count: decoded as its own group
+                prompt(&[30, 31, 32, 33, 34], 0),
+                prompt(&[3], 3),
+            ];
+            // Enough 3-thought prompts of mixed lengths for several prompt-phase chunks,
+            // whose caches are stacked left-padded before decoding.
+            prompts.extend((0..12u32).map(|i| {
+                let len = (i * 7) % 13 + 1;
+                prompt(&(0..len).map(|j| 1 + (i + 3 * j) % 38).collect::<Vec<u32>>(), 3)
+            }));
+            let stop = [SPECIAL.eos];
+            let model = model.as_ref();
+            let batched = generate(model, &prompts, &SPECIAL, &stop, 12, Device::Cpu);
+            for (p, b) in prompts.iter().zip(&batched) {
+                let alone = generate_without_cache(model, p, &SPECIAL, &stop, 12, Device::Cpu);
+                assert_eq!(b, &alone, "{arch}, seed {seed}, prompt {p:?}");
+            }
+            let distinct: std::collections::HashSet<_> =
+                batched.iter().flat_map(|g| g.tokens.clone()).collect();
+            assert!(distinct.len() > 3, "{arch}: the model should not repeat one token");
         }
-        let distinct: std::collections::HashSet<_> =
-            batched.iter().flat_map(|g| g.tokens.clone()).collect();
-        assert!(distinct.len() > 3, "the model should not repeat one token: {batched:?}");
     }
 }
 
 #[test]
-fn rows_stop_at_eos_unless_told_to_ignore_it() {
-    let model = random_model(4);
-    let prompts = vec![prompt(&[5, 6], 2), prompt(&[7, 8, 9], 2)];
-    let ignoring = generate(&model, &prompts, &SPECIAL, 40, true, Device::Cpu);
-    assert!(ignoring.iter().all(|g| g.tokens.len() == 40 && !g.stopped_at_eos));
-    let stopping = generate(&model, &prompts, &SPECIAL, 40, false, Device::Cpu);
-    for (s, i) in stopping.iter().zip(&ignoring) {
-        // Until eos the two agree; a row that met eos ends there.
-        match i.tokens.iter().position(|&t| t == SPECIAL.eos) {
-            Some(at) => assert!(s.stopped_at_eos && s.tokens == i.tokens[..=at]),
-            None => assert_eq!(s.tokens, i.tokens),
+fn rows_stop_at_any_stop_id() {
+    for (arch, _vs, model) in random_models(4) {
+        let model = model.as_ref();
+        let prompts = vec![prompt(&[5, 6], 2), prompt(&[7, 8, 9], 2)];
+        let unstopped = generate(model, &prompts, &SPECIAL, &[], 40, Device::Cpu);
+        assert!(unstopped.iter().all(|g| g.tokens.len() == 40 && !g.stopped));
+        // Stop at whatever the first row produced third, and at the EOS.
+        let stop = [SPECIAL.eos, unstopped[0].tokens[2]];
+        let stopping = generate(model, &prompts, &SPECIAL, &stop, 40, Device::Cpu);
+        for (s, u) in stopping.iter().zip(&unstopped) {
+            // Until a stop id the two agree; a row that met one ends there.
+            match u.tokens.iter().position(|t| stop.contains(t)) {
+                Some(at) => assert!(s.stopped && s.tokens == u.tokens[..=at], "{arch}"),
+                None => assert_eq!(s.tokens, u.tokens, "{arch}"),
+            }
         }
+        assert!(stopping[0].tokens.len() <= 3, "{arch}: the first row stops by its third token");
+    }
+}
+
+/// Coconut's latent passes and greedy decoding as transformers runs them
+/// (`fixtures/make_llama_fixtures.py`): the prompts' last hidden states after every pass,
+/// the logits of every decoding step and the generated ids, for the Llama and Qwen2
+/// fixtures with the latent markers added.
+#[test]
+fn latent_passes_and_decoding_match_transformers() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    for arch in ["llama", "qwen2"] {
+        let r: HashMap<String, Tensor> =
+            Tensor::read_safetensors(fixtures.join(format!("reference/{arch}.safetensors")))
+                .unwrap()
+                .into_iter()
+                .collect();
+        let dir: PathBuf = fixtures.join(format!("tiny-{arch}"));
+        let loaded = load_model_dir(&dir, Device::Cpu, "<<").unwrap();
+        let (model, special) = (loaded.model.as_ref(), loaded.tokenizer.special());
+        // The reference adds the three markers; we add <pause> too, one row more.
+        let vocab = r["latent.vocab_size"].int64_value(&[0]);
+        assert_eq!(model.shape().vocab_size as i64, vocab + 1, "{arch}");
+        let ids = &r["latent.input_ids"];
+        let prompts: Vec<Vec<u32>> = (0..ids.size()[0])
+            .map(|row| {
+                Vec::<i64>::try_from(ids.get(row)).unwrap().iter().map(|&t| t as u32).collect()
+            })
+            .collect();
+        assert!(prompts.iter().all(|p| p.iter().filter(|&&t| t == special.latent).count() == 2));
+
+        let batch = coconut_curriculum::collate_prompts(&prompts, &special);
+        let batch = DeviceBatch::new(&batch, Device::Cpu, Kind::Float);
+        let hidden = tch::no_grad(|| {
+            latent_hidden_states(model, &batch, &mut coconut_model::KvCache::new(), false, 0)
+        });
+        assert_close(
+            &hidden,
+            &r["latent.hidden"],
+            Tolerance::scaled(1e-4),
+            &format!("{arch}: hidden"),
+        );
+
+        let generated = generate(model, &prompts, &special, &[], 6, Device::Cpu);
+        for (row, g) in generated.iter().enumerate() {
+            let expected: Vec<i64> = Vec::try_from(r["latent.generated"].get(row as i64)).unwrap();
+            let found: Vec<i64> = g.tokens.iter().map(|&t| i64::from(t)).collect();
+            assert_eq!(found, expected, "{arch}: row {row}");
+        }
+        // The logits of every step, teacher-forced on the generated ids, over the
+        // reference's vocabulary.
+        let mut steps = Vec::new();
+        for (row, prompt) in prompts.iter().enumerate() {
+            let mut full = prompt.clone();
+            full.extend(&generated[row].tokens[..5]);
+            let batch = coconut_curriculum::collate_prompts(&[full], &special);
+            let batch = DeviceBatch::new(&batch, Device::Cpu, Kind::Float);
+            let hidden = tch::no_grad(|| {
+                latent_hidden_states(model, &batch, &mut coconut_model::KvCache::new(), false, 0)
+            });
+            let t = hidden.size()[1];
+            steps.push(model.lm_head(&hidden.narrow(1, t - 6, 6)).narrow(2, 0, vocab));
+        }
+        let steps = Tensor::cat(&steps, 0);
+        assert_close(
+            &steps,
+            &r["latent.step_logits"],
+            Tolerance::scaled(1e-4),
+            &format!("{arch}: step logits"),
+        );
     }
 }
 

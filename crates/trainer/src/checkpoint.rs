@@ -35,6 +35,7 @@ use crate::adamw::{AdamW, AdamWConfig};
 use crate::config::RunConfig;
 use crate::model_setup::{load_model_dir, LoadedModel, TOKENIZER_FILE};
 use crate::TrainError;
+use coconut_curriculum::GENERATION_CONFIG_FILE;
 
 /// File of the optimizer state inside a checkpoint.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -143,12 +144,28 @@ pub fn checkpoint_files(
 ) -> Result<Vec<(&'static str, Vec<u8>)>, TrainError> {
     let mut files = pretrained_files(&loaded.vs, loaded.model.as_ref());
     files.push((TOKENIZER_FILE, loaded.tokenizer.to_json()?.into_bytes()));
+    for (name, text) in loaded.tokenizer.config_files() {
+        files.push((name, text.into_bytes()));
+    }
+    files.push((GENERATION_CONFIG_FILE, generation_config(&loaded.tokenizer).into_bytes()));
     let optimizer_bytes = serialize_tensors(&optimizer.state(), None)
         .map_err(|message| TrainError::Other(format!("{OPTIMIZER_FILE}: {message}")))?;
     files.push((OPTIMIZER_FILE, optimizer_bytes));
     let json = serde_json::to_string_pretty(state).expect("the state serialises");
     files.push((STATE_FILE, json.into_bytes()));
     Ok(files)
+}
+
+/// The `generation_config.json` of a checkpoint: every stop id, so that transformers'
+/// `generate` stops where our evaluation does, and the BOS and padding ids.
+fn generation_config(tokenizer: &coconut_curriculum::Tokenizer) -> String {
+    let special = tokenizer.special();
+    let json = serde_json::json!({
+        "bos_token_id": special.bos,
+        "eos_token_id": tokenizer.stop_ids(),
+        "pad_token_id": special.pad,
+    });
+    serde_json::to_string_pretty(&json).expect("JSON always prints")
 }
 
 /// Writes a checkpoint into `dir/<name>` atomically and durably, through `io`, and returns

@@ -11,8 +11,7 @@ use tch::{nn::VarStore, Device};
 use crate::config::{Architecture, RunConfig};
 use crate::TrainError;
 
-/// File name of the tokenizer inside a model folder.
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub use coconut_curriculum::TOKENIZER_FILE;
 
 /// A model, its variables and its tokenizer.
 #[derive(Debug)]
@@ -139,7 +138,7 @@ pub fn load_model_dir(
     init_token: &str,
 ) -> Result<LoadedModel, TrainError> {
     let tokenizer_path = dir.join(TOKENIZER_FILE);
-    let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
+    let tokenizer = Tokenizer::from_model_dir(dir)?;
     // A checkpoint of ours names its tokenizer: a `tokenizer.json` of another run (of the
     // same size, say) would silently give other ids.
     let state_path = dir.join(crate::checkpoint::STATE_FILE);
@@ -160,29 +159,32 @@ pub fn load_model_dir(
     let vs = VarStore::new(device);
     let mut model = load_pretrained(&vs, dir)?;
     let (model_vocab, tok_vocab) = (model.shape().vocab_size, tokenizer.vocab_size());
-    let mismatch = || TrainError::TokenizerMismatch {
-        tokenizer: tokenizer_path.clone(),
-        model: dir.join("config.json"),
-        tokenizer_vocab: tok_vocab,
-        model_vocab,
-    };
-    if tok_vocab < model_vocab {
-        return Err(mismatch());
+    // The ids the file itself defines must all have rows. A model may have a few rows more
+    // than its tokenizer (Qwen2.5 pads its embedding for speed), but a tokenizer far
+    // smaller than the model belongs to another model.
+    let file_vocab = tok_vocab - tokenizer.newly_added().len();
+    if file_vocab > model_vocab || model_vocab - file_vocab > UNUSED_ROWS_ALLOWED {
+        return Err(TrainError::TokenizerMismatch {
+            tokenizer: tokenizer_path.clone(),
+            model: dir.join("config.json"),
+            tokenizer_vocab: file_vocab,
+            model_vocab,
+        });
     }
-    if tok_vocab > model_vocab {
-        // Only the added latent tokens may be new to the model; anything more means the
-        // tokenizer belongs to another model.
-        let s = tokenizer.special();
-        let first_added =
-            [s.start_latent, s.end_latent, s.latent, s.pause].into_iter().min().unwrap_or(0);
-        if first_added as usize != model_vocab {
-            return Err(mismatch());
-        }
-        let init = single_token(&tokenizer, init_token, model_vocab, dir)?;
-        model.resize_token_embeddings(tok_vocab, init);
+    if !tokenizer.newly_added().is_empty() {
+        // The latent markers are new to this model: they take the rows after the file's
+        // ids (padding rows where the model has them, new rows otherwise), all starting
+        // from the init token's, as the reference initialises them.
+        let init = single_token(&tokenizer, init_token, file_vocab, dir)?;
+        model.resize_token_embeddings(model_vocab.max(tok_vocab), init);
+        let added: Vec<i64> = tokenizer.newly_added().iter().map(|&id| i64::from(id)).collect();
+        model.copy_token_embedding(&added, init);
     }
     Ok(LoadedModel { vs, model, tokenizer })
 }
+
+/// How many more embedding rows than tokenizer ids a model may have (rows padded for speed).
+const UNUSED_ROWS_ALLOWED: usize = 1024;
 
 /// The id of `token`, which must be a single token the model already had.
 fn single_token(

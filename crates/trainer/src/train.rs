@@ -649,16 +649,25 @@ fn progress_bar(steps: u64, epoch: usize, stage: usize) -> ProgressBar {
     bar
 }
 
-/// Copies the HF part of a checkpoint (config, weights, tokenizer) to `<run>/best`, written
-/// and replaced the way checkpoints are (see [`crate::checkpoint::write_checkpoint`]).
+/// Copies the HF part of a checkpoint (config, weights, tokenizer, and the tokenizer and
+/// generation configs where the checkpoint has them) to `<run>/best`, written and replaced
+/// the way checkpoints are (see [`crate::checkpoint::write_checkpoint`]).
 fn copy_model_folder(src: &Path, run_dir: &Path) -> Result<(), TrainError> {
     let mut files = Vec::new();
-    for file in [
+    let required = [
         coconut_model::CONFIG_FILE,
         coconut_model::WEIGHTS_FILE,
         crate::model_setup::TOKENIZER_FILE,
-    ] {
+    ];
+    let optional =
+        [coconut_curriculum::TOKENIZER_CONFIG_FILE, coconut_curriculum::GENERATION_CONFIG_FILE];
+    for (file, required) in
+        required.iter().map(|f| (*f, true)).chain(optional.iter().map(|f| (*f, false)))
+    {
         let path = src.join(file);
+        if !required && !path.exists() {
+            continue;
+        }
         let bytes = std::fs::read(&path).map_err(|error| TrainError::Io { path, error })?;
         files.push((file, bytes));
     }

@@ -9,9 +9,21 @@ pub fn fixture_samples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/datasets/prosqa/prosqa_valid.json")
 }
 
+/// The `[model]` section of [`write_config`]: a one-layer GPT-2 trained from scratch.
+pub const SMALL_GPT2: &str = "n_layer = 1
+n_embd = 32
+n_head = 2
+vocab_size = 300
+n_positions = 1024";
+
 /// A small run of 3 epochs of 8 steps (32 samples, batches of 4) ending at stage 2 (two
 /// thoughts); `extra` adds lines to `[train]`.
 pub fn write_config(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    write_config_with_model(dir, name, SMALL_GPT2, extra)
+}
+
+/// [`write_config`] with the lines of `[model]` given.
+pub fn write_config_with_model(dir: &Path, name: &str, model: &str, extra: &str) -> PathBuf {
     let data = fixture_samples();
     let text = format!(
         r#"
@@ -23,11 +35,7 @@ valid = "{data}"
 max_train_samples = 32
 max_valid_samples = 4
 [model]
-n_layer = 1
-n_embd = 32
-n_head = 2
-vocab_size = 300
-n_positions = 1024
+{model}
 [curriculum]
 max_latent_stage = 2
 epochs_per_stage = 1

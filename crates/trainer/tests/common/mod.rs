@@ -9,8 +9,15 @@ use coconut_curriculum::{
 #[allow(dead_code)] // not every test binary compares floats
 pub const SAME: coconut_testing::Tolerance = coconut_testing::Tolerance::scaled(1e-5);
 
-pub const SPECIAL: SpecialTokens =
-    SpecialTokens { eos: 0, start_latent: 40, end_latent: 41, latent: 42, pause: 43 };
+pub const SPECIAL: SpecialTokens = SpecialTokens {
+    bos: None,
+    eos: 0,
+    pad: 0,
+    start_latent: 40,
+    end_latent: 41,
+    latent: 42,
+    pause: 43,
+};
 
 /// Samples with different question lengths and numbers of steps.
 pub fn samples() -> Vec<TokenizedSample> {
