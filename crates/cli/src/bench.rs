@@ -1,6 +1,7 @@
 //! `bench`: the training step and generation at one thread, with the shapes of the PyTorch
 //! reference (`tiny` = 4 layers x 256, and the GPT-2 124M shape; random weights; the GPT-2
-//! tokenizer; ProsQA batches of 8). Each measurement runs in a child process so that its
+//! tokenizer; ProsQA batches of 8), and a Llama of the tiny shape (`tiny_llama`: 4 query
+//! heads sharing 2 key-value heads, SwiGLU). Each measurement runs in a child process so that its
 //! peak RSS is its own. One JSON line per measurement, then the ratios scripts read.
 
 use std::io::Write;
@@ -14,7 +15,7 @@ use coconut_curriculum::{
     CurriculumConfig, Mode, Sample, StagedSample, Tokenizer,
 };
 use coconut_eval::{generate, generate_without_cache};
-use coconut_model::{CausalLm, Gpt2, Gpt2Config};
+use coconut_model::{CausalLm, Gpt2, Gpt2Config, Llama, LlamaConfig};
 use coconut_trainer::adamw::{AdamW, AdamWConfig};
 use coconut_trainer::gradients::Gradients;
 use coconut_trainer::{training_loss, DeviceBatch};
@@ -67,10 +68,12 @@ const fn measurement(
 }
 
 /// The fixed set.
-const MEASUREMENTS: [Measurement; 9] = [
+const MEASUREMENTS: [Measurement; 11] = [
     measurement("train_step", "tiny", 8, 6, 5, false),
     measurement("plain_step", "tiny", 8, 6, 5, false),
     measurement("latent_overhead", "tiny", 8, 6, 7, false),
+    measurement("train_step", "tiny_llama", 8, 6, 5, false),
+    measurement("latent_overhead", "tiny_llama", 8, 6, 7, false),
     measurement("train_step", "tiny", 8, 0, 2, false),
     measurement("train_step", "gpt2", 8, 6, 1, false),
     measurement("train_step", "gpt2", 8, 6, 1, true),
@@ -146,8 +149,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             })
             .cloned()
     };
-    if let Some(overhead) = find("latent_overhead", "tiny", 6) {
-        println!("latent_overhead_stage6={:.3}", overhead["ratio"].as_f64().unwrap_or(f64::NAN));
+    for (model, suffix) in [("tiny", ""), ("tiny_llama", "_llama")] {
+        if let Some(overhead) = find("latent_overhead", model, 6) {
+            let ratio = overhead["ratio"].as_f64().unwrap_or(f64::NAN);
+            println!("latent_overhead_stage6{suffix}={ratio:.3}");
+        }
     }
     let train = find("train_step", "tiny", 6);
     if let (Some(b), Some(r)) =
@@ -232,11 +238,18 @@ fn rss_field(field: &str) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn model_shape(name: &str) -> (usize, usize, usize) {
-    match name {
-        "gpt2" => (12, 768, 12),
-        _ => (4, 256, 4),
+/// The measured model, freshly initialised: GPT-2 with the reference's dropout of 0.1, or
+/// the Llama of the tiny shape (no dropout, as Llama trains).
+fn bench_model(vs: &VarStore, name: &str, vocab: usize) -> Box<dyn CausalLm> {
+    if name == "tiny_llama" {
+        let config =
+            LlamaConfig::new(vocab, 1024, 256, 4, 4, 2, 704, 0.0).expect("a valid Llama shape");
+        return Box::new(Llama::new(&vs.root(), &config));
     }
+    let (n_layer, n_embd, n_head) = if name == "gpt2" { (12, 768, 12) } else { (4, 256, 4) };
+    let mut config = Gpt2Config::new(vocab, 1024, n_embd, n_layer, n_head);
+    (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop) = (0.1, 0.1, 0.1);
+    Box::new(Gpt2::new(&vs.root(), &config))
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -268,12 +281,9 @@ fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
         pad_latent_to_max: true,
         ..CurriculumConfig::default()
     };
-    let (n_layer, n_embd, n_head) = model_shape(model_name);
-    let mut config = Gpt2Config::new(tokenizer.vocab_size(), 1024, n_embd, n_layer, n_head);
-    // GPT-2's dropout, as the reference trains with it.
-    (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop) = (0.1, 0.1, 0.1);
     let vs = VarStore::new(Device::Cpu);
-    let model = Gpt2::new(&vs.root(), &config);
+    let model = bench_model(&vs, model_name, tokenizer.vocab_size());
+    let model = model.as_ref();
 
     if name.starts_with("generate") {
         let n = batch.max(steps);
@@ -285,7 +295,7 @@ fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
         let max_new = 64;
         let started = Instant::now();
         let generated: usize = if name == "generate_batched" {
-            generate(&model, &prompts, &special, &[], max_new, Device::Cpu)
+            generate(model, &prompts, &special, &[], max_new, Device::Cpu)
                 .iter()
                 .map(|g| g.tokens.len())
                 .sum()
@@ -293,7 +303,7 @@ fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
             prompts
                 .iter()
                 .map(|p| {
-                    generate_without_cache(&model, p, &special, &[], max_new, Device::Cpu)
+                    generate_without_cache(model, p, &special, &[], max_new, Device::Cpu)
                         .tokens
                         .len()
                 })
@@ -330,7 +340,7 @@ fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
         // same step with and without recomputation end with the same loss.
         tch::manual_seed(index as i64);
         let timing =
-            timed_step(&model, &mut optimizer, &mut grads, &inputs, plain, gradient_checkpointing);
+            timed_step(model, &mut optimizer, &mut grads, &inputs, plain, gradient_checkpointing);
         eprintln!(
             "# {name} {model_name} step {index} (plain {plain}): loss {:.4}, {:.3} s",
             timing.loss, timing.total_s

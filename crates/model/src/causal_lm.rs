@@ -39,6 +39,22 @@ pub struct PassInputs<'a> {
     pub bias: &'a Tensor,
     /// Train mode: dropout applies.
     pub train: bool,
+    /// What an architecture derives from the positions, made once per pass.
+    from_positions: std::cell::OnceCell<Vec<Tensor>>,
+}
+
+impl<'a> PassInputs<'a> {
+    /// The inputs of one pass.
+    pub fn new(position_ids: &'a Tensor, bias: &'a Tensor, train: bool) -> Self {
+        Self { position_ids, bias, train, from_positions: std::cell::OnceCell::new() }
+    }
+
+    /// Tensors an architecture derives from the positions (a rotary model's cosines and
+    /// sines): `make` runs for the first block that asks, every later block of the pass
+    /// gets the same tensors.
+    pub fn from_positions(&self, make: impl FnOnce() -> Vec<Tensor>) -> &[Tensor] {
+        self.from_positions.get_or_init(make)
+    }
 }
 
 /// A causal language model whose last hidden state can be fed back as an input embedding.
@@ -143,7 +159,7 @@ impl dyn CausalLm + '_ {
         train: bool,
         outputs_from: i64,
     ) -> Tensor {
-        let pass = PassInputs { position_ids, bias, train };
+        let pass = PassInputs::new(position_ids, bias, train);
         let seed = self.dropout_seed(train);
         self.run_blocks(embeds, &pass, cache, outputs_from, seed, &mut |_, _| {})
     }

@@ -265,29 +265,48 @@ impl Rope {
     }
 }
 
-/// The cosines and sines of one pass's positions, (B, T, head_dim) each in the compute kind.
-struct Rotation {
-    cos: Tensor,
-    sin: Tensor,
+/// The rotation of one pass's positions: cosines and sines (B, 1, T, head_dim) in the
+/// compute kind, and the signed permutation that turns a head's halves (x1, x2) into
+/// (-x2, x1), as a matrix (one product instead of four slicing operations per use).
+struct Rotation<'p> {
+    cos: &'p Tensor,
+    sin: &'p Tensor,
+    half_swap: Tensor,
 }
 
-impl Rotation {
-    /// Angles computed in f32 whatever the compute kind, as transformers does.
-    fn new(inv_freq: &Tensor, position_ids: &Tensor, kind: Kind) -> Self {
-        let inv_freq = inv_freq.to_device(position_ids.device());
-        let angles = position_ids.to_kind(Kind::Float).unsqueeze(-1) * inv_freq; // (B, T, hd/2)
-        let angles = Tensor::cat(&[&angles, &angles], -1); // (B, T, hd)
-        Self { cos: angles.cos().to_kind(kind), sin: angles.sin().to_kind(kind) }
+impl<'p> Rotation<'p> {
+    /// Angles computed in f32 whatever the compute kind, as transformers does; once per pass.
+    fn new(model: &Llama, pass: &'p PassInputs, kind: Kind) -> Self {
+        let derived = pass.from_positions(|| {
+            let positions = pass.position_ids.to_kind(Kind::Float).unsqueeze(-1);
+            let angles = positions * &model.inv_freq; // (B, T, hd/2)
+            let angles = Tensor::cat(&[&angles, &angles], -1).unsqueeze(1); // (B, 1, T, hd)
+            vec![angles.cos().to_kind(kind), angles.sin().to_kind(kind)]
+        });
+        Self { cos: &derived[0], sin: &derived[1], half_swap: model.half_swap.to_kind(kind) }
     }
 
     /// Rotates heads `x` (B, n, T, hd) of the columns `[from, T)`.
     fn apply(&self, x: &Tensor, from: i64) -> Tensor {
-        let cos = columns_from(&self.cos, from).unsqueeze(1); // (B, 1, T, hd)
-        let sin = columns_from(&self.sin, from).unsqueeze(1);
-        let half = x.size()[3] / 2;
-        let rotated = Tensor::cat(&[-x.narrow(3, half, half), x.narrow(3, 0, half)], 3);
-        x * cos + rotated * sin
+        let (cos, sin) = if from == 0 {
+            (self.cos.shallow_clone(), self.sin.shallow_clone())
+        } else {
+            let t = self.cos.size()[2] - from;
+            (self.cos.narrow(2, from, t), self.sin.narrow(2, from, t))
+        };
+        (x * cos).addcmul(&x.matmul(&self.half_swap), &sin)
     }
+}
+
+/// The (hd, hd) matrix M with [x1, x2] M = [-x2, x1] for halves x1, x2 of a head.
+fn half_swap_matrix(head_dim: i64) -> Tensor {
+    let half = head_dim / 2;
+    let m = Tensor::zeros([head_dim, head_dim], (Kind::Float, tch::Device::Cpu));
+    for j in 0..half {
+        let _ = m.get(j + half).get(j).fill_(-1.0);
+        let _ = m.get(j).get(j + half).fill_(1.0);
+    }
+    m
 }
 
 /// RMSNorm: normalised in f32, then scaled by `weight` in the input's kind.
@@ -303,6 +322,11 @@ impl RmsNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
+        if x.kind() == Kind::Float {
+            // One fused operation: fewer small operations in every thought's pass.
+            let dim = *x.size().last().expect("non-scalar input");
+            return x.rms_norm([dim], Some(&self.weight), self.eps);
+        }
         let xf = x.to_kind(Kind::Float);
         let variance = xf.square().mean_dim(-1, true, Kind::Float);
         let normed = (xf * (variance + self.eps).rsqrt()).to_kind(x.kind());
@@ -453,7 +477,8 @@ pub struct Llama {
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Option<Tensor>, // (V, C) when untied
-    inv_freq: Tensor,        // (hd / 2) rotary frequencies, f32 on the CPU
+    inv_freq: Tensor,        // (hd / 2) rotary frequencies, f32, on the model's device
+    half_swap: Tensor,       // (hd, hd), see `half_swap_matrix`
 }
 
 impl Llama {
@@ -473,7 +498,8 @@ impl Llama {
             norm: RmsNorm::new(&model / "norm", c, config.rms_norm_eps),
             lm_head: (!config.tie_word_embeddings)
                 .then(|| (vs / "lm_head").var("weight", &[v, c], init)),
-            inv_freq: Tensor::from_slice(&inv_freq).to_kind(Kind::Float),
+            inv_freq: Tensor::from_slice(&inv_freq).to_kind(Kind::Float).to_device(vs.device()),
+            half_swap: half_swap_matrix(config.head_dim as i64).to_device(vs.device()),
         }
     }
 
@@ -560,7 +586,7 @@ impl CausalLm for Llama {
         cache: Option<&mut KvCache>,
         outputs_from: i64,
     ) -> Tensor {
-        let rotation = Rotation::new(&self.inv_freq, pass.position_ids, x.kind());
+        let rotation = Rotation::new(self, pass, x.kind());
         self.layers[layer].forward(x, &rotation, pass, layer, cache, outputs_from)
     }
 

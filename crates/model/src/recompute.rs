@@ -37,7 +37,7 @@ impl dyn CausalLm + '_ {
                 block_inputs.push(x.shallow_clone());
             }
         };
-        let pass = PassInputs { position_ids, bias, train };
+        let pass = PassInputs::new(position_ids, bias, train);
         let hidden = tch::no_grad(|| {
             self.run_blocks(
                 embeds,
@@ -146,8 +146,7 @@ impl RecomputedPass {
         let n_layer = model.shape().n_layer;
         assert_eq!(n_layer, self.block_inputs.len() + 1, "a pass of another model");
         assert_eq!(output_grads.len(), 1 + 2 * n_layer, "one gradient per output");
-        let pass =
-            PassInputs { position_ids: &self.position_ids, bias: &self.bias, train: self.train };
+        let pass = PassInputs::new(&self.position_ids, &self.bias, self.train);
         let mut past_grads: Vec<Vec<Tensor>> = (0..n_layer).map(|_| Vec::new()).collect();
         let mut grad_out = output_grads[0].shallow_clone(); // of the last block's output
         for layer in (0..n_layer).rev() {

@@ -139,7 +139,7 @@ pub fn pass_ranges(first_latent: i64, n_latents: usize, seq_len: i64) -> Vec<(i6
 /// (generation continues from it).
 ///
 /// Each pass computes the hidden states of its last column (the next thought) and of the
-/// columns the caller reads, and no others (see [`Gpt2::forward_embeds_from`]).
+/// columns the caller reads, and no others (see `forward_embeds_from` on [`CausalLm`]).
 pub fn latent_hidden_states(
     model: &dyn CausalLm,
     batch: &DeviceBatch,
@@ -151,7 +151,7 @@ pub fn latent_hidden_states(
 }
 
 /// [`latent_hidden_states`]; with `recompute`, the first and the final pass run through
-/// [`Gpt2::forward_recomputed`] and are returned, in order, for the backward pass.
+/// `forward_recomputed` (on [`CausalLm`]) and are returned, in order, for the backward pass.
 fn multi_pass(
     model: &dyn CausalLm,
     batch: &DeviceBatch,

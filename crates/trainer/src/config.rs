@@ -614,6 +614,21 @@ lr = 1e-3
     /// Every config that validates survives a checkpoint: its training state (JSON) and the
     /// resolved `config.toml` read back equal. Values that cannot (NaN in JSON, integers
     /// above `i64::MAX` in TOML) must be rejected by validation instead.
+    /// Every run config the repository ships parses and validates.
+    #[test]
+    fn every_shipped_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                RunConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                count += 1;
+            }
+        }
+        assert!(count >= 20, "{count} configs");
+    }
+
     #[test]
     fn every_valid_config_round_trips_through_a_checkpoint() {
         use rand::SeedableRng;
@@ -639,6 +654,10 @@ lr = 1e-3
             pick(&mut rng, &mut c.model.n_positions, &sizes);
             pick(&mut rng, &mut c.model.vocab_size, &[0, 260, 261, 400, 1 << 40]);
             pick(&mut rng, &mut c.model.dropout, &floats);
+            pick(&mut rng, &mut c.model.architecture, &[Architecture::Gpt2, Architecture::Llama]);
+            let options = [None, Some(0), Some(1), Some(2), Some(1 << 40), Some(usize::MAX)];
+            pick(&mut rng, &mut c.model.n_kv_head, &options);
+            pick(&mut rng, &mut c.model.intermediate_size, &options);
             pick(&mut rng, &mut c.curriculum.c_thought, &sizes);
             pick(&mut rng, &mut c.curriculum.max_latent_stage, &sizes);
             pick(&mut rng, &mut c.curriculum.uniform_prob, &floats);

@@ -171,10 +171,12 @@ pub fn load_model_dir(
             model_vocab,
         });
     }
-    if !tokenizer.newly_added().is_empty() {
-        // The latent markers are new to this model: they take the rows after the file's
-        // ids (padding rows where the model has them, new rows otherwise), all starting
-        // from the init token's, as the reference initialises them.
+    // Tokens the file lacked (the latent markers) whose rows the model does not hold as
+    // exactly its last rows: they take the rows after the file's ids (padding rows where
+    // the model has them, new rows otherwise), all starting from the init token's, as the
+    // reference initialises them. A model with exactly one row per id (an official
+    // checkpoint converted with its trained marker rows) keeps its rows.
+    if !tokenizer.newly_added().is_empty() && tok_vocab != model_vocab {
         let init = single_token(&tokenizer, init_token, file_vocab, dir)?;
         model.resize_token_embeddings(model_vocab.max(tok_vocab), init);
         let added: Vec<i64> = tokenizer.newly_added().iter().map(|&id| i64::from(id)).collect();

@@ -368,7 +368,15 @@ fn a_successful_save_writes_syncs_renames_syncs_then_prunes() {
         .collect();
     assert_eq!(
         written,
-        ["config.json", "model.safetensors", "tokenizer.json", OPTIMIZER_FILE, STATE_FILE],
+        [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+            OPTIMIZER_FILE,
+            STATE_FILE
+        ],
         "every file, the state last"
     );
     let created = pos(&Op::CreateDir(tmp.clone()));
