@@ -9,9 +9,10 @@
 //! loader looks for `libnccl.so`, `libnccl.so.{13,12,11,10,9,1}` and the like, never
 //! `libnccl.so.2`, the only name the `nvidia-nccl` wheels that PyTorch installs ship; and it
 //! panics, rather than returning an error, when no candidate loads. The declarations below
-//! are the stable C ABI of NCCL 2.x (unchanged since NCCL 2.12, and checked against the
-//! bindings `cudarc` generates from `nccl.h`) and of the CUDA driver API, whose entry points
-//! keep working on newer drivers (a CUDA 13 driver serves them as a CUDA 12 one does).
+//! are the C ABI of NCCL 2.x, whose signatures have not changed across 2.x (checked against
+//! the bindings `cudarc` generates from `nccl.h` 2.22 to 2.30; `ncclGetLastError`, from
+//! 2.13, is optional), and of the CUDA driver API, whose entry points keep working on newer
+//! drivers (a CUDA 13 driver serves them as a CUDA 12 one does).
 //!
 //! Which library is loaded: `$COCONUT_NCCL_LIBRARY` if set (a path), else `libnccl.so.2`,
 //! else `libnccl.so`, each found by the dynamic loader's usual search (`LD_LIBRARY_PATH`,
@@ -136,7 +137,7 @@ fn nccl_candidates() -> Vec<String> {
 
 fn load_nccl_from(candidates: &[String]) -> Result<NcclApi, String> {
     let library = open_first("the NCCL library", candidates)?;
-    // SAFETY: each type is the C signature in nccl.h (NCCL 2.12 to 2.30); the library is
+    // SAFETY: each type is the C signature in nccl.h (NCCL 2.x); the library is
     // leaked below, so the pointers stay valid for the life of the process.
     let api = unsafe {
         let get_version: unsafe extern "C" fn(*mut c_int) -> NcclResult =
@@ -315,9 +316,10 @@ impl Drop for Device {
 /// The host operations ([`Collective::all_reduce_sum`], the bytes, the barrier) are the
 /// host engine's, and do not wait for queued device work.
 ///
-/// Failures: NCCL errors are returned, with NCCL's message. A rank that dies during a
-/// device sum leaves the others' sums waiting inside NCCL (the host engine, or `mpirun`,
-/// is what notices and ends the job).
+/// Failures: NCCL errors are returned, with NCCL's message. A rank that dies leaves the
+/// others' device sums waiting on the GPU; what ends the job is the launcher (`mpirun`
+/// and `torchrun` both stop every rank when one exits abnormally) or the next host
+/// operation, which fails naming the rank that went away.
 pub struct Nccl {
     host: Box<dyn Collective>,
     comm: NcclComm,
