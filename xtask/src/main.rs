@@ -1,9 +1,11 @@
 //! `cargo xtask`: the project's task runner.
 //!
-//! - `setup [--cuda]` installs LibTorch for tch (PyTorch 2.11.0) from PyPI into `.libtorch/`.
-//! - `test` runs setup, then the whole workspace's tests.
+//! - `setup [--cuda]` installs LibTorch for tch (PyTorch 2.11.0) from PyPI into `.libtorch/`,
+//!   and OpenMPI (for data-parallel runs) with the system's package manager where it can.
+//! - `test` runs setup, then the whole workspace's tests, MPI's included.
 //! - every other command (`train-all-stages`, `eval`, `data`, `compare`, `bench`, `stats`, ...)
-//!   runs setup, then the `coconut` binary in release mode with the same arguments.
+//!   runs setup, then the `coconut` binary (built with MPI) in release mode with the same
+//!   arguments; `--nproc-per-node N` starts N ranks of it with `mpirun`.
 
 mod setup;
 
@@ -60,6 +62,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Setup { cuda: false } => {
             setup::libtorch(&root, setup::Flavor::Cpu)?;
+            setup::openmpi()?;
         }
         Task::Setup { cuda: true } => {
             let libtorch = setup::libtorch(&root, setup::Flavor::Cuda)?;
@@ -74,29 +77,31 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => {
             setup::libtorch(&root, setup::Flavor::Cpu)?;
-            let status = cargo(&root).args(["test", "--workspace"]).args(&args).status()?;
+            setup::openmpi()?;
+            let status = cargo(&root)
+                .args(["test", "--workspace", "--all-features"])
+                .args(&args)
+                .status()?;
             check(status, "cargo test")?;
         }
         Task::Coconut(args) => {
             setup::libtorch(&root, setup::Flavor::Cpu)?;
+            setup::openmpi()?;
             let args = if args.first().map(String::as_str) == Some("help-coconut") {
                 vec!["help".to_string()]
             } else {
                 args
             };
-            let status = cargo(&root)
-                .args([
-                    "run",
-                    "--quiet",
-                    "--release",
-                    "-p",
-                    "coconut-cli",
-                    "--bin",
-                    "coconut",
-                    "--",
-                ])
-                .args(&args)
+            let (ranks, args) = take_nproc_per_node(args)?;
+            let build = cargo(&root)
+                .args(["build", "--quiet", "--release", "-p", "coconut-cli", "--features", "mpi"])
                 .status()?;
+            check(build, "cargo build --release -p coconut-cli")?;
+            let binary = root.join("target/release/coconut");
+            let status = match ranks {
+                None => Command::new(&binary).args(&args).status()?,
+                Some(n) => mpirun(n).arg(&binary).args(&args).status()?,
+            };
             check(status, &format!("coconut {}", args.join(" ")))?;
         }
     }
@@ -104,6 +109,39 @@ fn main() -> Result<()> {
 }
 
 /// The workspace root (the parent of this crate).
+/// Takes `--nproc-per-node N` (or `--nproc-per-node=N`) out of a command's arguments.
+fn take_nproc_per_node(args: Vec<String>) -> Result<(Option<usize>, Vec<String>)> {
+    let mut ranks = None;
+    let mut rest = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let value = if arg == "--nproc-per-node" {
+            args.next().context("--nproc-per-node needs a number of ranks")?
+        } else if let Some(v) = arg.strip_prefix("--nproc-per-node=") {
+            v.to_string()
+        } else {
+            rest.push(arg);
+            continue;
+        };
+        let n: usize = value.parse().ok().filter(|&n| n > 0).with_context(|| {
+            format!("--nproc-per-node {value:?}: expected a positive number of ranks")
+        })?;
+        ranks = Some(n);
+    }
+    Ok((ranks, rest))
+}
+
+/// `mpirun` starting `ranks` processes on this machine: allowed to run as root (CI and
+/// containers do), more ranks than cores allowed, and no binding of a rank to one core (a
+/// rank runs several threads when cores are to spare).
+fn mpirun(ranks: usize) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["-n", &ranks.to_string(), "--oversubscribe", "--bind-to", "none"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    cmd
+}
+
 fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

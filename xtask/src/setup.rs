@@ -175,3 +175,54 @@ fn remove_dir(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// The Debian packages that MPI builds and runs with: the launcher, the library and its
+/// headers, and libclang (the `mpi` crate generates its bindings with it).
+const MPI_PACKAGES: [&str; 3] = ["openmpi-bin", "libopenmpi-dev", "libclang-dev"];
+
+/// Makes OpenMPI available the way LibTorch is: present already, or installed with the
+/// system's package manager when this runs as root on a Debian-like system; otherwise an
+/// error with the one command to run.
+pub fn openmpi() -> Result<()> {
+    let have = |program: &str, arg: &str| {
+        Command::new(program)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // Where Debian's libclang-dev puts it (`/usr/lib/llvm-<version>/lib`), or LIBCLANG_PATH.
+    let libclang = std::env::var_os("LIBCLANG_PATH").is_some()
+        || std::fs::read_dir("/usr/lib").is_ok_and(|dirs| {
+            dirs.flatten().any(|d| {
+                d.file_name().to_string_lossy().starts_with("llvm-")
+                    && d.path().join("lib/libclang.so").exists()
+            })
+        });
+    if have("mpirun", "--version") && have("mpicc", "--showme:version") && libclang {
+        return Ok(());
+    }
+    let command = format!("apt-get install -y {}", MPI_PACKAGES.join(" "));
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n");
+    if !root || !have("apt-get", "--version") {
+        bail!(
+            "OpenMPI (mpirun, mpicc) and libclang are needed for data-parallel training and its \
+             tests; install them, for example with `sudo {command}`"
+        );
+    }
+    eprintln!("installing OpenMPI: {command}");
+    let update = Command::new("apt-get").args(["update", "-q"]).status()?;
+    if !update.success() {
+        bail!("`apt-get update` failed; install OpenMPI with `{command}`");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(MPI_PACKAGES)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
+    if !status.success() {
+        bail!("`{command}` failed");
+    }
+    Ok(())
+}

@@ -9,9 +9,11 @@ mod report;
 mod run;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use coconut_trainer::Ranks;
 use tracing_subscriber::EnvFilter;
 
 /// The configuration run when no `--config` is given: a small GPT-2 trained from scratch on
@@ -150,8 +152,11 @@ fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::TrainAllStages { config, overrides } => {
             let (config, path) = run::load_config(config.as_deref(), &overrides)?;
-            let dir = run::train_all_stages(config, &path)?;
-            println!("{}", dir.display());
+            let ranks = Arc::new(Ranks::from_launcher(config.device())?);
+            let dir = run::train_all_stages(config, &path, &ranks)?;
+            if ranks.is_main() {
+                println!("{}", dir.display());
+            }
             Ok(())
         }
         Command::Eval {
@@ -204,7 +209,8 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Stats { file, reference } => data::stats(&file, reference.as_deref()),
         Command::Compare { config } => {
             let (config, path) = run::load_config(config.as_deref(), &[])?;
-            run::compare(config, &path)
+            let ranks = Arc::new(Ranks::from_launcher(config.device())?);
+            run::compare(config, &path, &ranks)
         }
         Command::Bench(args) => bench::run(&args),
         Command::ImportConfig(args) => import_config::run(&args),

@@ -11,7 +11,7 @@ use coconut_eval::{
     EvalOptions, Prediction, SampleThoughts, TableRow,
 };
 use coconut_trainer::{
-    check_model_paths, check_sample_lengths, EpochEval, RunConfig, TrainError, Trainer,
+    check_model_paths, check_sample_lengths, EpochEval, Ranks, RunConfig, TrainError, Trainer,
 };
 
 use crate::{data, report, DEFAULT_CONFIG};
@@ -29,12 +29,20 @@ pub fn load_config(path: Option<&Path>, overrides: &[String]) -> Result<(RunConf
     Ok((RunConfig::parse_with_overrides(&text, &path, overrides)?, path))
 }
 
-/// Trains every stage of `config`, evaluates after every epoch and at the end, and writes
-/// the report. Returns the run folder.
-pub fn train_all_stages(config: RunConfig, config_path: &Path) -> Result<PathBuf> {
+/// Trains every stage of `config` as one of `ranks`, evaluates after every epoch and at the
+/// end, and writes the report. Returns the run folder. Rank 0 makes the data before the
+/// others start, and alone evaluates and reports.
+pub fn train_all_stages(
+    config: RunConfig,
+    config_path: &Path,
+    ranks: &Arc<Ranks>,
+) -> Result<PathBuf> {
     check_model_paths(&config, config_path)?;
-    data::ensure_generated(&config)?;
-    let mut trainer = Trainer::new(config.clone(), config_path)?;
+    if ranks.is_main() {
+        data::ensure_generated(&config)?;
+    }
+    ranks.barrier()?;
+    let mut trainer = Trainer::with_ranks(config.clone(), config_path, Arc::clone(ranks))?;
     let device = config.device();
     // The final model is evaluated on the test split (or valid when there is none); its
     // lengths are checked now, before any training.
@@ -77,6 +85,9 @@ pub fn train_all_stages(config: RunConfig, config_path: &Path) -> Result<PathBuf
         trainer.run(&mut per_epoch)?
     };
     let run_dir = summary.run_dir.clone();
+    if !ranks.is_main() {
+        return Ok(run_dir);
+    }
 
     // The final model on the test split, at the final stage.
     let final_stage = config.curriculum.stage_of_epoch(config.train.num_epochs.saturating_sub(1));
@@ -166,14 +177,17 @@ pub fn write_predictions(path: &Path, predictions: &[Prediction]) -> Result<()> 
 }
 
 /// Trains Coconut, CoT and No-CoT on the data and budget of `config` and prints the table.
-pub fn compare(config: RunConfig, config_path: &Path) -> Result<()> {
+pub fn compare(config: RunConfig, config_path: &Path, ranks: &Arc<Ranks>) -> Result<()> {
     let mut rows = Vec::new();
     for mode in [Mode::Cot, Mode::NoCot, Mode::Coconut] {
         let mut c = config.clone();
         c.curriculum.mode = mode;
         c.name =
             format!("{}-{}", config.name, serde_json::to_value(mode)?.as_str().unwrap_or("mode"));
-        let dir = train_all_stages(c.clone(), config_path)?;
+        let dir = train_all_stages(c.clone(), config_path, ranks)?;
+        if !ranks.is_main() {
+            continue;
+        }
         let summary: report::Summary =
             serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
         rows.push(TableRow { method: format!("{mode:?}"), metrics: summary.final_metrics });

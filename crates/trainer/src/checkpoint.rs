@@ -114,6 +114,14 @@ pub struct TrainState {
     /// before it was recorded.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer_sha256: Option<String>,
+    /// The number of data-parallel ranks that trained up to here: with `grad_accum` it
+    /// gives the micro-batches of an optimizer step, which a resume must keep.
+    #[serde(default = "one_rank")]
+    pub ranks: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 /// A checkpoint folder's name, `e<epoch>-s<global step>` zero-padded to 3 and 7 digits

@@ -100,6 +100,53 @@ impl Gradients {
     pub fn clear(&mut self) {
         self.sums.clear();
     }
+
+    /// Every parameter in name order, with its shape and whether it has a sum: the layout
+    /// of [`Gradients::flatten`].
+    pub fn layout(&self) -> Vec<(String, Vec<i64>, bool)> {
+        self.params
+            .iter()
+            .map(|(name, p)| (name.clone(), p.size(), self.sums.contains_key(name)))
+            .collect()
+    }
+
+    /// Every parameter's sum (zeros where it has none) in one contiguous f32 tensor on the
+    /// parameters' device, in the order of `layout`.
+    pub fn flatten(&self, layout: &[(String, Vec<i64>, bool)]) -> Tensor {
+        tch::no_grad(|| {
+            let parts: Vec<Tensor> = layout
+                .iter()
+                .map(|(name, _, _)| match self.sums.get(name) {
+                    Some(sum) => sum.to_kind(tch::Kind::Float).flatten(0, -1),
+                    None => self.params[name].zeros_like().to_kind(tch::Kind::Float).flatten(0, -1),
+                })
+                .collect();
+            Tensor::cat(&parts, 0)
+        })
+    }
+
+    /// The sums read back from `flat` (laid out by `layout`), for the parameters `present`
+    /// marks; the others have none.
+    pub fn unflatten(
+        &mut self,
+        layout: &[(String, Vec<i64>, bool)],
+        flat: &Tensor,
+        present: &[bool],
+    ) {
+        self.sums.clear();
+        let mut offset = 0;
+        for ((name, size, _), &has) in layout.iter().zip(present) {
+            let n: i64 = size.iter().product();
+            if has {
+                let kind = self.params[name].kind();
+                self.sums.insert(
+                    name.clone(),
+                    flat.narrow(0, offset, n).view(size.as_slice()).to_kind(kind),
+                );
+            }
+            offset += n;
+        }
+    }
 }
 
 #[cfg(test)]

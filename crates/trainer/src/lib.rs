@@ -7,6 +7,7 @@ pub mod coconut;
 pub mod config;
 pub mod gradients;
 pub mod model_setup;
+pub mod ranks;
 pub mod run_lock;
 pub mod train;
 
@@ -22,6 +23,7 @@ pub use config::{
 pub use model_setup::{
     build_model, check_model_paths, load_model_dir, LoadedModel, TOKENIZER_FILE,
 };
+pub use ranks::Ranks;
 pub use train::{
     check_sample_lengths, teacher_forced_loss, EpochEval, MetricLine, TrainSummary, Trainer,
 };

@@ -31,6 +31,7 @@ use crate::coconut::{coconut_loss, training_loss, DeviceBatch};
 use crate::config::{OptimizerReset, RunConfig};
 use crate::gradients::Gradients;
 use crate::model_setup::{build_model, check_model_paths, LoadedModel};
+use crate::ranks::Ranks;
 use crate::run_lock::RunLock;
 use crate::TrainError;
 
@@ -108,8 +109,10 @@ pub struct Trainer {
     grads: Gradients,
     state: TrainState,
     run_dir: PathBuf,
-    // Held from before the checkpoints are listed until the trainer is dropped.
-    _lock: RunLock,
+    // The ranks of a data-parallel run (one rank alone otherwise).
+    ranks: Arc<Ranks>,
+    // Held by rank 0 from before the checkpoints are listed until the trainer is dropped.
+    _lock: Option<RunLock>,
     // Non-zero (a signal number) when the run should checkpoint and stop.
     stop: Arc<AtomicUsize>,
 }
@@ -119,14 +122,37 @@ impl Trainer {
     /// of the run folder when `train.resume` is set. A checkpoint that fails to load is
     /// reported and the one before it is tried.
     pub fn new(config: RunConfig, config_path: &Path) -> Result<Self, TrainError> {
-        if config.train.threads > 0 {
-            tch::set_num_threads(config.train.threads as i32);
+        Self::with_ranks(config, config_path, Arc::new(Ranks::single()))
+    }
+
+    /// [`Trainer::new`] as one of the `ranks` of a data-parallel run: rank 0 takes the run
+    /// folder and picks the checkpoint to resume from, every rank loads it (or builds the
+    /// model, then takes rank 0's weights), and threads default to the cores shared out.
+    pub fn with_ranks(
+        config: RunConfig,
+        config_path: &Path,
+        ranks: Arc<Ranks>,
+    ) -> Result<Self, TrainError> {
+        let threads = match config.train.threads {
+            0 if ranks.world_size() > 1 => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                (cores / ranks.world_size()).max(1)
+            }
+            n => n,
+        };
+        if threads > 0 {
+            tch::set_num_threads(threads as i32);
         }
         check_model_paths(&config, config_path)?;
         config.usable_device(config_path)?;
         let run_dir = config.run_dir();
-        let lock = RunLock::acquire(&run_dir)?;
-        recover_checkpoints(&DiskIo, &run_dir.join("checkpoints"))?;
+        let lock = if ranks.is_main() {
+            let lock = RunLock::acquire(&run_dir)?;
+            recover_checkpoints(&DiskIo, &run_dir.join("checkpoints"))?;
+            Some(lock)
+        } else {
+            None
+        };
         let mut train_samples = load_samples(&config.data.train)?;
         if config.data.max_train_samples > 0 {
             train_samples.truncate(config.data.max_train_samples);
@@ -136,7 +162,11 @@ impl Trainer {
 
         // Resume from the newest checkpoint that loads. A run folder that holds checkpoints
         // is never started afresh over them: that would mix two runs and prune the new one.
-        let existing = list_checkpoints(&run_dir.join("checkpoints"));
+        let existing = if ranks.is_main() {
+            list_checkpoints(&run_dir.join("checkpoints"))
+        } else {
+            Vec::new()
+        };
         let mut resumed = None;
         let mut failures = Vec::new();
         if config.train.resume {
@@ -154,6 +184,12 @@ impl Trainer {
                 }
             }
         }
+        // Rank 0 names the checkpoint it resumes from (none: a fresh start); the others load
+        // that one.
+        let mut chosen = match &resumed {
+            Some((_, _, state)) => crate::checkpoint::checkpoint_name(state).into_bytes(),
+            None => Vec::new(),
+        };
         if resumed.is_none() && !existing.is_empty() {
             let why = if config.train.resume {
                 format!("none of its checkpoints loads ({})", failures.join("; "))
@@ -168,9 +204,32 @@ impl Trainer {
                 ),
             });
         }
+        ranks.broadcast(&mut chosen)?;
+        if !ranks.is_main() && !chosen.is_empty() {
+            let name = String::from_utf8_lossy(&chosen).to_string();
+            resumed = Some(load_checkpoint(
+                &run_dir.join("checkpoints").join(name),
+                config.device(),
+                adamw,
+            )?);
+        }
         let (loaded, optimizer, state) = match resumed {
             Some((loaded, optimizer, mut state)) => {
-                let changed = incompatible_changes(&state.config, &config);
+                let mut changed = incompatible_changes(&state.config, &config);
+                // Another number of ranks continues the same run when an optimizer step
+                // still takes as many micro-batches.
+                let per_step = |accum: usize, ranks: usize| accum * ranks;
+                if per_step(state.config.train.grad_accum, state.ranks)
+                    != per_step(config.train.grad_accum, ranks.world_size())
+                {
+                    changed.push(format!(
+                        "train.grad_accum x ranks: {} x {} then, {} x {} now",
+                        state.config.train.grad_accum,
+                        state.ranks,
+                        config.train.grad_accum,
+                        ranks.world_size()
+                    ));
+                }
                 if !changed.is_empty() {
                     return Err(TrainError::Config {
                         path: config_path.to_path_buf(),
@@ -183,10 +242,12 @@ impl Trainer {
                 }
                 // The checkpoint's position, this file's harmless settings (e.g. more epochs).
                 state.config = config.clone();
+                state.ranks = ranks.world_size();
                 (loaded, optimizer, state)
             }
             None => {
                 let loaded = build_model(&config, config_path, &train_samples)?;
+                ranks.broadcast_variables(&loaded.vs)?;
                 let optimizer = AdamW::new(loaded.vs.variables(), adamw);
                 let state = TrainState {
                     epoch: config.train.start_epoch,
@@ -195,6 +256,7 @@ impl Trainer {
                     best_accuracy: None,
                     config: config.clone(),
                     tokenizer_sha256: Some(loaded.tokenizer.fingerprint()),
+                    ranks: ranks.world_size(),
                 };
                 (loaded, optimizer, state)
             }
@@ -223,6 +285,7 @@ impl Trainer {
             grads,
             state,
             run_dir,
+            ranks,
             _lock: lock,
             stop: Arc::new(AtomicUsize::new(0)),
         })
@@ -241,6 +304,11 @@ impl Trainer {
         &self.run_dir
     }
 
+    /// The ranks of the run (one rank alone unless launched among several).
+    pub fn ranks(&self) -> &Ranks {
+        &self.ranks
+    }
+
     /// Where training stands.
     pub fn state(&self) -> &TrainState {
         &self.state
@@ -255,11 +323,14 @@ impl Trainer {
         let ckpt_dir = self.run_dir.join("checkpoints");
         std::fs::create_dir_all(&ckpt_dir)
             .map_err(|error| TrainError::Io { path: ckpt_dir.clone(), error })?;
-        let resolved = self.run_dir.join("config.toml");
-        let toml = toml::to_string_pretty(&self.config).expect("the config serialises");
-        std::fs::write(&resolved, toml)
-            .map_err(|error| TrainError::Io { path: resolved, error })?;
-        let mut metrics = MetricsFile::open(&self.run_dir.join("metrics.jsonl"))?;
+        let mut metrics = MetricsFile::sink();
+        if self.ranks.is_main() {
+            let resolved = self.run_dir.join("config.toml");
+            let toml = toml::to_string_pretty(&self.config).expect("the config serialises");
+            std::fs::write(&resolved, toml)
+                .map_err(|error| TrainError::Io { path: resolved, error })?;
+            metrics = MetricsFile::open(&self.run_dir.join("metrics.jsonl"))?;
+        }
 
         let mut last_checkpoint = list_checkpoints(&ckpt_dir).pop();
         let first_epoch = self.state.epoch;
@@ -287,7 +358,16 @@ impl Trainer {
                 return Err(self.diverged("validation", epoch, valid_loss, &ckpt_dir));
             }
             let eval = if cfg.eval.every_epoch || epoch + 1 == cfg.train.num_epochs {
-                evaluate(self, epoch)?
+                // Rank 0 evaluates; every rank learns the accuracy, which decides `best/`.
+                let eval = if self.ranks.is_main() {
+                    evaluate(self, epoch)?
+                } else {
+                    EpochEval::default()
+                };
+                let mut shared =
+                    [eval.accuracy.unwrap_or(0.0), f64::from(u8::from(eval.accuracy.is_some()))];
+                self.ranks.sum(&mut shared)?;
+                EpochEval { accuracy: (shared[1] > 0.0).then_some(shared[0]), ..eval }
             } else {
                 EpochEval::default()
             };
@@ -312,7 +392,7 @@ impl Trainer {
             self.state.epoch = epoch + 1;
             self.state.step_in_epoch = 0;
             last_checkpoint = Some(self.checkpoint(&ckpt_dir)?);
-            if cfg.train.save_only_improve && improved {
+            if cfg.train.save_only_improve && improved && self.ranks.is_main() {
                 // `best/` is an HF folder of the best model so far, replaced atomically.
                 let saved = last_checkpoint.as_ref().expect("just saved");
                 copy_model_folder(saved, &self.run_dir)?;
@@ -351,23 +431,35 @@ impl Trainer {
         } else {
             batches(self.train.len(), t.batch_size, Some(t.seed), epoch)
         };
-        let steps = order.len().div_ceil(t.grad_accum);
-        let bar = progress_bar(steps as u64, epoch, stage);
+        // An optimizer step takes `grad_accum` micro-batches per rank from one order shared by
+        // all ranks; rank r takes the step's micro-batches r, r + W, ... The last step of an
+        // epoch takes what is left, shared out the same way (a rank may get none).
+        let world = self.ranks.world_size();
+        let per_step = t.grad_accum * world;
+        let steps = order.len().div_ceil(per_step);
+        let bar = if self.ranks.is_main() {
+            progress_bar(steps as u64, epoch, stage)
+        } else {
+            ProgressBar::hidden()
+        };
         bar.set_position(self.state.step_in_epoch as u64);
         let (mut epoch_loss, mut epoch_steps) = (0.0, 0usize);
         let (mut window_loss, mut window_steps, mut window_tokens) = (0.0, 0usize, 0usize);
         let mut window_start = Instant::now();
         for step in self.state.step_in_epoch..steps {
-            tch::manual_seed((t.seed as i64).wrapping_add(self.state.global_step as i64));
-            let micro = &order[step * t.grad_accum..((step + 1) * t.grad_accum).min(order.len())];
+            let micro = &order[step * per_step..((step + 1) * per_step).min(order.len())];
             let total_samples: usize = micro.iter().map(Vec::len).sum();
             self.grads.clear();
-            let mut step_loss = 0.0;
-            for indices in micro {
+            let (mut step_loss, mut step_tokens) = (0.0, 0usize);
+            let mine = micro.iter().enumerate().skip(self.ranks.rank()).step_by(world);
+            for (index_in_step, indices) in mine {
+                // Dropout draws from a seed keyed by the micro-batch's place in the run, so
+                // that which rank runs it does not matter.
+                tch::manual_seed(micro_batch_seed(t.seed, self.state.global_step, index_in_step));
                 let staged: Vec<StagedSample> =
                     indices.iter().map(|&i| self.staged_sample(i, epoch, stage)).collect();
                 let batch = collate_training(&staged, &self.loaded.tokenizer.special());
-                window_tokens += batch.attention_mask.iter().filter(|&&m| m == 1).count();
+                step_tokens += batch.attention_mask.iter().filter(|&&m| m == 1).count();
                 let device_batch = DeviceBatch::new(&batch, self.loaded.vs.device(), Kind::Float);
                 if device_batch.supervised_tokens() == 0 {
                     continue;
@@ -381,6 +473,16 @@ impl Trainer {
                 let weight = indices.len() as f64 / total_samples as f64;
                 step_loss += loss.value.double_value(&[]) * weight;
                 loss.backward(self.loaded.model.as_ref(), &mut self.grads, weight);
+            }
+            // One all-reduce: the gradients, with the loss, the tokens and whether any rank
+            // was asked to stop, so that every rank takes the same decisions.
+            let mut scalars =
+                [step_loss, step_tokens as f64, self.stop.load(Ordering::SeqCst) as f64];
+            self.ranks.sum_gradients(&mut self.grads, &mut scalars)?;
+            let step_loss = scalars[0];
+            window_tokens += scalars[1] as usize;
+            if scalars[2] > 0.0 && self.stop.load(Ordering::SeqCst) == 0 {
+                self.stop.store(STOPPED_BY_ANOTHER_RANK, Ordering::SeqCst);
             }
             if !step_loss.is_finite() {
                 return Err(self.diverged("training", epoch, step_loss, ckpt_dir));
@@ -431,6 +533,10 @@ impl Trainer {
 
     /// Writes a checkpoint of the current position, then prunes older ones.
     fn checkpoint(&self, ckpt_dir: &Path) -> Result<PathBuf, TrainError> {
+        if !self.ranks.is_main() {
+            // Rank 0 writes it; the others only need its name.
+            return Ok(ckpt_dir.join(crate::checkpoint::checkpoint_name(&self.state)));
+        }
         let saved = save_checkpoint(&DiskIo, ckpt_dir, &self.loaded, &self.optimizer, &self.state)?;
         prune_checkpoints(&DiskIo, ckpt_dir, self.config.train.keep_last)?;
         Ok(saved)
@@ -460,7 +566,10 @@ impl Trainer {
     ) -> TrainError {
         let step = self.state.global_step;
         let mut outcome = String::new();
-        for ckpt in list_checkpoints(ckpt_dir) {
+        // Rank 0 owns the folder; the other ranks leave it alone.
+        let checkpoints =
+            if self.ranks.is_main() { list_checkpoints(ckpt_dir) } else { Vec::new() };
+        for ckpt in checkpoints {
             if read_state(&ckpt).is_ok_and(|s| s.global_step == step) {
                 let name = ckpt.file_name().expect("a checkpoint folder").to_string_lossy();
                 let aside = ckpt_dir.join(format!("diverged-{name}"));
@@ -600,6 +709,7 @@ fn incompatible_changes(old: &RunConfig, new: &RunConfig) -> Vec<String> {
     let neutral = |c: &RunConfig| {
         let mut c = c.clone();
         c.train.num_epochs = 0;
+        c.train.grad_accum = 0; // compared with the number of ranks, see `with_ranks`
         c.train.lr = 1.0;
         c.train.grad_clip = None;
         c.train.device = String::new();
@@ -679,7 +789,7 @@ fn copy_model_folder(src: &Path, run_dir: &Path) -> Result<(), TrainError> {
 /// `metrics.jsonl`, appended to (a resumed run continues the same file).
 struct MetricsFile {
     path: PathBuf,
-    file: std::fs::File,
+    file: Option<std::fs::File>, // none on ranks other than 0
 }
 
 impl MetricsFile {
@@ -689,12 +799,28 @@ impl MetricsFile {
             .append(true)
             .open(path)
             .map_err(|error| TrainError::Io { path: path.to_path_buf(), error })?;
-        Ok(Self { path: path.to_path_buf(), file })
+        Ok(Self { path: path.to_path_buf(), file: Some(file) })
+    }
+
+    /// Where the ranks other than 0 write their metrics: nowhere.
+    fn sink() -> Self {
+        Self { path: PathBuf::new(), file: None }
     }
 
     fn write(&mut self, line: &MetricLine) -> Result<(), TrainError> {
+        let Some(file) = &mut self.file else { return Ok(()) };
         let json = serde_json::to_string(line).expect("metrics serialise");
-        writeln!(self.file, "{json}")
-            .map_err(|error| TrainError::Io { path: self.path.clone(), error })
+        writeln!(file, "{json}").map_err(|error| TrainError::Io { path: self.path.clone(), error })
     }
+}
+
+/// The stop flag's value on a rank that stops because another rank was asked to (SIGTERM's
+/// number: the launcher sends the signal to every rank anyway).
+const STOPPED_BY_ANOTHER_RANK: usize = 15;
+
+/// The dropout seed of the micro-batch `index_in_step` of optimizer step `global_step`.
+fn micro_batch_seed(seed: u64, global_step: u64, index_in_step: usize) -> i64 {
+    (seed as i64)
+        .wrapping_add((global_step as i64).wrapping_mul(1 << 20))
+        .wrapping_add(index_in_step as i64)
 }

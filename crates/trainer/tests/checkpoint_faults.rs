@@ -226,6 +226,7 @@ impl Fixture {
             global_step,
             best_accuracy: None,
             config: self.config.clone(),
+            ranks: 1,
         }
     }
 

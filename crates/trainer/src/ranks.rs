@@ -1,0 +1,179 @@
+//! The ranks of a data-parallel run: which process this is among how many, and the few
+//! collective operations the trainer needs, on the engines of `coconut-collective`.
+//!
+//! Every rank holds the whole model and takes its share of every optimizer step's
+//! micro-batches; one all-reduce per step sums the gradients, so every rank applies the
+//! same update and the weights stay identical. Rank 0 alone touches the run folder (lock,
+//! checkpoints, metrics, report).
+
+use std::sync::Mutex;
+
+use coconut_collective::{Collective, CollectiveError, Single};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use crate::gradients::Gradients;
+use crate::TrainError;
+
+/// This process's place among the ranks of the run, and the engine that connects them.
+pub struct Ranks {
+    engine: Mutex<Box<dyn Collective>>,
+    rank: usize,
+    world_size: usize,
+}
+
+impl std::fmt::Debug for Ranks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ranks {{ rank: {}, world_size: {} }}", self.rank, self.world_size)
+    }
+}
+
+impl Ranks {
+    /// One rank alone: every collective operation is a no-op.
+    pub fn single() -> Self {
+        Self::new(Box::new(Single::new()))
+    }
+
+    /// The ranks over `engine`.
+    pub fn new(engine: Box<dyn Collective>) -> Self {
+        let (rank, world_size) = (engine.rank(), engine.world_size());
+        Self { engine: Mutex::new(engine), rank, world_size }
+    }
+
+    /// The ranks this process was started among: `mpirun` (in a build with the `mpi`
+    /// feature) gives MPI's; a process started alone is one rank. A process with torchrun's
+    /// environment but no CUDA device is an error: torchrun's ranks talk through NCCL, which
+    /// is for CUDA tensors; on CPUs, launch with `mpirun` (or `--nproc-per-node`).
+    pub fn from_launcher(device: Device) -> Result<Self, TrainError> {
+        #[cfg(feature = "mpi")]
+        if coconut_collective::Mpi::is_launched_by_mpirun() {
+            let mpi = coconut_collective::Mpi::init().map_err(engine_error)?;
+            return Ok(Self::new(Box::new(mpi)));
+        }
+        if std::env::var_os("WORLD_SIZE").is_some_and(|w| w != "1") && device == Device::Cpu {
+            return Err(TrainError::Other(
+                "torchrun's environment (WORLD_SIZE) on the CPU: its ranks talk through NCCL, \
+                 which needs CUDA; launch CPU ranks with `cargo xtask train-all-stages \
+                 --nproc-per-node N` or mpirun"
+                    .to_string(),
+            ));
+        }
+        if cfg!(not(feature = "mpi"))
+            && std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some_and(|w| w != "1")
+        {
+            return Err(TrainError::Other(
+                "started by mpirun, but this binary was built without the `mpi` feature; \
+                 `cargo xtask` builds it with MPI"
+                    .to_string(),
+            ));
+        }
+        Ok(Self::single())
+    }
+
+    /// This process's rank, from 0.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The number of ranks.
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    /// Whether this is rank 0, the one that writes the run folder.
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+
+    fn engine(&self) -> std::sync::MutexGuard<'_, Box<dyn Collective>> {
+        self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until every rank has come here.
+    pub fn barrier(&self) -> Result<(), TrainError> {
+        self.engine().barrier().map_err(engine_error)
+    }
+
+    /// Sums `values` over the ranks, in place.
+    pub fn sum(&self, values: &mut [f64]) -> Result<(), TrainError> {
+        self.engine().all_reduce_sum_f64(values).map_err(engine_error)
+    }
+
+    /// Rank 0's `bytes` on every rank.
+    pub fn broadcast(&self, bytes: &mut Vec<u8>) -> Result<(), TrainError> {
+        self.engine().broadcast_bytes(bytes, 0).map_err(engine_error)
+    }
+
+    /// Rank 0's values of every variable on every rank (after building a model, so that
+    /// every rank starts from the same weights however its initialisation went).
+    pub fn broadcast_variables(&self, vs: &VarStore) -> Result<(), TrainError> {
+        if self.world_size == 1 {
+            return Ok(());
+        }
+        let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        let flat = tch::no_grad(|| {
+            let parts: Vec<Tensor> = variables
+                .iter()
+                .map(|(_, v)| v.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
+                .collect();
+            Tensor::cat(&parts, 0)
+        });
+        let mut bytes = vec![0u8; flat.numel() * 4];
+        flat.copy_data_u8(&mut bytes, flat.numel());
+        self.broadcast(&mut bytes)?;
+        let flat = Tensor::from_data_size(&bytes, &[flat.numel() as i64], Kind::Float);
+        let mut offset = 0;
+        tch::no_grad(|| {
+            for (_, v) in &variables {
+                let n = v.numel() as i64;
+                let part = flat.narrow(0, offset, n).view(v.size().as_slice());
+                v.shallow_clone().copy_(&part.to_kind(v.kind()).to_device(v.device()));
+                offset += n;
+            }
+        });
+        Ok(())
+    }
+
+    /// Sums the gradients of every rank into every rank's `grads`, together with
+    /// `scalars` (the step's loss, token count, stop flag), in one flat buffer: one
+    /// all-reduce per optimizer step. A parameter keeps no gradient only when no rank had
+    /// one (as with one rank, it is then not updated).
+    pub fn sum_gradients(
+        &self,
+        grads: &mut Gradients,
+        scalars: &mut [f64],
+    ) -> Result<(), TrainError> {
+        if self.world_size == 1 {
+            return Ok(());
+        }
+        let layout = grads.layout();
+        // Present flags ride with the scalars, exactly (f64).
+        let mut small: Vec<f64> = scalars.to_vec();
+        small.extend(layout.iter().map(|(_, _, present)| f64::from(u8::from(*present))));
+        let flat = grads.flatten(&layout);
+        let device = flat.device();
+        let mut engine = self.engine();
+        engine.all_reduce_sum_f64(&mut small).map_err(engine_error)?;
+        if device == Device::Cpu {
+            let n = flat.numel();
+            // SAFETY: `flat` is a contiguous f32 CPU tensor of `n` elements that nothing
+            // else reads or writes until this call returns.
+            let values = unsafe { std::slice::from_raw_parts_mut(flat.data_ptr() as *mut f32, n) };
+            engine.all_reduce_sum(values).map_err(engine_error)?;
+        } else {
+            // SAFETY: `flat` is a contiguous f32 tensor on the device, alive until the
+            // call returns, and torch works on the default stream the engine uses.
+            unsafe { engine.all_reduce_sum_device(flat.data_ptr() as u64, flat.numel()) }
+                .map_err(engine_error)?;
+        }
+        drop(engine);
+        scalars.copy_from_slice(&small[..scalars.len()]);
+        let present: Vec<bool> = small[scalars.len()..].iter().map(|&p| p > 0.0).collect();
+        grads.unflatten(&layout, &flat, &present);
+        Ok(())
+    }
+}
+
+fn engine_error(e: CollectiveError) -> TrainError {
+    TrainError::Other(format!("data-parallel ranks: {e}"))
+}
