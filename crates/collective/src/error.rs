@@ -16,7 +16,7 @@ pub enum CollectiveError {
     },
 
     /// The arguments cannot be right on any rank (a root outside the world, a buffer longer
-    /// than the wire format allows).
+    /// than the library's counts allow).
     #[error("{engine}: {operation}: {message}")]
     InvalidArgument {
         /// The engine's name.
@@ -33,7 +33,7 @@ pub enum CollectiveError {
     Failed {
         /// The engine's name.
         engine: &'static str,
-        /// The operation (or a setup step: `"connect"`, `"init"`).
+        /// The operation (or a setup step: `"init"`, `"exchange_unique_id"`).
         operation: &'static str,
         /// The rank the failure is about, where known: the rank that went away or
         /// disagreed, or the rank that reports it.

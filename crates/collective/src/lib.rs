@@ -2,23 +2,25 @@
 //! per CPU worker) runs the same training step on its own slice of the batch, then the ranks
 //! sum their gradients so that every rank applies the same update.
 //!
-//! One small trait, [`Collective`], and four engines behind it, each for a reason:
+//! One small trait, [`Collective`], and three engines behind it, each an existing library
+//! (no collective is implemented here):
 //!
 //! - [`Single`]: rank 0 of 1, every operation a no-op. What a run without a launcher gets, so
 //!   the trainer has one code path whether it runs alone or not.
 //! - `Mpi` (cargo feature `mpi`): MPI over the system's library (OpenMPI 4.1 is what is
-//!   tested), for runs started by `mpirun`. MPI brings the launcher, the rendezvous and the
-//!   job-wide teardown when a rank dies (`mpirun` ends the whole job), and sums host
-//!   buffers: the engine for CPU training and for the host-side operations of GPU runs.
-//! - [`Tcp`]: the host-side operations over plain TCP, rank 0 the hub of a star, for runs
-//!   started by `torchrun` (or anything that sets its variables, [`TorchrunEnv`]) where MPI
-//!   is not installed. It exists mostly to rendezvous and to carry the small host messages
-//!   of an NCCL run (the NCCL id, evaluation results, barriers, loss sums); it sums host
-//!   buffers correctly but through one hub, so it is not the engine for large CPU gradients.
-//! - [`Nccl`]: sums buffers that live on a CUDA device with NCCL, the library PyTorch uses,
-//!   without copying them to the host. It wraps a host engine (MPI or TCP) for everything
-//!   that is not a device sum. NCCL and the CUDA driver are loaded at run time when an
-//!   [`Nccl`] is created, so this crate builds, and its CPU paths run, where neither exists.
+//!   tested), for CPU runs started by `mpirun`. MPI brings the launcher, the rendezvous and
+//!   the job-wide teardown when a rank dies (`mpirun` ends the whole job), and sums host
+//!   buffers.
+//! - [`Nccl`]: every operation with NCCL, the library PyTorch uses, for CUDA runs: buffers
+//!   that live on the device are summed where they are, host buffers (loss sums, evaluation
+//!   results, barriers) go through device memory. NCCL and the CUDA driver are loaded at
+//!   run time when an [`Nccl`] is created, so this crate builds, and its CPU paths run,
+//!   where neither exists.
+//!
+//! NCCL needs its unique id, made on rank 0, on every rank before it can do anything. Under
+//! `mpirun` MPI broadcasts it (`Nccl::from_mpi`); under `torchrun`, which offers the
+//! workers no channel of their own, rank 0 hands it to each rank over one socket at
+//! `MASTER_ADDR` ([`exchange_unique_id`], 128 bytes once; [`Nccl::from_torchrun`]).
 //!
 //! All ranks must call the same operations in the same order with matching arguments (the
 //! same `len` for sums, the same `root` for broadcasts); that is the contract of every
@@ -26,11 +28,19 @@
 //!
 //! # In the trainer
 //!
-//! Pick the engine from the launcher, once, at start-up: `mpirun` (with the `mpi` feature,
-//! `Mpi::is_launched_by_mpirun()` then `Mpi::init()`), else `torchrun`
-//! ([`TorchrunEnv::from_env`], then [`Tcp::connect`]), else [`Single`]. On CUDA, wrap the
-//! host engine in [`Nccl::with_host`] with the local rank as the device (`LOCAL_RANK`, or
-//! `Mpi::local_rank()`).
+//! Pick the engine from the launcher, once, at start-up:
+//!
+//! - started by `mpirun` (with the `mpi` feature, `Mpi::is_launched_by_mpirun()`):
+//!   `Mpi::init()`, then on CPU that `Mpi`, on CUDA `Nccl::from_mpi` with
+//!   `Mpi::local_rank()` as the device;
+//! - else started by `torchrun` ([`TorchrunEnv::from_env`] is `Some`): on CUDA
+//!   [`Nccl::from_torchrun`] ([`exchange_unique_id`] then [`Nccl::new`], on device
+//!   `LOCAL_RANK`); on CPU an error that tells the user to launch with `mpirun`, as
+//!   torchrun brings no CPU engine;
+//! - else [`Single`].
+//!
+//! A rank whose NCCL set-up fails under torchrun fails alone (there is no channel to tell
+//! the others); torchrun ends the job when that rank exits non-zero.
 //!
 //! Each step, after the backward pass: copy every gradient into one flat `f32` buffer (one
 //! call, not one per parameter: a collective costs a round trip whatever its size), sum it
@@ -43,16 +53,22 @@
 //! [`Collective::barrier`] where the others must wait for the file.
 //!
 //! ```no_run
-//! use coconut_collective::{Collective, CollectiveError, Nccl, Single, Tcp, TorchrunEnv};
+//! use coconut_collective::{Collective, CollectiveError, Nccl, Single, TorchrunEnv};
 //! use std::time::Duration;
 //!
+//! // (An `mpirun` launch is checked first, with the `mpi` feature.)
 //! fn engine(cuda: bool) -> Result<Box<dyn Collective>, CollectiveError> {
 //!     let Some(env) = TorchrunEnv::from_env() else {
 //!         return Ok(Box::new(Single::new()));
 //!     };
 //!     let env = env?;
-//!     let host = Box::new(Tcp::connect(&env, Duration::from_secs(300))?);
-//!     Ok(if cuda { Box::new(Nccl::with_host(host, env.local_rank)?) } else { host })
+//!     if !cuda {
+//!         return Err(CollectiveError::Environment {
+//!             variable: "WORLD_SIZE",
+//!             message: "torchrun launches CUDA runs only; launch CPU runs with mpirun".into(),
+//!         });
+//!     }
+//!     Ok(Box::new(Nccl::from_torchrun(&env, Duration::from_secs(300))?))
 //! }
 //!
 //! // Each step, with `flat` one CUDA f32 tensor holding every gradient:
@@ -68,15 +84,17 @@ mod error;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod nccl;
+mod rendezvous;
 mod single;
-mod tcp;
+mod torchrun;
 
 pub use error::CollectiveError;
 #[cfg(feature = "mpi")]
 pub use mpi::Mpi;
 pub use nccl::{Nccl, NCCL_UNIQUE_ID_BYTES};
+pub use rendezvous::exchange_unique_id;
 pub use single::Single;
-pub use tcp::{Tcp, TorchrunEnv};
+pub use torchrun::TorchrunEnv;
 
 /// The operations data-parallel training needs, over a fixed group of `world_size` ranks.
 ///
@@ -100,7 +118,7 @@ pub trait Collective: Send {
 
     /// Sums `len` `f32` values that live on a CUDA device at `ptr` (a `CUdeviceptr`, as from
     /// a tensor's `data_ptr()`), in place. Only [`Nccl`] does this; [`Single`] accepts it as
-    /// the identity (the sum over one rank), and the host engines return
+    /// the identity (the sum over one rank), and `Mpi`, a host engine, returns
     /// [`CollectiveError::Unsupported`].
     ///
     /// The sum is queued on the device's default (null) stream and may still be running when
@@ -126,7 +144,7 @@ pub trait Collective: Send {
     /// Returns on each rank once every rank has called it.
     fn barrier(&mut self) -> Result<(), CollectiveError>;
 
-    /// The engine's name for logs: `"single"`, `"mpi"`, `"tcp"` or `"nccl"`.
+    /// The engine's name for logs: `"single"`, `"mpi"` or `"nccl"`.
     fn name(&self) -> &'static str;
 }
 

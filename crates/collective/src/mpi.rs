@@ -28,8 +28,8 @@ const LAUNCHER_VARIABLES: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX
 ///
 /// Dropping the engine finalises MPI (`MPI_Finalize`, itself collective: every rank must
 /// drop it); MPI cannot be initialised again in that process.
-/// [`Collective::all_reduce_sum_device`] is not supported (use [`crate::Nccl`] with this
-/// engine as its host).
+/// [`Collective::all_reduce_sum_device`] is not supported: a CUDA run uses
+/// [`crate::Nccl`], set up through this engine by [`crate::Nccl::from_mpi`].
 pub struct Mpi {
     // Dropped last: finalises MPI.
     universe: Universe,
@@ -155,7 +155,7 @@ impl Collective for Mpi {
         Err(CollectiveError::Unsupported {
             engine: ENGINE,
             operation: "all_reduce_sum_device",
-            hint: "device buffers are summed by the nccl engine, which can wrap this one",
+            hint: "device buffers are summed by the nccl engine (Nccl::from_mpi)",
         })
     }
 

@@ -1,18 +1,18 @@
-//! Sums of CUDA buffers with NCCL, loaded at run time.
+//! NCCL, loaded at run time: every operation of the trait, between CUDA devices.
 //!
 //! Why not link NCCL: the crate must build and its CPU engines run where neither CUDA nor
 //! NCCL exists (this workspace's CI, a laptop). So `libnccl` and the CUDA driver (`libcuda`)
 //! are opened with `dlopen` when an [`Nccl`] is created, and a machine without them gets
 //! [`CollectiveError::Unavailable`] then, not a build or link failure.
 //!
-//! Why our own eight declarations rather than the `cudarc` crate's bindings: `cudarc`'s
-//! loader looks for `libnccl.so`, `libnccl.so.{13,12,11,10,9,1}` and the like, never
+//! Why our own declarations rather than the `cudarc` crate's bindings: `cudarc`'s loader
+//! looks for `libnccl.so`, `libnccl.so.{13,12,11,10,9,1}` and the like, never
 //! `libnccl.so.2`, the only name the `nvidia-nccl` wheels that PyTorch installs ship; and it
 //! panics, rather than returning an error, when no candidate loads. The declarations below
 //! are the C ABI of NCCL 2.x, whose signatures have not changed across 2.x (checked against
-//! the bindings `cudarc` generates from `nccl.h` 2.22 to 2.30; `ncclGetLastError`, from
-//! 2.13, is optional), and of the CUDA driver API, whose entry points keep working on newer
-//! drivers (a CUDA 13 driver serves them as a CUDA 12 one does).
+//! `nccl.h`; `ncclGetLastError`, from 2.13, is optional), and of the CUDA driver API, the
+//! `_v2` entry points `cuda.h` maps the plain names to, which keep working on newer drivers
+//! (a CUDA 13 driver serves them as a CUDA 12 one does).
 //!
 //! Which library is loaded: `$COCONUT_NCCL_LIBRARY` if set (a path), else `libnccl.so.2`,
 //! else `libnccl.so`, each found by the dynamic loader's usual search (`LD_LIBRARY_PATH`,
@@ -22,10 +22,11 @@
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use libloading::Library;
 
-use crate::{Collective, CollectiveError};
+use crate::{check_root, Collective, CollectiveError, TorchrunEnv};
 
 const ENGINE: &str = "nccl";
 
@@ -35,18 +36,32 @@ pub const NCCL_UNIQUE_ID_BYTES: usize = 128;
 /// The environment variable that names the NCCL library to load, as a path.
 const NCCL_LIBRARY_VARIABLE: &str = "COCONUT_NCCL_LIBRARY";
 
+/// How often a host operation looks whether its NCCL call has finished.
+const POLL: Duration = Duration::from_micros(50);
+
 // `ncclResult_t`, `ncclDataType_t`, `ncclRedOp_t` and `CUresult` are C enums: `int`.
 type NcclResult = c_int;
 type CuResult = c_int;
 type NcclComm = *mut c_void;
 type CuContext = *mut c_void;
 type CuDevice = c_int;
+/// `CUdeviceptr`: `unsigned long long` on 64-bit systems.
+type CuDevicePtr = u64;
+/// `CUstream` and `cudaStream_t`, the same pointer; null is the default (legacy) stream.
+type CuStream = *mut c_void;
 
 const NCCL_SUCCESS: NcclResult = 0;
 const NCCL_IN_PROGRESS: NcclResult = 7;
+// `ncclDataType_t`: ncclInt8 0, ncclUint8 1, ncclInt32 2, ncclUint32 3, ncclInt64 4,
+// ncclUint64 5, ncclFloat16 6, ncclFloat32 7, ncclFloat64 8, ncclBfloat16 9.
+const NCCL_UINT8: c_int = 1;
+const NCCL_UINT64: c_int = 5;
 const NCCL_FLOAT32: c_int = 7;
+const NCCL_FLOAT64: c_int = 8;
+// `ncclRedOp_t`: ncclSum 0.
 const NCCL_SUM: c_int = 0;
 const CUDA_SUCCESS: CuResult = 0;
+const CUDA_ERROR_NOT_READY: CuResult = 600;
 
 /// `ncclUniqueId`: `struct { char internal[128]; }`, passed by value.
 #[repr(C)]
@@ -55,11 +70,12 @@ struct NcclUniqueId {
     internal: [c_char; NCCL_UNIQUE_ID_BYTES],
 }
 
-/// The NCCL entry points used here.
+/// The NCCL entry points used here, as `nccl.h` declares them.
 struct NcclApi {
     version: c_int,
     get_unique_id: unsafe extern "C" fn(*mut NcclUniqueId) -> NcclResult,
     comm_init_rank: unsafe extern "C" fn(*mut NcclComm, c_int, NcclUniqueId, c_int) -> NcclResult,
+    /// `(sendbuff, recvbuff, count, datatype, op, comm, stream)`.
     all_reduce: unsafe extern "C" fn(
         *const c_void,
         *mut c_void,
@@ -67,7 +83,26 @@ struct NcclApi {
         c_int,
         c_int,
         NcclComm,
+        CuStream,
+    ) -> NcclResult,
+    /// `(sendbuff, recvbuff, count, datatype, root, comm, stream)`.
+    broadcast: unsafe extern "C" fn(
+        *const c_void,
         *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        NcclComm,
+        CuStream,
+    ) -> NcclResult,
+    /// `(sendbuff, recvbuff, sendcount, datatype, comm, stream)`.
+    all_gather: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        NcclComm,
+        CuStream,
     ) -> NcclResult,
     comm_destroy: unsafe extern "C" fn(NcclComm) -> NcclResult,
     comm_abort: unsafe extern "C" fn(NcclComm) -> NcclResult,
@@ -77,7 +112,8 @@ struct NcclApi {
     get_last_error: Option<unsafe extern "C" fn(NcclComm) -> *const c_char>,
 }
 
-/// The CUDA driver entry points used here: enough to make a device current.
+/// The CUDA driver entry points used here: a device made current, and the staging of host
+/// buffers through device memory.
 struct CudaApi {
     init: unsafe extern "C" fn(c_uint) -> CuResult,
     device_get_count: unsafe extern "C" fn(*mut c_int) -> CuResult,
@@ -85,6 +121,13 @@ struct CudaApi {
     primary_ctx_retain: unsafe extern "C" fn(*mut CuContext, CuDevice) -> CuResult,
     primary_ctx_release: unsafe extern "C" fn(CuDevice) -> CuResult,
     ctx_set_current: unsafe extern "C" fn(CuContext) -> CuResult,
+    ctx_push_current: unsafe extern "C" fn(CuContext) -> CuResult,
+    ctx_pop_current: unsafe extern "C" fn(*mut CuContext) -> CuResult,
+    mem_alloc: unsafe extern "C" fn(*mut CuDevicePtr, usize) -> CuResult,
+    mem_free: unsafe extern "C" fn(CuDevicePtr) -> CuResult,
+    memcpy_htod: unsafe extern "C" fn(CuDevicePtr, *const c_void, usize) -> CuResult,
+    memcpy_dtoh: unsafe extern "C" fn(*mut c_void, CuDevicePtr, usize) -> CuResult,
+    stream_query: unsafe extern "C" fn(CuStream) -> CuResult,
     get_error_string: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
 }
 
@@ -149,6 +192,8 @@ fn load_nccl_from(candidates: &[String]) -> Result<NcclApi, String> {
             get_unique_id: symbol(&library, "ncclGetUniqueId")?,
             comm_init_rank: symbol(&library, "ncclCommInitRank")?,
             all_reduce: symbol(&library, "ncclAllReduce")?,
+            broadcast: symbol(&library, "ncclBroadcast")?,
+            all_gather: symbol(&library, "ncclAllGather")?,
             comm_destroy: symbol(&library, "ncclCommDestroy")?,
             comm_abort: symbol(&library, "ncclCommAbort")?,
             comm_get_async_error: symbol(&library, "ncclCommGetAsyncError")?,
@@ -163,8 +208,10 @@ fn load_nccl_from(candidates: &[String]) -> Result<NcclApi, String> {
 
 fn load_cuda_from(candidates: &[String]) -> Result<CudaApi, String> {
     let library = open_first("the CUDA driver", candidates)?;
-    // SAFETY: each type is the C signature in cuda.h; `cuDevicePrimaryCtxRelease` is the
-    // `_v2` entry point the header maps it to since CUDA 11. The library is leaked.
+    // SAFETY: each type is the C signature in cuda.h, under the name the header maps the
+    // plain one to (`cuMemAlloc` is `cuMemAlloc_v2` since CUDA 3.2, `cuCtxPushCurrent`
+    // `cuCtxPushCurrent_v2` since 4.0, `cuDevicePrimaryCtxRelease` its `_v2` since 11); the
+    // names without `_ptsz`/`_ptds` use the legacy default stream. The library is leaked.
     let api = unsafe {
         CudaApi {
             init: symbol(&library, "cuInit")?,
@@ -173,6 +220,13 @@ fn load_cuda_from(candidates: &[String]) -> Result<CudaApi, String> {
             primary_ctx_retain: symbol(&library, "cuDevicePrimaryCtxRetain")?,
             primary_ctx_release: symbol(&library, "cuDevicePrimaryCtxRelease_v2")?,
             ctx_set_current: symbol(&library, "cuCtxSetCurrent")?,
+            ctx_push_current: symbol(&library, "cuCtxPushCurrent_v2")?,
+            ctx_pop_current: symbol(&library, "cuCtxPopCurrent_v2")?,
+            mem_alloc: symbol(&library, "cuMemAlloc_v2")?,
+            mem_free: symbol(&library, "cuMemFree_v2")?,
+            memcpy_htod: symbol(&library, "cuMemcpyHtoD_v2")?,
+            memcpy_dtoh: symbol(&library, "cuMemcpyDtoH_v2")?,
+            stream_query: symbol(&library, "cuStreamQuery")?,
             get_error_string: symbol(&library, "cuGetErrorString")?,
         }
     };
@@ -249,19 +303,19 @@ impl CudaApi {
     }
 }
 
-/// The libraries, and the device made current with its primary context retained (released
-/// on drop).
+/// The libraries, and the device with its primary context retained (released on drop).
 struct Device {
     nccl: &'static NcclApi,
     cuda: &'static CudaApi,
     device: CuDevice,
+    context: CuContext,
     index: usize,
 }
 
 impl Device {
     /// Loads the libraries and makes device `index` current on this thread, as
     /// `cudaSetDevice(index)` (and torch's `set_device`) does: its primary context, the one
-    /// the CUDA runtime and so libtorch use.
+    /// the CUDA runtime and so libtorch use, and the device `ncclCommInitRank` joins with.
     fn open(index: usize) -> Result<Device, CollectiveError> {
         let nccl = nccl_api()?;
         let cuda = cuda_api()?;
@@ -287,7 +341,7 @@ impl Device {
                 .map_err(unavailable)?;
             cuda.check((cuda.primary_ctx_retain)(&mut context, device), "cuDevicePrimaryCtxRetain")
                 .map_err(unavailable)?;
-            let opened = Device { nccl, cuda, device, index };
+            let opened = Device { nccl, cuda, device, context, index };
             cuda.check((cuda.ctx_set_current)(context), "cuCtxSetCurrent").map_err(unavailable)?;
             Ok(opened)
         }
@@ -301,11 +355,51 @@ impl Drop for Device {
     }
 }
 
-/// Sums CUDA buffers over the ranks with NCCL; everything else goes to a host engine.
+/// The engine's context pushed on the calling thread for one operation; popped on drop, so
+/// that the thread's current context is left as it was.
+struct Pushed(&'static CudaApi);
+
+impl Drop for Pushed {
+    fn drop(&mut self) {
+        let mut popped: CuContext = std::ptr::null_mut();
+        // SAFETY: pops the context pushed when `self` was made; the out-pointer is a local.
+        unsafe { (self.0.ctx_pop_current)(&mut popped) };
+    }
+}
+
+/// The element types the host operations move, with NCCL's name for each. None has padding
+/// and every bit pattern of each is a value, so their bytes may go to the device and back.
+trait Element: Copy + Default {
+    const NCCL_TYPE: c_int;
+}
+
+impl Element for u8 {
+    const NCCL_TYPE: c_int = NCCL_UINT8;
+}
+
+impl Element for u64 {
+    const NCCL_TYPE: c_int = NCCL_UINT64;
+}
+
+impl Element for f32 {
+    const NCCL_TYPE: c_int = NCCL_FLOAT32;
+}
+
+impl Element for f64 {
+    const NCCL_TYPE: c_int = NCCL_FLOAT64;
+}
+
+/// A device address as the pointer type NCCL's buffer arguments have.
+fn device_ptr(ptr: CuDevicePtr) -> *mut c_void {
+    ptr as usize as *mut c_void
+}
+
+/// Every operation of [`Collective`] through NCCL, between the CUDA devices of the ranks:
+/// the engine of GPU runs, whichever launcher started them, with no other engine beside it.
 ///
-/// Made by [`Nccl::with_host`] (the usual way) or by [`Nccl::new`] with an id from
-/// [`Nccl::unique_id`]. Its rank and world are the host engine's: rank `r` of the host is
-/// rank `r` of NCCL.
+/// Made by `Nccl::from_mpi` (feature `mpi`) under `mpirun`, by [`Nccl::from_torchrun`]
+/// under `torchrun`, or by [`Nccl::new`] on every rank with the id rank 0 made by
+/// [`Nccl::unique_id`].
 ///
 /// Device sums ([`Collective::all_reduce_sum_device`]) are queued on the default (null)
 /// stream of the engine's device, the stream libtorch runs on unless told otherwise (a
@@ -313,22 +407,39 @@ impl Drop for Device {
 /// the optimizer step that reads them, with no host synchronisation. Code that moves
 /// torch's work to another stream must synchronise with the default stream around the sum.
 ///
-/// The host operations ([`Collective::all_reduce_sum`], the bytes, the barrier) are the
-/// host engine's, and do not wait for queued device work.
+/// The host operations (the host sums, the bytes, the barrier) copy their buffer into device
+/// memory the engine keeps for them (grown to the largest buffer yet, freed on drop), run
+/// the NCCL call on the default stream, wait for it, and copy the result back: they return
+/// once done, after all the work queued before them on that stream. A few copies and a wait
+/// each: nothing for the loss sums, barriers and evaluation results they are for, too much
+/// for gradients, which are summed where they live, on the device.
 ///
-/// Failures: NCCL errors are returned, with NCCL's message. A rank that dies leaves the
-/// others' device sums waiting on the GPU; what ends the job is the launcher (`mpirun`
-/// and `torchrun` both stop every rank when one exits abnormally) or the next host
-/// operation, which fails naming the rank that went away.
+/// Each operation pushes the engine's device context on the calling thread and pops it
+/// when done, so the thread's current device is left as it was (the constructors make the
+/// device current, as `torch.cuda.set_device` does).
+///
+/// Failures: NCCL and CUDA errors are returned, with their messages. While a host operation
+/// waits, an asynchronous NCCL error (a peer's connection lost) aborts the communicator and
+/// fails the call; every later call fails too. A rank that dies can leave the others
+/// waiting on the GPU with nothing to notice (between the GPUs of one node NCCL sees no
+/// error): what ends the job then is the launcher, as `mpirun` and `torchrun` both stop
+/// every rank when one exits abnormally.
 pub struct Nccl {
-    host: Box<dyn Collective>,
     comm: NcclComm,
+    rank: usize,
+    world_size: usize,
+    /// Device memory the host operations are staged through; 0 before the first.
+    staging: CuDevicePtr,
+    staging_bytes: usize,
+    /// Why the communicator was aborted: every later call fails with it.
+    aborted: Option<String>,
+    // Dropped after the communicator and the staging memory (in `Nccl::drop`).
     device: Device,
 }
 
 // SAFETY: an NCCL communicator may be used from any thread as long as calls do not overlap,
-// which `&mut self` guarantees; NCCL makes the communicator's device current itself on each
-// call. The host engine is `Send` by the trait's bound.
+// which `&mut self` guarantees; each operation pushes the device's context on the thread
+// that calls it, and NCCL makes the communicator's device current itself.
 unsafe impl Send for Nccl {}
 
 impl Nccl {
@@ -351,36 +462,58 @@ impl Nccl {
         Ok(id.internal.map(|byte| byte as u8))
     }
 
-    /// Joins the NCCL communicator of `unique_id` as the host's rank, on CUDA device
-    /// `device_index` (the `LOCAL_RANK` under torchrun or mpirun), which becomes this
-    /// thread's current device. Blocks until every rank has called it.
+    /// Joins the NCCL communicator of `unique_id` as rank `rank` of `world_size`, on CUDA
+    /// device `device_index` (the rank's index on its node), which becomes this thread's
+    /// current device. Blocks until every rank has called it.
     ///
-    /// Prefer [`Nccl::with_host`], which makes and sends the id, and first checks that every
-    /// rank could load NCCL (here, a rank that cannot leaves the others blocked).
+    /// Every rank passes the id that rank 0's process made with [`Nccl::unique_id`];
+    /// [`Nccl::from_torchrun`] and `Nccl::from_mpi` hand it round. A rank that cannot load
+    /// NCCL or open its device fails here at once, alone; the others wait in NCCL's set-up
+    /// until the launcher ends them, as it does when one rank exits non-zero.
     pub fn new(
-        host: Box<dyn Collective>,
+        rank: usize,
+        world_size: usize,
         unique_id: [u8; NCCL_UNIQUE_ID_BYTES],
         device_index: usize,
     ) -> Result<Nccl, CollectiveError> {
+        nccl_ranks(rank, world_size)?;
         let device = Device::open(device_index)?;
-        Nccl::init(host, unique_id, device)
+        Nccl::init(rank, world_size, unique_id, device)
     }
 
-    /// Sets NCCL up over `host` on CUDA device `device_index`: every rank loads NCCL and the
-    /// driver and opens its device, the ranks compare notes through the host (so that all
-    /// fail, each naming the ranks that could not, rather than some waiting forever), rank
-    /// 0 makes the id and broadcasts it, and all join the communicator.
-    pub fn with_host(
-        mut host: Box<dyn Collective>,
-        device_index: usize,
-    ) -> Result<Nccl, CollectiveError> {
-        let rank = host.rank();
+    /// Sets NCCL up for a `torchrun` launch: opens CUDA device `env.local_rank`, hands rank
+    /// 0's id to every rank with [`crate::exchange_unique_id`] (which gives up after
+    /// `timeout`), and joins the communicator.
+    ///
+    /// Under torchrun the ranks have no channel but NCCL, so a rank that cannot load NCCL or
+    /// open its device fails alone, with its own error. The others wait for it (in the
+    /// exchange, or in NCCL's set-up) until torchrun, seeing that rank exit non-zero, ends
+    /// them all.
+    pub fn from_torchrun(env: &TorchrunEnv, timeout: Duration) -> Result<Nccl, CollectiveError> {
+        nccl_ranks(env.rank, env.world_size)?;
+        let device = Device::open(env.local_rank)?;
+        let id = if env.rank == 0 { Some(Nccl::unique_id()?) } else { None };
+        let id = crate::exchange_unique_id(env, id, timeout)?;
+        Nccl::init(env.rank, env.world_size, id, device)
+    }
+
+    /// Sets NCCL up for an `mpirun` launch, on CUDA device `device_index` (the rank's index
+    /// on its node, [`crate::Mpi::local_rank`]). Every rank loads NCCL and the driver and
+    /// opens its device; the ranks compare notes through MPI, so that all fail, each naming
+    /// the ranks that could not, rather than some waiting forever; rank 0 makes the id and
+    /// broadcasts it; all join the communicator. Collective over `mpi`.
+    ///
+    /// The engine keeps no hold on MPI: every operation is NCCL's. `mpi` may be dropped
+    /// whenever the trainer likes, on every rank (that finalises MPI, itself collective).
+    #[cfg(feature = "mpi")]
+    pub fn from_mpi(mpi: &mut crate::Mpi, device_index: usize) -> Result<Nccl, CollectiveError> {
+        let (rank, world_size) = (mpi.rank(), mpi.world_size());
         let local = Device::open(device_index);
         let note = match &local {
             Ok(_) => Vec::new(),
             Err(err) => err.to_string().into_bytes(),
         };
-        let notes = host.all_gather_bytes(&note)?;
+        let notes = mpi.all_gather_bytes(&note)?;
         let device = local?;
         let failed: Vec<String> = notes
             .iter()
@@ -405,7 +538,7 @@ impl Nccl {
         } else {
             (Vec::new(), Ok(()))
         };
-        host.broadcast_bytes(&mut id, 0)?;
+        mpi.broadcast_bytes(&mut id, 0)?;
         made?;
         let id: [u8; NCCL_UNIQUE_ID_BYTES] =
             id.try_into().map_err(|_| CollectiveError::Failed {
@@ -414,41 +547,37 @@ impl Nccl {
                 rank: Some(0),
                 message: "rank 0 could not make the NCCL unique id".into(),
             })?;
-        Nccl::init(host, id, device)
+        Nccl::init(rank, world_size, id, device)
     }
 
     fn init(
-        host: Box<dyn Collective>,
+        rank: usize,
+        world_size: usize,
         unique_id: [u8; NCCL_UNIQUE_ID_BYTES],
         device: Device,
     ) -> Result<Nccl, CollectiveError> {
-        let (rank, world_size) = (host.rank(), host.world_size());
-        let fail = |message: String| CollectiveError::Failed {
-            engine: ENGINE,
-            operation: "init",
-            rank: Some(rank),
-            message,
-        };
-        let (Ok(nranks), Ok(nccl_rank)) = (c_int::try_from(world_size), c_int::try_from(rank))
-        else {
-            return Err(fail(format!("a world of {world_size} is too large for NCCL")));
-        };
+        let (nccl_rank, nranks) = nccl_ranks(rank, world_size)?;
         let id = NcclUniqueId { internal: unique_id.map(|byte| byte as c_char) };
         let mut comm: NcclComm = std::ptr::null_mut();
         // SAFETY: `comm` is an out-pointer to a local; the device is current on this thread.
         let result = unsafe { (device.nccl.comm_init_rank)(&mut comm, nranks, id, nccl_rank) };
         if result != NCCL_SUCCESS {
-            return Err(fail(format!(
-                "ncclCommInitRank on CUDA device {} (NCCL {}): {}",
-                device.index,
-                device.nccl.version_string(),
-                device.nccl.describe(result, comm)
-            )));
+            return Err(CollectiveError::Failed {
+                engine: ENGINE,
+                operation: "init",
+                rank: Some(rank),
+                message: format!(
+                    "ncclCommInitRank on CUDA device {} (NCCL {}): {}",
+                    device.index,
+                    device.nccl.version_string(),
+                    device.nccl.describe(result, comm)
+                ),
+            });
         }
-        Ok(Nccl { host, comm, device })
+        Ok(Nccl { comm, rank, world_size, staging: 0, staging_bytes: 0, aborted: None, device })
     }
 
-    /// The CUDA device this rank's sums run on.
+    /// The CUDA device this rank's operations run on.
     pub fn device_index(&self) -> usize {
         self.device.index
     }
@@ -456,6 +585,114 @@ impl Nccl {
     /// The loaded NCCL's version, `major.minor.patch`, for logs.
     pub fn nccl_version(&self) -> String {
         self.device.nccl.version_string()
+    }
+
+    fn failed(&self, operation: &'static str, message: String) -> CollectiveError {
+        CollectiveError::Failed { engine: ENGINE, operation, rank: Some(self.rank), message }
+    }
+
+    /// Pushes the device's context for one operation; refuses once the communicator is
+    /// aborted.
+    fn enter(&self, operation: &'static str) -> Result<Pushed, CollectiveError> {
+        if let Some(why) = &self.aborted {
+            let message = format!("the NCCL communicator was aborted after an error: {why}");
+            return Err(self.failed(operation, message));
+        }
+        let cuda = self.device.cuda;
+        // SAFETY: the context is retained by `self.device`.
+        unsafe { cuda.check((cuda.ctx_push_current)(self.device.context), "cuCtxPushCurrent") }
+            .map_err(|message| self.failed(operation, message))?;
+        Ok(Pushed(cuda))
+    }
+
+    /// `bytes` of device memory for a host operation: the staging buffer, grown if needed.
+    fn staging(
+        &mut self,
+        operation: &'static str,
+        bytes: usize,
+    ) -> Result<CuDevicePtr, CollectiveError> {
+        if bytes > self.staging_bytes {
+            let cuda = self.device.cuda;
+            if self.staging != 0 {
+                // SAFETY: allocated below; idle, as every host operation waits for its call.
+                unsafe { (cuda.mem_free)(self.staging) };
+                (self.staging, self.staging_bytes) = (0, 0);
+            }
+            let size = bytes.max(4096);
+            let mut ptr: CuDevicePtr = 0;
+            // SAFETY: an out-pointer to a local; the context is pushed (`enter`).
+            unsafe { cuda.check((cuda.mem_alloc)(&mut ptr, size), "cuMemAlloc") }.map_err(
+                |message| self.failed(operation, format!("{message} ({size} bytes of staging)")),
+            )?;
+            (self.staging, self.staging_bytes) = (ptr, size);
+        }
+        Ok(self.staging)
+    }
+
+    /// Copies `values` to device memory at `to`, which has room for them.
+    fn upload<T: Element>(
+        &self,
+        operation: &'static str,
+        to: CuDevicePtr,
+        values: &[T],
+    ) -> Result<(), CollectiveError> {
+        let cuda = self.device.cuda;
+        let bytes = std::mem::size_of_val(values);
+        // SAFETY: `to` has room for `bytes` (the caller sized the staging buffer); `T` has no
+        // padding (`Element`).
+        let result = unsafe { (cuda.memcpy_htod)(to, values.as_ptr().cast(), bytes) };
+        cuda.check(result, "cuMemcpyHtoD").map_err(|message| self.failed(operation, message))
+    }
+
+    /// Fills `values` from device memory at `from`.
+    fn download<T: Element>(
+        &self,
+        operation: &'static str,
+        values: &mut [T],
+        from: CuDevicePtr,
+    ) -> Result<(), CollectiveError> {
+        let cuda = self.device.cuda;
+        let bytes = std::mem::size_of_val(values);
+        // SAFETY: `from` holds `bytes` the NCCL call wrote; any bytes are a `T` (`Element`).
+        let result = unsafe { (cuda.memcpy_dtoh)(values.as_mut_ptr().cast(), from, bytes) };
+        cuda.check(result, "cuMemcpyDtoH").map_err(|message| self.failed(operation, message))
+    }
+
+    /// Checks an NCCL call's result, then NCCL's asynchronous state (a peer's failure).
+    fn check(
+        &mut self,
+        operation: &'static str,
+        call: &str,
+        result: NcclResult,
+    ) -> Result<(), CollectiveError> {
+        if result != NCCL_SUCCESS {
+            let message = format!("{call}: {}", self.device.nccl.describe(result, self.comm));
+            return Err(self.failed(operation, message));
+        }
+        match self.async_error() {
+            Some(message) => Err(self.abort(operation, message)),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the default stream has run what was queued on it, this operation's NCCL
+    /// call last, watching for an asynchronous NCCL error: on one, aborts the communicator,
+    /// which is the only way out of a call whose peers are gone.
+    fn wait(&mut self, operation: &'static str) -> Result<(), CollectiveError> {
+        let cuda = self.device.cuda;
+        loop {
+            // SAFETY: queries the default stream of the pushed context.
+            let state = unsafe { (cuda.stream_query)(std::ptr::null_mut()) };
+            if state != CUDA_ERROR_NOT_READY {
+                return cuda
+                    .check(state, "cuStreamQuery")
+                    .map_err(|message| self.failed(operation, message));
+            }
+            if let Some(message) = self.async_error() {
+                return Err(self.abort(operation, message));
+            }
+            std::thread::sleep(POLL);
+        }
     }
 
     /// An error NCCL found after a call returned (a peer's failure, a network error).
@@ -469,23 +706,155 @@ impl Nccl {
         (state != NCCL_SUCCESS && state != NCCL_IN_PROGRESS)
             .then(|| self.device.nccl.describe(state, self.comm))
     }
+
+    /// Aborts the communicator after NCCL's asynchronous error `message`: a communicator in
+    /// error cannot finish its work. Every later call fails.
+    fn abort(&mut self, operation: &'static str, message: String) -> CollectiveError {
+        // SAFETY: the communicator is live (not yet aborted), and aborted once.
+        unsafe { (self.device.nccl.comm_abort)(self.comm) };
+        self.aborted = Some(message.clone());
+        self.failed(operation, format!("{message} (the NCCL communicator is aborted)"))
+    }
+
+    /// Sums host `values` over the ranks through the staging buffer. The context is pushed.
+    fn sum_host<T: Element>(
+        &mut self,
+        operation: &'static str,
+        values: &mut [T],
+    ) -> Result<(), CollectiveError> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let buffer = self.staging(operation, std::mem::size_of_val(values))?;
+        self.upload(operation, buffer, values)?;
+        // SAFETY: `buffer` holds `values.len()` elements of `T`, summed in place (the same
+        // send and receive buffer); the null stream is the default stream.
+        let result = unsafe {
+            (self.device.nccl.all_reduce)(
+                device_ptr(buffer),
+                device_ptr(buffer),
+                values.len(),
+                T::NCCL_TYPE,
+                NCCL_SUM,
+                self.comm,
+                std::ptr::null_mut(),
+            )
+        };
+        self.check(operation, "ncclAllReduce", result)?;
+        self.wait(operation)?;
+        self.download(operation, values, buffer)
+    }
+
+    /// Replaces host `values` with rank `root`'s, through the staging buffer. Every rank
+    /// passes the same length. The context is pushed.
+    fn broadcast_host<T: Element>(
+        &mut self,
+        operation: &'static str,
+        values: &mut [T],
+        root: usize,
+    ) -> Result<(), CollectiveError> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let buffer = self.staging(operation, std::mem::size_of_val(values))?;
+        if self.rank == root {
+            self.upload(operation, buffer, values)?;
+        }
+        // SAFETY: `buffer` holds `values.len()` elements of `T`, broadcast in place; `root`
+        // is a rank (checked by the caller), so it fits a C int as the world size does.
+        let result = unsafe {
+            (self.device.nccl.broadcast)(
+                device_ptr(buffer),
+                device_ptr(buffer),
+                values.len(),
+                T::NCCL_TYPE,
+                root as c_int,
+                self.comm,
+                std::ptr::null_mut(),
+            )
+        };
+        self.check(operation, "ncclBroadcast", result)?;
+        self.wait(operation)?;
+        if self.rank != root {
+            self.download(operation, values, buffer)?;
+        }
+        Ok(())
+    }
+
+    /// Every rank's `own` (all the same length), in rank order, through the staging buffer.
+    /// The context is pushed.
+    fn gather_host<T: Element>(
+        &mut self,
+        operation: &'static str,
+        own: &[T],
+    ) -> Result<Vec<T>, CollectiveError> {
+        let bytes = std::mem::size_of_val(own);
+        let total =
+            bytes.checked_mul(self.world_size).ok_or_else(|| CollectiveError::InvalidArgument {
+                engine: ENGINE,
+                operation,
+                message: format!("{} ranks of {bytes} bytes overflow memory", self.world_size),
+            })?;
+        let mut all = vec![T::default(); own.len() * self.world_size];
+        if own.is_empty() {
+            return Ok(all);
+        }
+        let buffer = self.staging(operation, total)?;
+        // In place: this rank's part already where the gather puts it.
+        let slot = buffer + (self.rank * bytes) as u64;
+        self.upload(operation, slot, own)?;
+        // SAFETY: `buffer` holds `world_size` parts of `own.len()` elements of `T`; `slot`
+        // is this rank's part, which NCCL reads in place.
+        let result = unsafe {
+            (self.device.nccl.all_gather)(
+                device_ptr(slot),
+                device_ptr(buffer),
+                own.len(),
+                T::NCCL_TYPE,
+                self.comm,
+                std::ptr::null_mut(),
+            )
+        };
+        self.check(operation, "ncclAllGather", result)?;
+        self.wait(operation)?;
+        self.download(operation, &mut all, buffer)?;
+        Ok(all)
+    }
+}
+
+/// `(rank, world_size)` as NCCL's C ints, once checked.
+fn nccl_ranks(rank: usize, world_size: usize) -> Result<(c_int, c_int), CollectiveError> {
+    let invalid = |message: String| CollectiveError::InvalidArgument {
+        engine: ENGINE,
+        operation: "init",
+        message,
+    };
+    if rank >= world_size {
+        return Err(invalid(format!("rank {rank} is not a rank of a world of {world_size}")));
+    }
+    match (c_int::try_from(rank), c_int::try_from(world_size)) {
+        (Ok(rank), Ok(world_size)) => Ok((rank, world_size)),
+        _ => Err(invalid(format!("a world of {world_size} is too large for NCCL"))),
+    }
 }
 
 impl Collective for Nccl {
     fn rank(&self) -> usize {
-        self.host.rank()
+        self.rank
     }
 
     fn world_size(&self) -> usize {
-        self.host.world_size()
+        self.world_size
     }
 
     fn all_reduce_sum(&mut self, values: &mut [f32]) -> Result<(), CollectiveError> {
-        self.host.all_reduce_sum(values)
+        let _pushed = self.enter("all_reduce_sum")?;
+        self.sum_host("all_reduce_sum", values)
     }
 
     fn all_reduce_sum_f64(&mut self, values: &mut [f64]) -> Result<(), CollectiveError> {
-        self.host.all_reduce_sum_f64(values)
+        let _pushed = self.enter("all_reduce_sum_f64")?;
+        self.sum_host("all_reduce_sum_f64", values)
     }
 
     unsafe fn all_reduce_sum_device(
@@ -493,22 +862,17 @@ impl Collective for Nccl {
         ptr: u64,
         len: usize,
     ) -> Result<(), CollectiveError> {
+        let operation = "all_reduce_sum_device";
+        let _pushed = self.enter(operation)?;
         if len == 0 {
             return Ok(());
         }
-        let fail = |message: String| CollectiveError::Failed {
-            engine: ENGINE,
-            operation: "all_reduce_sum_device",
-            rank: Some(self.host.rank()),
-            message,
-        };
-        let buffer = ptr as usize as *mut c_void;
         // SAFETY: the caller guarantees `len` f32 of device memory at `ptr`; in place is
         // allowed (send and receive buffers equal); a null stream is the default stream.
         let result = unsafe {
             (self.device.nccl.all_reduce)(
-                buffer,
-                buffer,
+                device_ptr(ptr),
+                device_ptr(ptr),
                 len,
                 NCCL_FLOAT32,
                 NCCL_SUM,
@@ -516,28 +880,49 @@ impl Collective for Nccl {
                 std::ptr::null_mut(),
             )
         };
-        if result != NCCL_SUCCESS {
-            return Err(fail(format!(
-                "ncclAllReduce of {len} f32: {}",
-                self.device.nccl.describe(result, self.comm)
-            )));
-        }
-        match self.async_error() {
-            Some(message) => Err(fail(message)),
-            None => Ok(()),
-        }
+        self.check(operation, &format!("ncclAllReduce of {len} f32"), result)
     }
 
     fn broadcast_bytes(&mut self, bytes: &mut Vec<u8>, root: usize) -> Result<(), CollectiveError> {
-        self.host.broadcast_bytes(bytes, root)
+        let operation = "broadcast_bytes";
+        check_root(ENGINE, root, self.world_size)?;
+        let _pushed = self.enter(operation)?;
+        // The root's length first, so that every rank can make room.
+        let mut len = [bytes.len() as u64];
+        self.broadcast_host(operation, &mut len, root)?;
+        let len = usize::try_from(len[0]).map_err(|_| {
+            self.failed(operation, format!("rank {root} broadcast {} bytes: too many", len[0]))
+        })?;
+        if self.rank != root {
+            bytes.clear();
+            bytes.resize(len, 0);
+        }
+        self.broadcast_host(operation, bytes, root)
     }
 
     fn all_gather_bytes(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, CollectiveError> {
-        self.host.all_gather_bytes(bytes)
+        let operation = "all_gather_bytes";
+        let _pushed = self.enter(operation)?;
+        // Every rank's length first, then every rank's bytes padded to the longest.
+        let lengths = self.gather_host(operation, &[bytes.len() as u64])?;
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        let longest = usize::try_from(longest).map_err(|_| {
+            self.failed(operation, format!("a rank gathers {longest} bytes: too many"))
+        })?;
+        let mut padded = vec![0u8; longest];
+        padded[..bytes.len()].copy_from_slice(bytes);
+        let all = self.gather_host(operation, &padded)?;
+        Ok(lengths
+            .iter()
+            .enumerate()
+            .map(|(rank, &len)| all[rank * longest..][..len as usize].to_vec())
+            .collect())
     }
 
     fn barrier(&mut self) -> Result<(), CollectiveError> {
-        self.host.barrier()
+        let _pushed = self.enter("barrier")?;
+        // A sum completes on no rank before every rank has joined it.
+        self.sum_host("barrier", &mut [0f32])
     }
 
     fn name(&self) -> &'static str {
@@ -547,13 +932,23 @@ impl Collective for Nccl {
 
 impl Drop for Nccl {
     fn drop(&mut self) {
-        // A communicator in error cannot finish its work: abort it rather than wait.
-        // SAFETY: `comm` is live and dropped exactly once, before the device's context.
+        let cuda = self.device.cuda;
+        // SAFETY: the context is retained by `self.device`, released after this; the
+        // communicator is live unless aborted, and goes once; the staging memory is idle,
+        // as every host operation waited for its call.
         unsafe {
-            if self.async_error().is_some() {
-                (self.device.nccl.comm_abort)(self.comm);
-            } else {
-                (self.device.nccl.comm_destroy)(self.comm);
+            let pushed = (cuda.ctx_push_current)(self.device.context) == CUDA_SUCCESS;
+            let _pushed = pushed.then_some(Pushed(cuda));
+            if self.aborted.is_none() {
+                // A communicator in error cannot finish its work: abort it rather than wait.
+                if self.async_error().is_some() {
+                    (self.device.nccl.comm_abort)(self.comm);
+                } else {
+                    (self.device.nccl.comm_destroy)(self.comm);
+                }
+            }
+            if self.staging != 0 {
+                (cuda.mem_free)(self.staging);
             }
         }
     }
@@ -562,11 +957,11 @@ impl Drop for Nccl {
 impl std::fmt::Debug for Nccl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Nccl")
-            .field("rank", &self.host.rank())
-            .field("world_size", &self.host.world_size())
+            .field("rank", &self.rank)
+            .field("world_size", &self.world_size)
             .field("device_index", &self.device.index)
             .field("nccl_version", &self.nccl_version())
-            .field("host", &self.host.name())
+            .field("aborted", &self.aborted)
             .finish()
     }
 }
@@ -574,7 +969,6 @@ impl std::fmt::Debug for Nccl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Single;
 
     /// On a machine with NCCL and a GPU these calls may succeed; elsewhere (CI, this
     /// workspace's machines) they must fail with an error, never a panic.
@@ -600,8 +994,25 @@ mod tests {
 
     #[test]
     fn creating_the_engine_without_nccl_or_cuda_is_an_error() {
-        expect_unavailable(Nccl::new(Box::new(Single::new()), [0; NCCL_UNIQUE_ID_BYTES], 0));
-        expect_unavailable(Nccl::with_host(Box::new(Single::new()), 0));
+        expect_unavailable(Nccl::new(0, 1, [0; NCCL_UNIQUE_ID_BYTES], 0));
+        // A world of one: no other rank to wait for, whatever this machine has.
+        let alone = TorchrunEnv {
+            rank: 0,
+            world_size: 1,
+            local_rank: 0,
+            master_addr: "127.0.0.1".into(),
+            master_port: 1,
+            rendezvous_port: 1,
+        };
+        expect_unavailable(Nccl::from_torchrun(&alone, Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_rank_outside_the_world_is_refused_before_loading_anything() {
+        let err = Nccl::new(2, 2, [0; NCCL_UNIQUE_ID_BYTES], 0).unwrap_err();
+        assert_eq!(err.to_string(), "nccl: init: rank 2 is not a rank of a world of 2");
+        let err = nccl_ranks(0, usize::MAX).unwrap_err();
+        assert!(err.to_string().ends_with("a world of 18446744073709551615 is too large for NCCL"));
     }
 
     #[test]
@@ -630,5 +1041,12 @@ mod tests {
         let id = NcclUniqueId { internal: bytes.map(|byte| byte as c_char) };
         assert_eq!(id.internal.map(|byte| byte as u8), bytes);
         assert_eq!(std::mem::size_of::<NcclUniqueId>(), 128);
+    }
+
+    #[test]
+    fn element_types_are_nccls() {
+        // nccl.h: ncclUint8 = 1, ncclUint64 = 5, ncclFloat32 = 7, ncclFloat64 = 8.
+        assert_eq!([u8::NCCL_TYPE, u64::NCCL_TYPE, f32::NCCL_TYPE, f64::NCCL_TYPE], [1, 5, 7, 8]);
+        assert_eq!(device_ptr(0x7f00_0000_1000) as usize, 0x7f00_0000_1000);
     }
 }

@@ -87,15 +87,15 @@ fn rank_world() -> ExitCode {
         println!("MPI library: {}", version.lines().next().unwrap_or(""));
     }
 
-    // NCCL over MPI: where NCCL or the GPUs are missing, every rank fails, none waits.
-    // (The engine takes the host: MPI is finalised when it is dropped, on every rank.)
-    match Nccl::with_host(Box::new(mpi), rank) {
+    // NCCL set up through MPI: where NCCL or the GPUs are missing, every rank fails, none
+    // waits. (MPI is finalised when `mpi` is dropped, on every rank, at the end.)
+    match Nccl::from_mpi(&mut mpi, rank) {
         Ok(nccl) => println!("rank {rank}: NCCL {} on CUDA device {}", nccl.nccl_version(), rank),
         Err(err) => {
             let text = err.to_string();
             assert!(text.starts_with("nccl: "), "{text}");
             if rank == 0 {
-                println!("NCCL over MPI, as expected here: {text}");
+                println!("NCCL set up through MPI fails, as expected here: {text}");
             }
         }
     }
