@@ -151,8 +151,9 @@ fn main() {
 fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::TrainAllStages { config, overrides } => {
-            let (config, path) = run::load_config(config.as_deref(), &overrides)?;
+            let (mut config, path) = run::load_config(config.as_deref(), &overrides)?;
             let ranks = Arc::new(Ranks::from_launcher(config.device())?);
+            config.train.device = device_name(ranks.device(config.device()));
             let dir = run::train_all_stages(config, &path, &ranks)?;
             if ranks.is_main() {
                 println!("{}", dir.display());
@@ -208,12 +209,21 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Data(args) => data::run(&args),
         Command::Stats { file, reference } => data::stats(&file, reference.as_deref()),
         Command::Compare { config } => {
-            let (config, path) = run::load_config(config.as_deref(), &[])?;
+            let (mut config, path) = run::load_config(config.as_deref(), &[])?;
             let ranks = Arc::new(Ranks::from_launcher(config.device())?);
+            config.train.device = device_name(ranks.device(config.device()));
             run::compare(config, &path, &ranks)
         }
         Command::Bench(args) => bench::run(&args),
         Command::ImportConfig(args) => import_config::run(&args),
+    }
+}
+
+/// A device as the run config names it (`cpu`, `cuda:1`).
+fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".to_string(),
     }
 }
 

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use coconut_curriculum::{load_samples, tokenize_samples, Mode};
 use coconut_eval::{
     comparison_table, evaluate, inspect_thoughts, mean_embedding_norm, thoughts_report,
-    EvalOptions, Prediction, SampleThoughts, TableRow,
+    EvalMetrics, EvalOptions, Prediction, SampleThoughts, TableRow,
 };
 use coconut_trainer::{
     check_model_paths, check_sample_lengths, EpochEval, Ranks, RunConfig, TrainError, Trainer,
@@ -66,14 +66,14 @@ pub fn train_all_stages(
             batch_size: t.config.eval.batch_size,
             device,
         };
-        let (m, _) = evaluate(
-            t.loaded.model.as_ref(),
-            &t.loaded.tokenizer,
-            &t.config.curriculum,
+        let (m, _) = sharded_evaluate(
+            t.ranks(),
+            t,
             &t.valid_samples[..limit],
             &t.valid_tokenized()[..limit],
             &options,
-        );
+        )
+        .map_err(|e| TrainError::Other(format!("evaluation: {e:#}")))?;
         let serde_json::Value::Object(extra) = serde_json::to_value(&m).expect("metrics serialise")
         else {
             unreachable!("a struct serialises to an object")
@@ -85,9 +85,6 @@ pub fn train_all_stages(
         trainer.run(&mut per_epoch)?
     };
     let run_dir = summary.run_dir.clone();
-    if !ranks.is_main() {
-        return Ok(run_dir);
-    }
 
     // The final model on the test split, at the final stage.
     let final_stage = config.curriculum.stage_of_epoch(config.train.num_epochs.saturating_sub(1));
@@ -97,14 +94,10 @@ pub fn train_all_stages(
         batch_size: config.eval.batch_size,
         device,
     };
-    let (metrics, predictions) = evaluate(
-        trainer.loaded.model.as_ref(),
-        &trainer.loaded.tokenizer,
-        &config.curriculum,
-        &samples,
-        &tokenized,
-        &options,
-    );
+    let (metrics, predictions) = sharded_evaluate(ranks, &trainer, &samples, &tokenized, &options)?;
+    if !ranks.is_main() {
+        return Ok(run_dir);
+    }
     write_predictions(&run_dir.join(format!("predictions_{split}.jsonl")), &predictions)?;
     let thoughts: Vec<SampleThoughts> = (0..samples.len().min(3))
         .map(|i| SampleThoughts {
@@ -134,6 +127,41 @@ pub fn train_all_stages(
         comparison_table(&[TableRow { method: format!("{} ({split})", config.name), metrics }])
     );
     Ok(run_dir)
+}
+
+/// [`evaluate`] with the samples shared out over the ranks (rank r takes samples r, r + W,
+/// ...) and the predictions gathered, in order, on every rank.
+fn sharded_evaluate(
+    ranks: &Ranks,
+    trainer: &Trainer,
+    samples: &[coconut_curriculum::Sample],
+    tokenized: &[coconut_curriculum::TokenizedSample],
+    options: &EvalOptions,
+) -> Result<(EvalMetrics, Vec<Prediction>)> {
+    let (rank, world) = (ranks.rank(), ranks.world_size());
+    let mine: Vec<usize> = (rank..samples.len()).step_by(world).collect();
+    let my_samples: Vec<_> = mine.iter().map(|&i| samples[i].clone()).collect();
+    let my_tokenized: Vec<_> = mine.iter().map(|&i| tokenized[i].clone()).collect();
+    let (metrics, mut predictions) = evaluate(
+        trainer.loaded.model.as_ref(),
+        &trainer.loaded.tokenizer,
+        &trainer.config.curriculum,
+        &my_samples,
+        &my_tokenized,
+        options,
+    );
+    for p in &mut predictions {
+        p.index = mine[p.index];
+    }
+    if world == 1 {
+        return Ok((metrics, predictions));
+    }
+    let mut all: Vec<Prediction> = Vec::with_capacity(samples.len());
+    for bytes in ranks.gather(&serde_json::to_vec(&predictions)?)? {
+        all.extend(serde_json::from_slice::<Vec<Prediction>>(&bytes)?);
+    }
+    all.sort_by_key(|p| p.index);
+    Ok((EvalMetrics::of(&all, options.stage, metrics.seconds), all))
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM (how clusters preempt a job) while training: the first one

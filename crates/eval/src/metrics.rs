@@ -62,6 +62,23 @@ pub struct EvalMetrics {
     pub seconds: f64,
 }
 
+impl EvalMetrics {
+    /// The figures of `predictions`, made at `stage` in `seconds`.
+    pub fn of(predictions: &[Prediction], stage: usize, seconds: f64) -> Self {
+        let n = predictions.len().max(1) as f64;
+        let mean = |f: &dyn Fn(&Prediction) -> f64| predictions.iter().map(f).sum::<f64>() / n;
+        EvalMetrics {
+            samples: predictions.len(),
+            stage,
+            accuracy: mean(&|p| p.correct as u8 as f64),
+            mean_tokens: mean(&|p| (p.generated_tokens + p.thoughts) as f64),
+            mean_tokens_without_thoughts: mean(&|p| p.generated_tokens as f64),
+            cot_exact_match: mean(&|p| p.cot_match as u8 as f64),
+            seconds,
+        }
+    }
+}
+
 /// The answer in a generated text: after the last `#`, commas removed, trimmed.
 pub fn extract_answer(text: &str) -> String {
     let tail = text.rsplit('#').next().unwrap_or("");
@@ -138,17 +155,7 @@ pub fn evaluate(
             generated_tokens,
         });
     }
-    let n = predictions.len().max(1) as f64;
-    let mean = |f: &dyn Fn(&Prediction) -> f64| predictions.iter().map(f).sum::<f64>() / n;
-    let metrics = EvalMetrics {
-        samples: predictions.len(),
-        stage: options.stage,
-        accuracy: mean(&|p| p.correct as u8 as f64),
-        mean_tokens: mean(&|p| (p.generated_tokens + p.thoughts) as f64),
-        mean_tokens_without_thoughts: mean(&|p| p.generated_tokens as f64),
-        cot_exact_match: mean(&|p| p.cot_match as u8 as f64),
-        seconds,
-    };
+    let metrics = EvalMetrics::of(&predictions, options.stage, seconds);
     (metrics, predictions)
 }
 

@@ -17,8 +17,11 @@ use crate::TrainError;
 /// This process's place among the ranks of the run, and the engine that connects them.
 pub struct Ranks {
     engine: Mutex<Box<dyn Collective>>,
+    // MPI, when it launched an NCCL run: kept (and finalised) until after the engine.
+    _launcher: Option<Mutex<Box<dyn Collective>>>,
     rank: usize,
     world_size: usize,
+    local_rank: usize,
 }
 
 impl std::fmt::Debug for Ranks {
@@ -35,27 +38,56 @@ impl Ranks {
 
     /// The ranks over `engine`.
     pub fn new(engine: Box<dyn Collective>) -> Self {
-        let (rank, world_size) = (engine.rank(), engine.world_size());
-        Self { engine: Mutex::new(engine), rank, world_size }
+        Self::on_machine(engine, 0)
     }
 
-    /// The ranks this process was started among: `mpirun` (in a build with the `mpi`
-    /// feature) gives MPI's; a process started alone is one rank. A process with torchrun's
-    /// environment but no CUDA device is an error: torchrun's ranks talk through NCCL, which
-    /// is for CUDA tensors; on CPUs, launch with `mpirun` (or `--nproc-per-node`).
+    /// The ranks over `engine`, this one the `local_rank`-th of its machine.
+    fn on_machine(engine: Box<dyn Collective>, local_rank: usize) -> Self {
+        let (rank, world_size) = (engine.rank(), engine.world_size());
+        Self { engine: Mutex::new(engine), _launcher: None, rank, world_size, local_rank }
+    }
+
+    /// The ranks this process was started among, talking through the engine that fits
+    /// `device`:
+    /// - started by `mpirun` (in a build with the `mpi` feature): MPI on the CPU, NCCL on
+    ///   CUDA (its id broadcast with MPI);
+    /// - with torchrun's environment (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`,
+    ///   `MASTER_PORT`) on CUDA: NCCL, its id handed out by rank 0 at the rendezvous
+    ///   address; on the CPU an error (launch CPU ranks with `mpirun` or
+    ///   `--nproc-per-node`);
+    /// - otherwise one rank alone.
+    ///
+    /// On CUDA each rank uses the GPU of its local rank ([`Ranks::device`]).
     pub fn from_launcher(device: Device) -> Result<Self, TrainError> {
         #[cfg(feature = "mpi")]
         if coconut_collective::Mpi::is_launched_by_mpirun() {
-            let mpi = coconut_collective::Mpi::init().map_err(engine_error)?;
-            return Ok(Self::new(Box::new(mpi)));
+            let mut mpi = coconut_collective::Mpi::init().map_err(engine_error)?;
+            let local_rank = mpi.local_rank();
+            if device.is_cuda() {
+                let nccl = coconut_collective::Nccl::from_mpi(&mut mpi, local_rank)
+                    .map_err(engine_error)?;
+                let mut ranks = Self::on_machine(Box::new(nccl), local_rank);
+                ranks._launcher = Some(Mutex::new(Box::new(mpi)));
+                return Ok(ranks);
+            }
+            return Ok(Self::on_machine(Box::new(mpi), local_rank));
         }
-        if std::env::var_os("WORLD_SIZE").is_some_and(|w| w != "1") && device == Device::Cpu {
-            return Err(TrainError::Other(
-                "torchrun's environment (WORLD_SIZE) on the CPU: its ranks talk through NCCL, \
-                 which needs CUDA; launch CPU ranks with `cargo xtask train-all-stages \
-                 --nproc-per-node N` or mpirun"
-                    .to_string(),
-            ));
+        if let Some(env) = coconut_collective::TorchrunEnv::from_env() {
+            let env = env.map_err(engine_error)?;
+            if env.world_size > 1 {
+                if !device.is_cuda() {
+                    return Err(TrainError::Other(
+                        "torchrun's environment (WORLD_SIZE) on the CPU: its ranks talk \
+                         through NCCL, which needs CUDA; launch CPU ranks with `cargo xtask \
+                         train-all-stages --nproc-per-node N` or mpirun"
+                            .to_string(),
+                    ));
+                }
+                let timeout = std::time::Duration::from_secs(RENDEZVOUS_TIMEOUT_S);
+                let nccl =
+                    coconut_collective::Nccl::from_torchrun(&env, timeout).map_err(engine_error)?;
+                return Ok(Self::on_machine(Box::new(nccl), env.local_rank));
+            }
         }
         if cfg!(not(feature = "mpi"))
             && std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some_and(|w| w != "1")
@@ -67,6 +99,15 @@ impl Ranks {
             ));
         }
         Ok(Self::single())
+    }
+
+    /// The device this rank trains on: on CUDA with several ranks, the GPU of its local
+    /// rank whatever `configured` names; otherwise `configured`.
+    pub fn device(&self, configured: Device) -> Device {
+        match configured {
+            Device::Cuda(_) if self.world_size > 1 => Device::Cuda(self.local_rank),
+            other => other,
+        }
     }
 
     /// This process's rank, from 0.
@@ -101,6 +142,11 @@ impl Ranks {
     /// Rank 0's `bytes` on every rank.
     pub fn broadcast(&self, bytes: &mut Vec<u8>) -> Result<(), TrainError> {
         self.engine().broadcast_bytes(bytes, 0).map_err(engine_error)
+    }
+
+    /// Every rank's `bytes`, in rank order, on every rank.
+    pub fn gather(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, TrainError> {
+        self.engine().all_gather_bytes(bytes).map_err(engine_error)
     }
 
     /// Rank 0's values of every variable on every rank (after building a model, so that
@@ -173,6 +219,9 @@ impl Ranks {
         Ok(())
     }
 }
+
+/// How long the ranks of a torchrun launch wait for each other at the rendezvous.
+const RENDEZVOUS_TIMEOUT_S: u64 = 300;
 
 fn engine_error(e: CollectiveError) -> TrainError {
     TrainError::Other(format!("data-parallel ranks: {e}"))

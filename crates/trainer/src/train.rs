@@ -351,23 +351,16 @@ impl Trainer {
             }
             let train_loss =
                 self.train_epoch(epoch, stage, &ckpt_dir, &mut metrics, &mut last_checkpoint)?;
-            let valid_loss = self.validation_loss(stage);
+            let valid_loss = self.validation_loss(stage)?;
             // The epoch's last update has not met a training loss yet: the validation loss
             // is the first to read those weights, and nothing is saved if it is not finite.
             if !valid_loss.is_finite() {
                 return Err(self.diverged("validation", epoch, valid_loss, &ckpt_dir));
             }
             let eval = if cfg.eval.every_epoch || epoch + 1 == cfg.train.num_epochs {
-                // Rank 0 evaluates; every rank learns the accuracy, which decides `best/`.
-                let eval = if self.ranks.is_main() {
-                    evaluate(self, epoch)?
-                } else {
-                    EpochEval::default()
-                };
-                let mut shared =
-                    [eval.accuracy.unwrap_or(0.0), f64::from(u8::from(eval.accuracy.is_some()))];
-                self.ranks.sum(&mut shared)?;
-                EpochEval { accuracy: (shared[1] > 0.0).then_some(shared[0]), ..eval }
+                // Every rank calls it (the command line's shares the samples out); rank 0's
+                // result is the one written.
+                evaluate(self, epoch)?
             } else {
                 EpochEval::default()
             };
@@ -610,18 +603,25 @@ impl Trainer {
     }
 
     /// Teacher-forced loss on the validation set at `stage`, averaged over supervised tokens.
-    pub fn validation_loss(&self, stage: usize) -> f64 {
+    pub fn validation_loss(&self, stage: usize) -> Result<f64, TrainError> {
         let n = match self.config.data.max_valid_samples {
             0 => self.valid.len(),
             n => n.min(self.valid.len()),
         };
-        teacher_forced_loss(
+        // Each rank takes every W-th sample; the sums over the ranks give the mean.
+        let (rank, world) = (self.ranks.rank(), self.ranks.world_size());
+        let mine: Vec<TokenizedSample> =
+            self.valid[..n].iter().skip(rank).step_by(world).cloned().collect();
+        let (total, tokens) = teacher_forced_sums(
             &self.loaded,
             &self.config.curriculum,
-            &self.valid[..n],
+            &mine,
             stage,
             self.config.eval.batch_size,
-        )
+        );
+        let mut sums = [total, tokens];
+        self.ranks.sum(&mut sums)?;
+        Ok(sums[0] / sums[1].max(1.0))
     }
 
     /// The tokenized validation samples.
@@ -675,6 +675,18 @@ pub fn teacher_forced_loss(
     stage: usize,
     batch_size: usize,
 ) -> f64 {
+    let (total, tokens) = teacher_forced_sums(loaded, curriculum, samples, stage, batch_size);
+    total / tokens.max(1.0)
+}
+
+/// [`teacher_forced_loss`] as the sum of the supervised tokens' losses and their number.
+fn teacher_forced_sums(
+    loaded: &LoadedModel,
+    curriculum: &CurriculumConfig,
+    samples: &[TokenizedSample],
+    stage: usize,
+    batch_size: usize,
+) -> (f64, f64) {
     let special = loaded.tokenizer.special();
     let (mut total, mut tokens) = (0.0, 0i64);
     tch::no_grad(|| {
@@ -696,7 +708,7 @@ pub fn teacher_forced_loss(
             }
         }
     });
-    total / tokens.max(1) as f64
+    (total, tokens as f64)
 }
 
 /// The settings that differ between a checkpoint's run config and a new one, other than
