@@ -242,19 +242,11 @@ fn measure_ddp(args: &BenchArgs, threads: usize) -> Result<()> {
     tch::manual_seed(0);
     let tokenizer = Tokenizer::from_file(&args.tokenizer)?;
     let samples = load_samples(&args.data)?;
-    let curriculum = CurriculumConfig {
-        mode: Mode::Coconut,
-        max_latent_stage: 6,
-        pad_latent_to_max: true,
-        ..CurriculumConfig::default()
-    };
+    let curriculum = reference_curriculum();
     let vs = VarStore::new(Device::Cpu);
     let model = bench_model(&vs, "tiny", tokenizer.vocab_size());
     ranks.broadcast_variables(&vs)?;
-    let mut optimizer = AdamW::new(
-        vs.variables(),
-        AdamWConfig { lr: 1e-4, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 },
-    );
+    let mut optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW);
     let mut grads = Gradients::new(vs.variables());
     let special = tokenizer.special();
     let (batch, warmup, steps) = (8, 2, 6);
@@ -364,6 +356,20 @@ fn rss_field(field: &str) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// The reference's stage-k sample: k latents even past the last step.
+fn reference_curriculum() -> CurriculumConfig {
+    CurriculumConfig {
+        mode: Mode::Coconut,
+        max_latent_stage: 6,
+        pad_latent_to_max: true,
+        ..CurriculumConfig::default()
+    }
+}
+
+/// The reference's optimizer settings.
+const REFERENCE_ADAMW: AdamWConfig =
+    AdamWConfig { lr: 1e-4, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 };
+
 /// The measured model, freshly initialised: GPT-2 with the reference's dropout of 0.1, or
 /// the Llama of the tiny shape (no dropout, as Llama trains).
 fn bench_model(vs: &VarStore, name: &str, vocab: usize) -> Box<dyn CausalLm> {
@@ -400,13 +406,7 @@ fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
             batch.max(steps)
         );
     }
-    // The reference's stage-k sample: k latents even past the last step.
-    let curriculum = CurriculumConfig {
-        mode: Mode::Coconut,
-        max_latent_stage: 6,
-        pad_latent_to_max: true,
-        ..CurriculumConfig::default()
-    };
+    let curriculum = reference_curriculum();
     let vs = VarStore::new(Device::Cpu);
     let model = bench_model(&vs, model_name, tokenizer.vocab_size());
     let model = model.as_ref();
@@ -446,10 +446,7 @@ fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
         .to_string());
     }
 
-    let mut optimizer = AdamW::new(
-        vs.variables(),
-        AdamWConfig { lr: 1e-4, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 },
-    );
+    let mut optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW);
     let mut grads = Gradients::new(vs.variables());
     // The first steps of a process run slower while the allocator takes memory from the
     // system; a GPT-2 step is long enough for one to do.

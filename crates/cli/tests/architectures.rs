@@ -11,37 +11,14 @@ use std::time::{Duration, Instant};
 mod common;
 
 use coconut_curriculum::Tokenizer;
-use coconut_trainer::checkpoint::{list_checkpoints, read_state};
-use common::{coconut, succeed, train, write_config_with_model};
-use tch::Tensor;
+use coconut_trainer::checkpoint::read_state;
+use common::{
+    assert_same_weights, coconut, last_checkpoint, step_lines, succeed, train,
+    write_config_with_model,
+};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn last_checkpoint(run: &Path) -> PathBuf {
-    list_checkpoints(&run.join("checkpoints")).pop().expect("a checkpoint")
-}
-
-fn step_lines(run: &Path) -> usize {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("\"kind\":\"step\""))
-        .count()
-}
-
-fn assert_same_weights(a: &Path, b: &Path, case: &str) {
-    let read = |ckpt: &Path| {
-        let mut w = Tensor::read_safetensors(ckpt.join("model.safetensors")).unwrap();
-        w.sort_by(|x, y| x.0.cmp(&y.0));
-        w
-    };
-    let (a, b) = (read(a), read(b));
-    assert_eq!(a.len(), b.len(), "{case}");
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x.equal(y), "{case}: {name} differs after the resume");
-    }
 }
 
 /// Trains `model` straight through, and again with a SIGTERM after two steps and a rerun;
@@ -68,7 +45,7 @@ fn train_stop_and_resume(dir: &Path, case: &str, model: &str) -> PathBuf {
     );
     succeed(train(&stopped));
     let straight_run = dir.join(format!("{case}-straight"));
-    assert_same_weights(&last_checkpoint(&straight_run), &last_checkpoint(&run), case);
+    assert_same_weights(&last_checkpoint(&straight_run), &last_checkpoint(&run));
     straight_run
 }
 

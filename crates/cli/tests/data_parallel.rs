@@ -14,8 +14,7 @@ mod common;
 use coconut_model::testing::assert_close;
 use coconut_testing::Tolerance;
 use coconut_trainer::checkpoint::{list_checkpoints, read_state};
-use common::{succeed, write_config_with_model, SMALL_GPT2};
-use tch::Tensor;
+use common::{last_checkpoint, succeed, weights, write_config_with_model, SMALL_GPT2};
 
 /// `mpirun -n <ranks>` on the `coconut` binary, allowed to run as root (CI does).
 fn mpirun(ranks: usize, args: &[&str]) -> Command {
@@ -49,17 +48,8 @@ fn config(dir: &Path, name: &str, grad_accum: usize, epochs: usize) -> PathBuf {
     path
 }
 
-fn last_checkpoint(run: &Path) -> PathBuf {
-    list_checkpoints(&run.join("checkpoints")).pop().expect("a checkpoint")
-}
-
 fn assert_same_weights(a: &Path, b: &Path, what: &str) {
-    let read = |ckpt: &Path| {
-        let mut w = Tensor::read_safetensors(ckpt.join("model.safetensors")).unwrap();
-        w.sort_by(|x, y| x.0.cmp(&y.0));
-        w
-    };
-    let (a, b) = (read(a), read(b));
+    let (a, b) = (weights(a), weights(b));
     assert_eq!(a.len(), b.len());
     for ((name, x), (_, y)) in a.iter().zip(&b) {
         assert_close(y, x, Tolerance::new(1e-5, 1e-7), &format!("{what}: {name}"));

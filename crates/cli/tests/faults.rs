@@ -5,34 +5,19 @@
 //! weights of an uninterrupted one. (Write failures and a full disk are injected through the
 //! checkpoint writer's seam in `crates/trainer/tests/checkpoint_faults.rs`.)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 mod common;
 
 use coconut_trainer::checkpoint::{list_checkpoints, load_checkpoint, read_state};
-use common::{coconut, fixture_samples, succeed, train, write_config};
+use common::{
+    assert_same_weights, coconut, fixture_samples, last_checkpoint, step_lines, succeed, train,
+    write_config,
+};
 use rand::{Rng, SeedableRng};
-use tch::{Device, Tensor};
-
-fn weights(ckpt: &Path) -> Vec<(String, Tensor)> {
-    let mut w = Tensor::read_safetensors(ckpt.join("model.safetensors")).unwrap();
-    w.sort_by(|a, b| a.0.cmp(&b.0));
-    w
-}
-
-fn assert_same_weights(a: &Path, b: &Path) {
-    let (a, b) = (weights(a), weights(b));
-    assert_eq!(a.len(), b.len());
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x.equal(y), "{name} differs");
-    }
-}
-
-fn last_checkpoint(run: &Path) -> PathBuf {
-    list_checkpoints(&run.join("checkpoints")).pop().expect("a checkpoint")
-}
+use tch::Device;
 
 /// Every listed checkpoint of `run` loads whole.
 fn assert_checkpoints_load(run: &Path, context: &str) {
@@ -55,14 +40,6 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         assert!(started.elapsed() < Duration::from_secs(120), "waited in vain for {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-fn step_lines(run: &Path) -> usize {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("\"kind\":\"step\""))
-        .count()
 }
 
 #[test]

@@ -72,3 +72,35 @@ pub fn succeed(mut cmd: Command) -> Output {
     assert!(out.status.success(), "{:?}: {}", cmd, String::from_utf8_lossy(&out.stderr));
     out
 }
+
+/// The newest checkpoint of a run folder.
+pub fn last_checkpoint(run: &Path) -> PathBuf {
+    coconut_trainer::checkpoint::list_checkpoints(&run.join("checkpoints"))
+        .pop()
+        .expect("a checkpoint")
+}
+
+/// The training-step lines of a run's `metrics.jsonl` so far.
+pub fn step_lines(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"step\""))
+        .count()
+}
+
+/// A checkpoint's weights, by name.
+pub fn weights(ckpt: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut w = tch::Tensor::read_safetensors(ckpt.join("model.safetensors")).unwrap();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+/// Two checkpoints hold bit-identical weights.
+pub fn assert_same_weights(a: &Path, b: &Path) {
+    let (a, b) = (weights(a), weights(b));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x.equal(y), "{name} differs");
+    }
+}
