@@ -27,6 +27,7 @@ Commands of the coconut binary (cargo xtask <command> [args], after setup):
   data              Generate ProsQA / ProntoQA splits, or convert GSM8k files
   stats             Print a dataset file's statistics, beside a reference file's
   bench             Benchmarks at one thread; prints JSON lines and ratios
+  analyze           The paper's latent-search analysis of a checkpoint on ProsQA data
   import-config     Turn an official Coconut YAML config into a run config (TOML)
 
 `cargo xtask <command> --help` documents each one's flags.";

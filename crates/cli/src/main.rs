@@ -1,5 +1,6 @@
 //! `coconut`: train, evaluate and inspect Coconut models. `cargo xtask <command>` runs it.
 
+mod analyze_cmd;
 mod ask_cmd;
 mod bench;
 mod data;
@@ -125,6 +126,9 @@ enum Command {
     },
     /// Benchmarks at one thread with the shapes of the PyTorch reference; prints JSON lines.
     Bench(bench::BenchArgs),
+    /// The paper's latent-search analysis of a checkpoint on ProsQA-format data: the value
+    /// of each graph node after k thoughts, as latent_search.json and plots.
+    Analyze(analyze_cmd::AnalyzeArgs),
     /// Translate an args YAML of the official Coconut repository into a run config: the TOML
     /// goes to stdout, one line per decision to stderr.
     ImportConfig(import_config::ImportArgs),
@@ -215,6 +219,11 @@ fn dispatch(command: Command) -> Result<()> {
             run::compare(config, &path, &ranks)
         }
         Command::Bench(args) => bench::run(&args),
+        Command::Analyze(args) => {
+            let out = analyze_cmd::run(&args)?;
+            println!("{}", out.display());
+            Ok(())
+        }
         Command::ImportConfig(args) => import_config::run(&args),
     }
 }

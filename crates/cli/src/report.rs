@@ -174,6 +174,22 @@ pub fn write_report(
     Ok(())
 }
 
+/// Appends the latent-search section (`coconut analyze` on the final checkpoint) to
+/// `report.md`.
+pub fn append_latent_search(run_dir: &Path, table: &str) -> Result<()> {
+    let path = run_dir.join("report.md");
+    let mut md = std::fs::read_to_string(&path)?;
+    md.push_str(&format!(
+        "\n## Latent search (the paper's section 5)\n\nThe model's probability of each node of the \
+         question's graph after k thoughts (`coconut analyze`; definitions in \
+         `coconut_eval::latent_search`): the frontier is the set of nodes the reasoning can have \
+         reached, the path leads to the answer.\n\n{table}\n\
+         ![node values](analysis/latent_values.svg)\n\n![value against height](analysis/value_by_height.svg)\n"
+    ));
+    std::fs::write(&path, md)?;
+    Ok(())
+}
+
 fn plot_loss(path: &Path, curves: &Curves) -> Result<()> {
     let root = SVGBackend::new(path, (800, 420)).into_drawing_area();
     root.fill(&WHITE)?;

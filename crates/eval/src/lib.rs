@@ -1,10 +1,12 @@
 //! Coconut evaluation: batched latent generation with a KV cache ([`generate`]), the
 //! figures of the paper's Table 1 ([`evaluate`]), thought inspection ([`inspect_thoughts`])
-//! and comparison tables ([`comparison_table`]).
+//! comparison tables ([`comparison_table`]), and the paper's analysis of latent reasoning as
+//! search ([`latent_search`]).
 
 mod ask;
 mod generate;
 mod inspect;
+pub mod latent_search;
 mod metrics;
 mod table;
 

@@ -212,3 +212,45 @@ fn evaluates_and_inspects_the_real_tiny_gpt2() {
         assert!(t.top_tokens.windows(2).all(|w| w[0].1 >= w[1].1), "sorted by probability");
     }
 }
+
+/// The value of a name is its probability through the token that ends it, so names that
+/// prefix one another get their own values; against a plain forward over the whole text.
+#[test]
+fn continuation_probabilities_score_prefixing_names_apart() {
+    use coconut_eval::latent_search::continuation_probabilities;
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let tokenizer =
+        coconut_curriculum::Tokenizer::from_file(&shared.join("tiny-gpt2/tokenizer.json")).unwrap();
+    let special = tokenizer.special();
+    for (arch, _vs, model) in tiny_models(tokenizer.vocab_size(), 2, 0.0, 5) {
+        let model = model.as_ref();
+        let mut prompt = tokenizer.encode("Tom is a rompus. Every rompus is a wumpus.\n");
+        prompt.extend([special.start_latent, special.latent, special.end_latent]);
+        prompt.extend(tokenizer.encode("Every"));
+        let names: Vec<Vec<u32>> =
+            [" rompus is", " rompuses is", " wumpus is"].map(|n| tokenizer.encode(n)).to_vec();
+        // " rompus" is a prefix of " rompuses": their first tokens are the same.
+        assert_eq!(names[0][..2], names[1][..2], "{names:?}");
+        let values = continuation_probabilities(model, &prompt, &names, &special, Device::Cpu);
+        for (name, &value) in names.iter().zip(&values) {
+            // The whole text in one pass (its thought spliced in by the same multi-pass).
+            let mut full = prompt.clone();
+            full.extend(name);
+            let batch = coconut_curriculum::collate_prompts(&[full.clone()], &special);
+            let batch = DeviceBatch::new(&batch, Device::Cpu, Kind::Float);
+            let hidden = tch::no_grad(|| {
+                latent_hidden_states(model, &batch, &mut coconut_model::KvCache::new(), false, 0)
+            });
+            let log_probs = model.lm_head(&hidden).log_softmax(-1, Kind::Float);
+            let expected: f64 = (0..name.len())
+                .map(|i| {
+                    let at = (prompt.len() + i - 1) as i64;
+                    log_probs.double_value(&[0, at, i64::from(name[i])])
+                })
+                .sum::<f64>()
+                .exp();
+            coconut_testing::assert_close(value, expected, Tolerance::new(1e-4, 1e-12), arch);
+        }
+        assert_ne!(values[0], values[1], "{arch}: a name and its extension are scored apart");
+    }
+}
