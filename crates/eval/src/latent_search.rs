@@ -218,16 +218,23 @@ pub fn continuation_probabilities(
         let first = model.lm_head(&last).squeeze().log_softmax(-1, Kind::Float); // (V)
         let n = continuations.len() as i64;
         let longest = continuations.iter().map(Vec::len).max().unwrap_or(0);
-        let mut log_p: Vec<f64> =
-            continuations.iter().map(|c| first.double_value(&[i64::from(c[0])])).collect();
+        let first_ids: Vec<i64> = continuations.iter().map(|c| i64::from(c[0])).collect();
+        let first_ids = Tensor::from_slice(&first_ids).to_device(device);
+        let mut log_p = first.index_select(0, &first_ids).to_kind(Kind::Double); // (n)
         if longest > 1 {
             // Every continuation's tokens but its last, right-padded, after the prompt.
             let width = longest as i64 - 1;
+            // `ids` feeds the tokens, `next` holds the token each one predicts, `scored`
+            // marks the columns a continuation has.
             let mut ids = vec![0i64; (n * width) as usize];
+            let mut next = vec![0i64; (n * width) as usize];
+            let mut scored = vec![0.0f64; (n * width) as usize];
             let mut mask = vec![1i64; (n * (t + width)) as usize];
             for (row, c) in continuations.iter().enumerate() {
-                for (col, &id) in c[..c.len() - 1].iter().enumerate() {
-                    ids[row * width as usize + col] = i64::from(id);
+                for col in 0..c.len() - 1 {
+                    let at = row * width as usize + col;
+                    (ids[at], next[at], scored[at]) =
+                        (i64::from(c[col]), i64::from(c[col + 1]), 1.0);
                 }
                 for col in c.len() - 1..longest - 1 {
                     mask[row * (t + width) as usize + t as usize + col] = 0;
@@ -242,13 +249,15 @@ pub fn continuation_probabilities(
             let bias = causal_bias(&mask, Kind::Float).narrow(2, t, width); // (n, 1, width, t + width)
             let (logits, _) = model.forward(&ids, &positions, &bias, Some(&mut cache), false);
             let log_probs = logits.log_softmax(-1, Kind::Float); // (n, width, V)
-            for (row, c) in continuations.iter().enumerate() {
-                for (col, &id) in c[1..].iter().enumerate() {
-                    log_p[row] += log_probs.double_value(&[row as i64, col as i64, i64::from(id)]);
-                }
-            }
+            let next = Tensor::from_slice(&next).view([n, width, 1]).to_device(device);
+            let scored = Tensor::from_slice(&scored).view([n, width]).to_device(device);
+            let picked = log_probs.gather(2, &next, false).squeeze_dim(2).to_kind(Kind::Double); // (n, width)
+                                                                                                 // Masked, not multiplied: an unscored column's log-probability may be -inf.
+            log_p +=
+                picked.masked_fill(&scored.eq(0.0), 0.0).sum_dim_intlist(1, false, Kind::Double);
         }
-        log_p.into_iter().map(f64::exp).collect()
+        Vec::<f64>::try_from(log_p.exp().to_device(Device::Cpu))
+            .expect("one value per continuation")
     })
 }
 
