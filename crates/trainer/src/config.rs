@@ -540,7 +540,7 @@ fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), String> {
 pub fn usable_device(name: &str) -> Result<tch::Device, String> {
     let device = parse_device(name)?;
     if let tch::Device::Cuda(index) = device {
-        if !tch::utils::has_cuda() {
+        if cuda_backend_version().is_none() {
             return Err(format!(
                 "device {name:?}: this binary was built without CUDA: cargo xtask setup --cuda"
             ));
@@ -551,6 +551,19 @@ pub fn usable_device(name: &str) -> Result<tch::Device, String> {
         }
     }
     Ok(device)
+}
+
+/// The CUDA runtime version LibTorch's CUDA backend was built with, or `None` when this
+/// binary has no CUDA backend (built against the CPU LibTorch). Unlike `tch::utils::has_cuda`,
+/// which also asks for a device, it answers on a machine without a GPU.
+pub fn cuda_backend_version() -> Option<i64> {
+    // Without the backend LibTorch raises an error, which tch turns into a panic: caught
+    // here, with the panic message silenced.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let version = std::panic::catch_unwind(tch::utils::version_cudart).ok();
+    std::panic::set_hook(hook);
+    version
 }
 
 /// `cpu`, `cuda` (device 0) or `cuda:N`.

@@ -17,8 +17,8 @@ pub use coconut::{
     coconut_loss, latent_hidden_states, pass_ranges, training_loss, DeviceBatch, TrainingLoss,
 };
 pub use config::{
-    usable_device, DataConfig, EvalConfig, GenerateConfig, ModelConfig, OptimizerReset, RunConfig,
-    TrainConfig,
+    cuda_backend_version, usable_device, DataConfig, EvalConfig, GenerateConfig, ModelConfig,
+    OptimizerReset, RunConfig, TrainConfig,
 };
 pub use model_setup::{
     build_model, check_model_paths, load_model_dir, LoadedModel, TOKENIZER_FILE,
