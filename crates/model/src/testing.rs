@@ -9,9 +9,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::{CausalLm, Gpt2, Gpt2Config, Llama, LlamaConfig};
 
-/// A tiny random model of every architecture, each in its own `VarStore` seeded with
-/// `seed`: width 16, `n_layer` layers, a vocabulary of `vocab` and 64 positions. `dropout` goes
-/// wherever the architecture has dropout.
+/// A tiny random model of every architecture, each in its own `VarStore` on the CPU seeded
+/// with `seed`: width 16, `n_layer` layers, a vocabulary of `vocab` and 64 positions.
+/// `dropout` goes wherever the architecture has dropout.
 ///
 /// - `gpt2`: two heads, tied head.
 /// - `llama`: four query heads sharing two key-value heads, an untied head, Llama 3's rope
@@ -23,12 +23,25 @@ pub fn tiny_models(
     dropout: f64,
     seed: i64,
 ) -> Vec<(&'static str, VarStore, Box<dyn CausalLm>)> {
-    let mut gpt2 = Gpt2Config::new(vocab, 64, 16, n_layer, 2);
+    tiny_models_on(vocab, 64, n_layer, dropout, seed, Device::Cpu)
+}
+
+/// [`tiny_models`] with `positions` positions, built on `device` with the same weights as on
+/// the CPU (they are drawn on the CPU and copied: each device has its own random generator).
+pub fn tiny_models_on(
+    vocab: usize,
+    positions: usize,
+    n_layer: usize,
+    dropout: f64,
+    seed: i64,
+    device: Device,
+) -> Vec<(&'static str, VarStore, Box<dyn CausalLm>)> {
+    let mut gpt2 = Gpt2Config::new(vocab, positions, 16, n_layer, 2);
     (gpt2.embd_pdrop, gpt2.attn_pdrop, gpt2.resid_pdrop) = (dropout, dropout, dropout);
     let llama = |extra: serde_json::Value| {
         let mut json = serde_json::json!({
             "model_type": "llama", "vocab_size": vocab, "hidden_size": 16,
-            "intermediate_size": 24, "num_hidden_layers": n_layer, "max_position_embeddings": 64,
+            "intermediate_size": 24, "num_hidden_layers": n_layer, "max_position_embeddings": positions,
             "rms_norm_eps": 1e-5, "attention_dropout": dropout,
         });
         for (k, v) in extra.as_object().expect("an object") {
@@ -53,12 +66,22 @@ pub fn tiny_models(
         let model = make(&vs);
         // Fresh norms are the identity and fresh biases zero; perturb every parameter so
         // that a test also sees them applied.
+        // In name order: the draws must not depend on a hash map's order, or two calls with
+        // one seed would give different weights.
+        let variables: std::collections::BTreeMap<String, Tensor> =
+            vs.variables().into_iter().collect();
         tch::no_grad(|| {
-            for (_, mut v) in vs.variables() {
+            for mut v in variables.into_values() {
                 let _ = v.g_add_(&(v.randn_like() * 0.05));
             }
         });
-        (name, vs, model)
+        if device == Device::Cpu {
+            return (name, vs, model);
+        }
+        let mut on_device = VarStore::new(device);
+        let model = make(&on_device);
+        on_device.copy(&vs).expect("the same variables");
+        (name, on_device, model)
     };
     vec![
         build("gpt2", &|vs| Box::new(Gpt2::new(&vs.root(), &gpt2))),
