@@ -27,6 +27,7 @@ Commands of the coconut binary (cargo xtask <command> [args], after setup):
   data              Generate ProsQA / ProntoQA splits, or convert GSM8k files
   stats             Print a dataset file's statistics, beside a reference file's
   bench             Benchmarks at one thread; prints JSON lines and ratios
+  check-device      Check a GPU against the CPU and time the GPT-2 shape on it
   analyze           The paper's latent-search analysis of a checkpoint on ProsQA data
   import-config     Turn an official Coconut YAML config into a run config (TOML)
 
@@ -74,7 +75,9 @@ fn main() -> Result<()> {
                 .env("CARGO_TARGET_DIR", root.join("target/cuda"))
                 .status()?;
             check(status, "cargo build --release (CUDA)")?;
-            println!("CUDA binary: {}", root.join("target/cuda/release/coconut").display());
+            let binary = root.join("target/cuda/release/coconut");
+            check_cuda_build(&root, &binary)?;
+            println!("CUDA binary: {}", binary.display());
         }
         Task::Test { args } => {
             setup::libtorch(&root, setup::Flavor::Cpu)?;
@@ -109,7 +112,26 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// The workspace root (the parent of this crate).
+/// Runs the CUDA binary's device check on the CPU (it needs no GPU): the CUDA backend must
+/// be compiled in, which a binary that dropped `libtorch_cuda.so` at link time fails, and
+/// the plumbing checks must pass.
+fn check_cuda_build(root: &Path, binary: &Path) -> Result<()> {
+    let output = Command::new(binary)
+        .args(["check-device", "--device", "cpu", "--skip-timings"])
+        .current_dir(root)
+        .output()
+        .with_context(|| format!("could not start {}", binary.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprint!("{stdout}");
+    if !stdout.lines().any(|l| l == "cuda_backend=compiled") {
+        bail!(
+            "{}: the CUDA backend is not compiled in (libtorch_cuda.so not linked)",
+            binary.display()
+        );
+    }
+    check(output.status, "coconut check-device --device cpu (CUDA build)")
+}
+
 /// Takes `--nproc-per-node N` (or `--nproc-per-node=N`) out of a command's arguments.
 fn take_nproc_per_node(args: Vec<String>) -> Result<(Option<usize>, Vec<String>)> {
     let mut ranks = None;
@@ -143,6 +165,7 @@ fn mpirun(ranks: usize) -> Command {
     cmd
 }
 
+/// The workspace root (the parent of this crate).
 fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -357,7 +357,7 @@ fn rss_field(field: &str) -> f64 {
 }
 
 /// The reference's stage-k sample: k latents even past the last step.
-fn reference_curriculum() -> CurriculumConfig {
+pub(crate) fn reference_curriculum() -> CurriculumConfig {
     CurriculumConfig {
         mode: Mode::Coconut,
         max_latent_stage: 6,
@@ -367,12 +367,12 @@ fn reference_curriculum() -> CurriculumConfig {
 }
 
 /// The reference's optimizer settings.
-const REFERENCE_ADAMW: AdamWConfig =
+pub(crate) const REFERENCE_ADAMW: AdamWConfig =
     AdamWConfig { lr: 1e-4, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 };
 
 /// The measured model, freshly initialised: GPT-2 with the reference's dropout of 0.1, or
 /// the Llama of the tiny shape (no dropout, as Llama trains).
-fn bench_model(vs: &VarStore, name: &str, vocab: usize) -> Box<dyn CausalLm> {
+pub(crate) fn bench_model(vs: &VarStore, name: &str, vocab: usize) -> Box<dyn CausalLm> {
     if name == "tiny_llama" {
         let config =
             LlamaConfig::new(vocab, 1024, 256, 4, 4, 2, 704, 0.0).expect("a valid Llama shape");
@@ -384,7 +384,7 @@ fn bench_model(vs: &VarStore, name: &str, vocab: usize) -> Box<dyn CausalLm> {
     Box::new(Gpt2::new(&vs.root(), &config))
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]

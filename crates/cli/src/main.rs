@@ -3,6 +3,7 @@
 mod analyze_cmd;
 mod ask_cmd;
 mod bench;
+mod check_device;
 mod data;
 mod eval_cmd;
 mod import_config;
@@ -124,6 +125,9 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Check a device against the CPU (loss, gradients, AdamW, generation, checkpoints,
+    /// bf16) and time the GPT-2 shape on it; the last line is `device_check=pass|fail`.
+    CheckDevice(check_device::CheckDeviceArgs),
     /// Benchmarks at one thread with the shapes of the PyTorch reference; prints JSON lines.
     Bench(bench::BenchArgs),
     /// The paper's latent-search analysis of a checkpoint on ProsQA-format data: the value
@@ -219,6 +223,7 @@ fn dispatch(command: Command) -> Result<()> {
             run::compare(config, &path, &ranks)
         }
         Command::Bench(args) => bench::run(&args),
+        Command::CheckDevice(args) => check_device::run(&args),
         Command::Analyze(args) => {
             let out = analyze_cmd::run(&args)?;
             println!("{}", out.display());
