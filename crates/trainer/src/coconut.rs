@@ -67,14 +67,14 @@ impl DeviceBatch {
     /// that the pass loop makes no host round trips.
     pub fn new(batch: &Batch, device: Device, kind: Kind) -> Self {
         let (b, t) = (batch.batch_size as i64, batch.seq_len as i64);
-        let tensor = |v: &[i64]| Tensor::from_slice(v).view([b, t]).to_device(device);
+        let tensor = |v: &[i64]| upload(Tensor::from_slice(v).view([b, t]), device);
         let attention_mask = tensor(&batch.attention_mask);
         let n = batch.max_latents();
         let first_latent = batch.first_latent_column().map_or(t, |c| c as i64);
         let has_latent = (0..n)
             .map(|i| {
                 let rows: Vec<bool> = batch.latent_columns.iter().map(|c| c.len() > i).collect();
-                Tensor::from_slice(&rows).view([b, 1, 1]).to_device(device)
+                upload(Tensor::from_slice(&rows).view([b, 1, 1]), device)
             })
             .collect();
         // Column p predicts the label at p+1 (the shift of a causal LM).
@@ -103,8 +103,8 @@ impl DeviceBatch {
             first_latent,
             has_latent,
             first_loss_column: first_loss_column as i64,
-            supervised_positions: Tensor::from_slice(&positions).to_device(device),
-            targets: Tensor::from_slice(&targets).to_device(device),
+            supervised_positions: upload(Tensor::from_slice(&positions), device),
+            targets: upload(Tensor::from_slice(&targets), device),
         }
     }
 
@@ -116,6 +116,17 @@ impl DeviceBatch {
     /// Number of supervised tokens.
     pub fn supervised_tokens(&self) -> i64 {
         self.targets.size()[0]
+    }
+}
+
+/// `host` on `device`. To a GPU the copy goes from pinned memory without waiting: a copy
+/// from ordinary memory first waits for every kernel queued, which would stall the device
+/// at every micro-batch while the host collates the next one.
+fn upload(host: Tensor, device: Device) -> Tensor {
+    if device.is_cuda() {
+        host.pin_memory(device).to_device_(device, host.kind(), true, false)
+    } else {
+        host
     }
 }
 

@@ -76,19 +76,21 @@ impl Gradients {
         })
     }
 
-    /// Scales the sums so that their global norm is at most `max_norm`; returns the norm
-    /// before clipping.
-    pub fn clip_norm(&mut self, max_norm: f64) -> f64 {
-        let total = self.norm();
-        if total > max_norm {
-            let scale = max_norm / (total + 1e-6);
-            tch::no_grad(|| {
-                for g in self.sums.values_mut() {
-                    let _ = g.g_mul_scalar_(scale);
-                }
-            });
-        }
-        total
+    /// Scales the sums by `min(1, max_norm / (norm + 1e-6))`, as PyTorch's
+    /// `clip_grad_norm_` does, without reading the norm on the host (on a GPU a read would
+    /// wait for every queued kernel).
+    pub fn clip_norm(&mut self, max_norm: f64) {
+        tch::no_grad(|| {
+            let norms: Vec<Tensor> = self.sums.values().map(Tensor::norm).collect();
+            if norms.is_empty() {
+                return;
+            }
+            let total = Tensor::stack(&norms, 0).norm(); // a scalar on the device
+            let scale = (total + 1e-6).reciprocal().g_mul_scalar(max_norm).clamp_max(1.0);
+            for g in self.sums.values_mut() {
+                let _ = g.g_mul_(&scale);
+            }
+        });
     }
 
     /// Hands the sums over (to the optimizer) and starts afresh.
@@ -165,9 +167,11 @@ mod tests {
         let tol = Tolerance::scaled(1e-6);
         coconut_model::testing::assert_close(&grads.sums()["w"], &expected, tol, "sum");
         coconut_testing::assert_close(grads.norm(), 18f64.sqrt(), tol, "norm");
-        let before = grads.clip_norm(1.0);
-        coconut_testing::assert_close(before, 18f64.sqrt(), tol, "norm before");
+        grads.clip_norm(1.0);
         coconut_testing::assert_close(grads.norm(), 1.0, Tolerance::scaled(1e-5), "clipped");
+        let clipped = grads.sums()["w"].shallow_clone().copy();
+        grads.clip_norm(2.0); // already within: unchanged
+        coconut_model::testing::assert_close(&grads.sums()["w"], &clipped, tol, "unclipped");
         assert_eq!(grads.take().len(), 1);
         assert!(grads.sums().is_empty());
     }

@@ -20,7 +20,7 @@ use coconut_curriculum::{
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use serde::Serialize;
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 use crate::adamw::{AdamW, AdamWConfig};
 use crate::checkpoint::{
@@ -443,7 +443,9 @@ impl Trainer {
             let micro = &order[step * per_step..((step + 1) * per_step).min(order.len())];
             let total_samples: usize = micro.iter().map(Vec::len).sum();
             self.grads.clear();
-            let (mut step_loss, mut step_tokens) = (0.0, 0usize);
+            // The loss stays on the device until the step's one host read.
+            let (mut step_loss, mut step_tokens) =
+                (Tensor::zeros([], (Kind::Float, self.loaded.vs.device())), 0usize);
             let mine = micro.iter().enumerate().skip(self.ranks.rank()).step_by(world);
             for (index_in_step, indices) in mine {
                 // Dropout draws from a seed keyed by the micro-batch's place in the run, so
@@ -464,13 +466,16 @@ impl Trainer {
                 );
                 // Weight each micro-batch by its share of the samples of the step.
                 let weight = indices.len() as f64 / total_samples as f64;
-                step_loss += loss.value.double_value(&[]) * weight;
+                step_loss += loss.value.detach() * weight;
                 loss.backward(self.loaded.model.as_ref(), &mut self.grads, weight);
             }
             // One all-reduce: the gradients, with the loss, the tokens and whether any rank
             // was asked to stop, so that every rank takes the same decisions.
-            let mut scalars =
-                [step_loss, step_tokens as f64, self.stop.load(Ordering::SeqCst) as f64];
+            let mut scalars = [
+                step_loss.double_value(&[]),
+                step_tokens as f64,
+                self.stop.load(Ordering::SeqCst) as f64,
+            ];
             self.ranks.sum_gradients(&mut self.grads, &mut scalars)?;
             let step_loss = scalars[0];
             window_tokens += scalars[1] as usize;
@@ -688,7 +693,8 @@ fn teacher_forced_sums(
     batch_size: usize,
 ) -> (f64, f64) {
     let special = loaded.tokenizer.special();
-    let (mut total, mut tokens) = (0.0, 0i64);
+    // The sum stays on the device, read once at the end.
+    let (mut total, mut tokens) = (Tensor::zeros([], (Kind::Float, loaded.vs.device())), 0i64);
     tch::no_grad(|| {
         for indices in batches(samples.len(), batch_size, None, 0) {
             let staged: Vec<StagedSample> = indices
@@ -702,13 +708,12 @@ fn teacher_forced_sums(
             );
             let count = batch.supervised_tokens();
             if count > 0 {
-                total += coconut_loss(loaded.model.as_ref(), &batch, false).double_value(&[])
-                    * count as f64;
+                total += coconut_loss(loaded.model.as_ref(), &batch, false) * count as f64;
                 tokens += count;
             }
         }
     });
-    (total, tokens as f64)
+    (total.double_value(&[]), tokens as f64)
 }
 
 /// The settings that differ between a checkpoint's run config and a new one, other than
