@@ -28,19 +28,16 @@ use std::path::{Path, PathBuf};
 use coconut_model::{
     is_finite, pretrained_files, serialize_tensors, ModelError, CONFIG_FILE, WEIGHTS_FILE,
 };
-use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::adamw::{AdamW, AdamWConfig};
-use crate::config::RunConfig;
 use crate::model_setup::{load_model_dir, LoadedModel, TOKENIZER_FILE};
+pub use crate::state::{read_state, TrainState, STATE_FILE};
 use crate::TrainError;
 use coconut_curriculum::GENERATION_CONFIG_FILE;
 
 /// File of the optimizer state inside a checkpoint.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-/// File of the training position inside a checkpoint; written last.
-pub const STATE_FILE: &str = "train_state.json";
 /// Name prefix of a checkpoint being written (`.tmp-<name>-<writer>`); never a checkpoint.
 pub const TMP_PREFIX: &str = ".tmp-";
 /// Name prefix of a checkpoint being deleted (`.trash-<name>-<writer>`); never a checkpoint.
@@ -94,34 +91,6 @@ impl CheckpointIo for DiskIo {
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::remove_dir_all(dir)
     }
-}
-
-/// Where training stands: enough to continue exactly where a checkpoint was taken.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
-    /// The epoch to continue with.
-    pub epoch: usize,
-    /// Optimizer steps of `epoch` already done (0 at an epoch boundary).
-    pub step_in_epoch: usize,
-    /// Optimizer steps since the start of the run.
-    pub global_step: u64,
-    /// Best validation accuracy so far, if evaluated.
-    pub best_accuracy: Option<f64>,
-    /// The resolved configuration of the run.
-    pub config: RunConfig,
-    /// [`coconut_curriculum::Tokenizer::fingerprint`] of the run's tokenizer: loading the
-    /// checkpoint with any other `tokenizer.json` is refused. (Absent in checkpoints written
-    /// before it was recorded.)
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokenizer_sha256: Option<String>,
-    /// The number of data-parallel ranks that trained up to here: with `grad_accum` it
-    /// gives the micro-batches of an optimizer step, which a resume must keep.
-    #[serde(default = "one_rank")]
-    pub ranks: usize,
-}
-
-fn one_rank() -> usize {
-    1
 }
 
 /// A checkpoint folder's name, `e<epoch>-s<global step>` zero-padded to 3 and 7 digits
@@ -337,14 +306,6 @@ pub fn recover_checkpoints(io: &dyn CheckpointIo, dir: &Path) -> Result<(), Trai
         }
     }
     Ok(())
-}
-
-/// Reads a checkpoint's training state.
-pub fn read_state(ckpt: &Path) -> Result<TrainState, TrainError> {
-    let path = ckpt.join(STATE_FILE);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|error| TrainError::Io { path: path.clone(), error })?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })
 }
 
 /// Loads a checkpoint: the model and tokenizer, an optimizer with the saved moments, and

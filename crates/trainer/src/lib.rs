@@ -9,6 +9,7 @@ pub mod gradients;
 pub mod model_setup;
 pub mod ranks;
 pub mod run_lock;
+mod state;
 pub mod train;
 
 use std::path::PathBuf;
