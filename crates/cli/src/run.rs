@@ -55,10 +55,6 @@ pub fn train_all_stages(
     let test_file = config.data.test.as_ref().unwrap_or(&config.data.valid);
     let max_new_tokens = Some(config.eval.max_new_tokens);
     check_sample_lengths(test_file, &tokenized, &config.curriculum, max_new_tokens, positions)?;
-    let limit = match config.data.max_valid_samples {
-        0 => trainer.valid_samples.len(),
-        n => n.min(trainer.valid_samples.len()),
-    };
     let mut per_epoch = |t: &Trainer, epoch: usize| -> Result<EpochEval, TrainError> {
         let options = EvalOptions {
             stage: t.config.curriculum.stage_of_epoch(epoch),
@@ -66,14 +62,9 @@ pub fn train_all_stages(
             batch_size: t.config.eval.batch_size,
             device,
         };
-        let (m, _) = sharded_evaluate(
-            t.ranks(),
-            t,
-            &t.valid_samples[..limit],
-            &t.valid_tokenized()[..limit],
-            &options,
-        )
-        .map_err(|e| TrainError::Other(format!("evaluation: {e:#}")))?;
+        let (samples, tokenized) = t.valid_split();
+        let (m, _) = sharded_evaluate(t.ranks(), t, samples, tokenized, &options)
+            .map_err(|e| TrainError::Other(format!("evaluation: {e:#}")))?;
         let serde_json::Value::Object(extra) = serde_json::to_value(&m).expect("metrics serialise")
         else {
             unreachable!("a struct serialises to an object")

@@ -333,6 +333,29 @@ pub fn load_checkpoint(
     Ok((loaded, optimizer, state))
 }
 
+/// Copies the HF part of a checkpoint (config, weights, tokenizer, and the tokenizer and
+/// generation configs where the checkpoint has them) to `<run>/best`, written and replaced
+/// the way checkpoints are (see [`write_checkpoint`]).
+pub fn copy_model_folder(src: &Path, run_dir: &Path) -> Result<(), TrainError> {
+    let mut files = Vec::new();
+    let required = [coconut_model::CONFIG_FILE, coconut_model::WEIGHTS_FILE, TOKENIZER_FILE];
+    let optional =
+        [coconut_curriculum::TOKENIZER_CONFIG_FILE, coconut_curriculum::GENERATION_CONFIG_FILE];
+    for (file, required) in
+        required.iter().map(|f| (*f, true)).chain(optional.iter().map(|f| (*f, false)))
+    {
+        let path = src.join(file);
+        if !required && !path.exists() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|error| TrainError::Io { path, error })?;
+        files.push((file, bytes));
+    }
+    let writer = std::process::id().to_string();
+    write_checkpoint(&DiskIo, run_dir, &writer, "best", &files)?;
+    Ok(())
+}
+
 /// Deletes all but the newest `keep` checkpoints (0 keeps everything), through `io`. Each
 /// is first renamed to a trash name, so a checkpoint is either complete or gone, then
 /// deleted. One another process pruned already is skipped.

@@ -6,11 +6,14 @@ pub mod checkpoint;
 pub mod coconut;
 pub mod config;
 pub mod gradients;
+mod metrics;
 pub mod model_setup;
 pub mod ranks;
 pub mod run_lock;
+mod start;
 mod state;
 pub mod train;
+mod validation;
 
 use std::path::PathBuf;
 
@@ -21,13 +24,13 @@ pub use config::{
     usable_device, DataConfig, EvalConfig, GenerateConfig, ModelConfig, OptimizerReset, RunConfig,
     TrainConfig,
 };
+pub use metrics::{EpochEval, MetricLine};
 pub use model_setup::{
     build_model, check_model_paths, load_model_dir, LoadedModel, TOKENIZER_FILE,
 };
 pub use ranks::Ranks;
-pub use train::{
-    check_sample_lengths, teacher_forced_loss, EpochEval, MetricLine, TrainSummary, Trainer,
-};
+pub use train::{TrainSummary, Trainer};
+pub use validation::{check_sample_lengths, teacher_forced_loss};
 
 /// What can go wrong in a run. File errors name the file.
 #[derive(Debug, thiserror::Error)]
