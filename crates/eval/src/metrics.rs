@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use coconut_curriculum::{eval_prompt, CurriculumConfig, Mode, Sample, TokenizedSample, Tokenizer};
+use coconut_curriculum::{eval_prompt, CurriculumConfig, Sample, TokenizedSample, Tokenizer};
 use coconut_model::CausalLm;
 use serde::{Deserialize, Serialize};
 use tch::Device;
@@ -93,12 +93,7 @@ pub fn normalize_answer(answer: &str) -> String {
 /// The reasoning steps a model should still write at `stage` (the ones not replaced by
 /// thoughts), as the text the curriculum trains on.
 fn expected_reasoning(config: &CurriculumConfig, sample: &Sample, stage: usize) -> String {
-    let removed = match config.mode {
-        Mode::Cot => 0,
-        Mode::NoCot | Mode::PauseToken | Mode::NoCurriculum => sample.steps.len(),
-        _ if stage > config.max_latent_stage => sample.steps.len(),
-        _ => stage.min(sample.steps.len()),
-    };
+    let removed = config.steps_removed(stage, sample.steps.len());
     sample.steps[removed..].iter().map(|s| format!("{s}\n")).collect::<String>().trim().to_string()
 }
 
