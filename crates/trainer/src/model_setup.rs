@@ -70,8 +70,7 @@ pub fn build_model(
                 loaded.model.shape().vocab_size,
                 dir,
             )?;
-            let s = loaded.tokenizer.special();
-            let added = [s.start_latent, s.end_latent, s.latent, s.pause].map(i64::from);
+            let added = loaded.tokenizer.special().added().map(i64::from);
             loaded.model.copy_token_embedding(&added, init);
         }
         return Ok(loaded);
