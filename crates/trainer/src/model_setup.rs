@@ -48,13 +48,9 @@ pub fn check_model_paths(config: &RunConfig, config_path: &Path) -> Result<(), T
     Ok(())
 }
 
-/// Builds the model a run starts from (before any resume).
-pub fn build_model(
-    config: &RunConfig,
-    config_path: &Path,
-    train: &[Sample],
-) -> Result<LoadedModel, TrainError> {
-    check_model_paths(config, config_path)?;
+/// Builds the model a run starts from (before any resume). The model folders it names are
+/// those [`check_model_paths`] checks; [`crate::Trainer::new`] checks them first.
+pub fn build_model(config: &RunConfig, train: &[Sample]) -> Result<LoadedModel, TrainError> {
     let device = config.device();
     let m = &config.model;
     if let Some(dir) = &m.init_checkpoint {

@@ -45,7 +45,7 @@ pub(crate) fn resume_or_start(
             let state = continued_state(state, config, config_path, ranks.world_size())?;
             Ok((loaded, optimizer, state))
         }
-        None => fresh_start(config, config_path, ranks, train, adamw),
+        None => fresh_start(config, ranks, train, adamw),
     }
 }
 
@@ -129,12 +129,11 @@ fn continued_state(
 /// and a fresh optimizer.
 fn fresh_start(
     config: &RunConfig,
-    config_path: &Path,
     ranks: &Ranks,
     train: &[Sample],
     adamw: AdamWConfig,
 ) -> Result<Start, TrainError> {
-    let loaded = build_model(config, config_path, train)?;
+    let loaded = build_model(config, train)?;
     ranks.broadcast_variables(&loaded.vs)?;
     let optimizer = AdamW::new(loaded.vs.variables(), adamw);
     let state = TrainState {
