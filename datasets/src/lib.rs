@@ -88,12 +88,66 @@ impl DatasetKind {
         }
     }
 
+    /// `prosqa` or `prontoqa`: the kind as configuration files and the command line write it.
+    pub fn key(self) -> &'static str {
+        match self {
+            DatasetKind::ProsQa => "prosqa",
+            DatasetKind::ProntoQa => "prontoqa",
+        }
+    }
+
     /// "ProsQA" or "ProntoQA".
     pub fn name(self) -> &'static str {
         match self {
             DatasetKind::ProsQa => "ProsQA",
             DatasetKind::ProntoQa => "ProntoQA",
         }
+    }
+}
+
+impl std::str::FromStr for DatasetKind {
+    type Err = String;
+
+    /// The kind of [`DatasetKind::key`] `name`.
+    fn from_str(name: &str) -> Result<Self, String> {
+        [DatasetKind::ProsQa, DatasetKind::ProntoQa]
+            .into_iter()
+            .find(|kind| kind.key() == name)
+            .ok_or_else(|| format!("unknown dataset kind {name:?} (prosqa or prontoqa)"))
+    }
+}
+
+/// How hard and how large a generated data set is (`"small"` or `"paper"` in
+/// configuration files).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// Easier questions, for fast CPU training.
+    #[default]
+    Small,
+    /// The paper's difficulty.
+    Paper,
+}
+
+impl Preset {
+    /// `small` or `paper`: the preset as configuration files and the command line write it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Preset::Small => "small",
+            Preset::Paper => "paper",
+        }
+    }
+}
+
+impl std::str::FromStr for Preset {
+    type Err = String;
+
+    /// The preset of [`Preset::key`] `name`.
+    fn from_str(name: &str) -> Result<Self, String> {
+        [Preset::Small, Preset::Paper]
+            .into_iter()
+            .find(|preset| preset.key() == name)
+            .ok_or_else(|| format!("unknown preset {name:?} (small or paper)"))
     }
 }
 
@@ -123,6 +177,14 @@ impl DatasetConfig {
         match kind {
             DatasetKind::ProsQa => DatasetConfig::ProsQa(ProsQaConfig::small()),
             DatasetKind::ProntoQa => DatasetConfig::ProntoQa(ProntoQaConfig::small()),
+        }
+    }
+
+    /// The configuration of `kind` at `preset`.
+    pub fn preset(kind: DatasetKind, preset: Preset) -> Self {
+        match preset {
+            Preset::Small => Self::small(kind),
+            Preset::Paper => Self::paper(kind),
         }
     }
 

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use coconut_curriculum::CurriculumConfig;
+use coconut_datasets::{DatasetKind, Preset};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -63,19 +64,15 @@ pub struct DataConfig {
 #[serde(deny_unknown_fields)]
 pub struct GenerateConfig {
     /// `prosqa` or `prontoqa`.
-    pub kind: String,
+    pub kind: DatasetKind,
     /// `small` (fast CPU training) or `paper`.
-    #[serde(default = "default_preset")]
-    pub preset: String,
+    #[serde(default)]
+    pub preset: Preset,
     /// Number of train, valid and test samples.
     pub sizes: [usize; 3],
     /// Generator seed.
     #[serde(default)]
     pub seed: u64,
-}
-
-fn default_preset() -> String {
-    "small".to_string()
 }
 
 /// A pretrained HF model folder (GPT-2, Llama or Qwen2), or the architecture and shape of a
@@ -383,18 +380,6 @@ impl RunConfig {
         }
 
         if let Some(g) = &self.data.generate {
-            if g.kind != "prosqa" && g.kind != "prontoqa" {
-                return Err(format!(
-                    "data.generate.kind must be `prosqa` or `prontoqa`, not {:?}",
-                    g.kind
-                ));
-            }
-            if g.preset != "small" && g.preset != "paper" {
-                return Err(format!(
-                    "data.generate.preset must be `small` or `paper`, not {:?}",
-                    g.preset
-                ));
-            }
             for (split, size) in ["train", "valid", "test"].iter().zip(g.sizes) {
                 let minimum = usize::from(*split != "test");
                 at_least(&format!("data.generate.sizes ({split})"), size, minimum, LIMIT_SAMPLES)?;
