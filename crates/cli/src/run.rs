@@ -59,11 +59,7 @@ pub fn train_all_stages(
         let (samples, tokenized) = t.valid_split();
         let (m, _) = sharded_evaluate(t.ranks(), t, samples, tokenized, &options)
             .map_err(|e| TrainError::Other(format!("evaluation: {e:#}")))?;
-        let serde_json::Value::Object(extra) = serde_json::to_value(&m).expect("metrics serialise")
-        else {
-            unreachable!("a struct serialises to an object")
-        };
-        Ok(EpochEval { accuracy: Some(m.accuracy), extra })
+        Ok(report::epoch_eval(&m))
     };
     let summary = {
         let _signals = StopOnSignals::register(&trainer.stop_flag())?;
