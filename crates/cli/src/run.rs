@@ -58,7 +58,7 @@ pub fn train_all_stages(
         let options = EvalOptions::for_run(&t.config, t.config.curriculum.stage_of_epoch(epoch));
         let (samples, tokenized) = t.valid_split();
         let (m, _) = sharded_evaluate(t.ranks(), t, samples, tokenized, &options)
-            .map_err(|e| TrainError::Other(format!("evaluation: {e:#}")))?;
+            .map_err(|e| TrainError::Evaluation(e.into()))?;
         Ok(report::epoch_eval(&m))
     };
     let summary = {

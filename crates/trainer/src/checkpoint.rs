@@ -126,7 +126,7 @@ pub fn checkpoint_files(
     }
     files.push((GENERATION_CONFIG_FILE, generation_config(&loaded.tokenizer).into_bytes()));
     let optimizer_bytes = serialize_tensors(&optimizer.state(), None)
-        .map_err(|message| TrainError::Other(format!("{OPTIMIZER_FILE}: {message}")))?;
+        .map_err(|message| ModelError::Weights { path: PathBuf::from(OPTIMIZER_FILE), message })?;
     files.push((OPTIMIZER_FILE, optimizer_bytes));
     let json = serde_json::to_string_pretty(state).expect("the state serialises");
     files.push((STATE_FILE, json.into_bytes()));

@@ -133,9 +133,17 @@ pub enum TrainError {
         /// The checkpoint written at the stop.
         checkpoint: Option<PathBuf>,
     },
-    /// Anything else (evaluation callbacks, ...).
+    /// The data-parallel ranks could not start or talk to each other. (The collective's
+    /// error is in the message, not the `source()`, as for [`TrainError::Io`].)
+    #[error("data-parallel ranks: {0}")]
+    Ranks(coconut_collective::CollectiveError),
+    /// The process was launched among ranks in a way this binary cannot join; the message
+    /// says how to launch it.
     #[error("{0}")]
-    Other(String),
+    Launch(String),
+    /// The caller's evaluation at the end of an epoch failed.
+    #[error("evaluation")]
+    Evaluation(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 #[cfg(test)]
