@@ -86,8 +86,7 @@ pub fn train_all_stages(
         // On ProsQA data, the paper's latent-search analysis of the final model.
         if analyze_cmd::applies(test_file, config.curriculum.mode) {
             let out = run_dir.join("analysis");
-            let args =
-                analyze_cmd::AnalyzeArgs::for_run(ckpt, test_file, &out, &config.train.device);
+            let args = analyze_cmd::AnalyzeArgs::for_run(ckpt, test_file, &out, config.device());
             analyze_cmd::run(&args)?;
             report::append_latent_search(
                 &run_dir,

@@ -21,8 +21,8 @@ pub use coconut::{
     coconut_loss, latent_hidden_states, pass_ranges, training_loss, DeviceBatch, TrainingLoss,
 };
 pub use config::{
-    usable_device, DataConfig, EvalConfig, GenerateConfig, ModelConfig, OptimizerReset, RunConfig,
-    TrainConfig,
+    device_name, usable_device, DataConfig, EvalConfig, GenerateConfig, ModelConfig,
+    OptimizerReset, RunConfig, TrainConfig,
 };
 pub use metrics::{EpochEval, MetricLine};
 pub use model_setup::{

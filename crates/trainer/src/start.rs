@@ -161,7 +161,7 @@ fn incompatible_changes(old: &RunConfig, new: &RunConfig) -> Vec<String> {
         c.train.grad_accum = 0; // compared with the number of ranks, see `continued_state`
         c.train.lr = 1.0;
         c.train.grad_clip = None;
-        c.train.device = String::new();
+        c.train.device = tch::Device::Cpu;
         c.train.bf16 = false;
         c.train.save_every_steps = 0;
         c.train.keep_last = 0;
