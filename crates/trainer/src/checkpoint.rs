@@ -31,10 +31,11 @@ use coconut_model::{
 use tch::{Device, Tensor};
 
 use crate::adamw::{AdamW, AdamWConfig};
-use crate::model_setup::{load_model_dir, LoadedModel, TOKENIZER_FILE};
+use crate::model_setup::{load_model_dir, LoadedModel};
 pub use crate::state::{read_state, TrainState, STATE_FILE};
 use crate::TrainError;
 use coconut_curriculum::GENERATION_CONFIG_FILE;
+use coconut_curriculum::TOKENIZER_FILE;
 
 /// File of the optimizer state inside a checkpoint.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -275,8 +276,8 @@ pub fn list_checkpoints(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Tidies a checkpoint folder before a run writes to it. The caller holds the run's lock
-/// ([`crate::run_lock::RunLock`]), so no other writer is at work and whatever temporary
-/// or trash folder is there was left by a process that died. A checkpoint left complete
+/// (`<run>/.lock`, which the trainer takes first), so no other writer is at work and
+/// whatever temporary or trash folder is there was left by a process that died. A checkpoint left complete
 /// only under its trash name (a save that died between its two renames) is put back under
 /// its own name when that name is free; every other leftover is deleted.
 pub fn recover_checkpoints(io: &dyn CheckpointIo, dir: &Path) -> Result<(), TrainError> {

@@ -1,18 +1,25 @@
-//! Coconut training: the multi-pass latent forward ([`coconut`]), the staged schedule with
-//! AdamW, checkpoints and exact resume ([`Trainer`]), driven by a TOML [`RunConfig`].
+//! Coconut training: the multi-pass latent forward ([`training_loss`],
+//! [`latent_hidden_states`]), the staged schedule with AdamW, checkpoints and exact resume
+//! ([`Trainer`]), driven by a TOML [`RunConfig`].
+//!
+//! Every item has one path: the optimizer ([`adamw`]), the gradient accumulator
+//! ([`gradients`]) and the checkpoint folders ([`checkpoint`]) are modules of their own;
+//! everything else is at the crate root.
+
+#![warn(missing_docs)]
 
 pub mod adamw;
 pub mod checkpoint;
-pub mod coconut;
-pub mod config;
+mod coconut;
+mod config;
 pub mod gradients;
 mod metrics;
-pub mod model_setup;
-pub mod ranks;
-pub mod run_lock;
+mod model_setup;
+mod ranks;
+mod run_lock;
 mod start;
 mod state;
-pub mod train;
+mod train;
 mod validation;
 
 use std::path::PathBuf;
@@ -21,13 +28,11 @@ pub use coconut::{
     coconut_loss, latent_hidden_states, pass_ranges, training_loss, DeviceBatch, TrainingLoss,
 };
 pub use config::{
-    device_name, usable_device, DataConfig, EvalConfig, GenerateConfig, ModelConfig,
+    device_name, usable_device, Architecture, DataConfig, EvalConfig, GenerateConfig, ModelConfig,
     OptimizerReset, RunConfig, TrainConfig,
 };
 pub use metrics::{EpochEval, MetricLine};
-pub use model_setup::{
-    build_model, check_model_paths, load_model_dir, LoadedModel, TOKENIZER_FILE,
-};
+pub use model_setup::{build_model, check_model_paths, load_model_dir, LoadedModel};
 pub use ranks::Ranks;
 pub use train::{TrainSummary, Trainer};
 pub use validation::{check_sample_lengths, teacher_forced_loss};

@@ -12,7 +12,7 @@ use crate::config::{Architecture, RunConfig};
 use crate::state::{read_state, STATE_FILE};
 use crate::TrainError;
 
-pub use coconut_curriculum::TOKENIZER_FILE;
+use coconut_curriculum::TOKENIZER_FILE;
 
 /// A model, its variables and its tokenizer.
 #[derive(Debug)]
