@@ -40,7 +40,7 @@ pub struct SampleThoughts {
 }
 
 /// The thoughts of the first `count` samples (fewer when there are fewer) in their prompts
-/// at `options.stage`, each thought with its [`TOP_TOKENS`] most likely tokens, and each
+/// at `options.stage`, each thought with its five most likely tokens, and each
 /// sample with the mean norm of its question's token embeddings for scale.
 pub fn inspect_samples(
     model: &dyn CausalLm,

@@ -3,6 +3,8 @@
 //! comparison tables ([`comparison_table`]), and the paper's analysis of latent reasoning as
 //! search ([`latent_search`]).
 
+#![warn(missing_docs)]
+
 mod ask;
 mod generate;
 mod inspect;
