@@ -5,20 +5,24 @@
 //! plus the graph fields of the released files (docs/DESIGN.md, "Data"), so the generated files
 //! load wherever the real ones do.
 //!
-//! - [`prosqa`]: questions over random DAGs (Coconut appendix A.2), tuned to the statistics
-//!   of the released validation split, and [`check_prosqa_answer`] (graph search);
-//! - [`prontoqa`]: questions over a fictional ontology with the skeleton of the real 5-hop
+//! Every item is at the crate root; the files split it by concern:
+//! - `prosqa.rs`: questions over random DAGs (Coconut appendix A.2), tuned to the
+//!   statistics of the released validation split, and [`check_prosqa_answer`] (graph
+//!   search);
+//! - `prontoqa.rs`: questions over a fictional ontology with the skeleton of the real 5-hop
 //!   files, and [`check_prontoqa_answer`] (forward chaining over the parsed text);
-//! - [`stats`]: [`DatasetStats`] of a file or a list of samples, and a side-by-side table;
-//! - [`names`]: the people and the "-pus" concept names.
+//! - `stats.rs`: [`DatasetStats`] of a file or a list of samples, and a side-by-side table;
+//! - `names.rs`: the people and the "-pus" concept names.
 //!
 //! Generation is deterministic: one `u64` seed gives the same bytes on every machine.
 
+#![warn(missing_docs)]
+
 mod error;
-pub mod names;
-pub mod prontoqa;
-pub mod prosqa;
-pub mod stats;
+mod names;
+mod prontoqa;
+mod prosqa;
+mod stats;
 
 use std::collections::HashSet;
 use std::fs;
@@ -30,8 +34,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 pub use error::DatasetError;
-pub use prontoqa::{check_prontoqa_answer, ProntoQaConfig};
-pub use prosqa::{check_prosqa_answer, ProsQaConfig};
+pub use prontoqa::{check_prontoqa_answer, parse_statement, ProntoQaConfig, Statement};
+pub use prosqa::{check_prosqa_answer, parse_question, ParsedQuestion, ProsQaConfig};
 pub use stats::{format_side_by_side, DatasetStats};
 
 /// One sample, in the field order of the released files. Training reads only `question`,
@@ -88,12 +92,66 @@ impl DatasetKind {
         }
     }
 
+    /// `prosqa` or `prontoqa`: the kind as configuration files and the command line write it.
+    pub fn key(self) -> &'static str {
+        match self {
+            DatasetKind::ProsQa => "prosqa",
+            DatasetKind::ProntoQa => "prontoqa",
+        }
+    }
+
     /// "ProsQA" or "ProntoQA".
     pub fn name(self) -> &'static str {
         match self {
             DatasetKind::ProsQa => "ProsQA",
             DatasetKind::ProntoQa => "ProntoQA",
         }
+    }
+}
+
+impl std::str::FromStr for DatasetKind {
+    type Err = String;
+
+    /// The kind of [`DatasetKind::key`] `name`.
+    fn from_str(name: &str) -> Result<Self, String> {
+        [DatasetKind::ProsQa, DatasetKind::ProntoQa]
+            .into_iter()
+            .find(|kind| kind.key() == name)
+            .ok_or_else(|| format!("unknown dataset kind {name:?} (prosqa or prontoqa)"))
+    }
+}
+
+/// How hard and how large a generated data set is (`"small"` or `"paper"` in
+/// configuration files).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// Easier questions, for fast CPU training.
+    #[default]
+    Small,
+    /// The paper's difficulty.
+    Paper,
+}
+
+impl Preset {
+    /// `small` or `paper`: the preset as configuration files and the command line write it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Preset::Small => "small",
+            Preset::Paper => "paper",
+        }
+    }
+}
+
+impl std::str::FromStr for Preset {
+    type Err = String;
+
+    /// The preset of [`Preset::key`] `name`.
+    fn from_str(name: &str) -> Result<Self, String> {
+        [Preset::Small, Preset::Paper]
+            .into_iter()
+            .find(|preset| preset.key() == name)
+            .ok_or_else(|| format!("unknown preset {name:?} (small or paper)"))
     }
 }
 
@@ -123,6 +181,14 @@ impl DatasetConfig {
         match kind {
             DatasetKind::ProsQa => DatasetConfig::ProsQa(ProsQaConfig::small()),
             DatasetKind::ProntoQa => DatasetConfig::ProntoQa(ProntoQaConfig::small()),
+        }
+    }
+
+    /// The configuration of `kind` at `preset`.
+    pub fn preset(kind: DatasetKind, preset: Preset) -> Self {
+        match preset {
+            Preset::Small => Self::small(kind),
+            Preset::Paper => Self::paper(kind),
         }
     }
 

@@ -165,9 +165,10 @@ impl ProntoQaConfig {
     }
 }
 
-/// Generates `n` distinct ProntoQA questions from `seed`; exactly `n / 2` of them (rounded at
+/// (Tests) generates `n` distinct ProntoQA questions from `seed`; exactly `n / 2` of them (rounded at
 /// random for odd `n`) are true, in shuffled order.
-pub fn generate(cfg: &ProntoQaConfig, n: usize, seed: u64) -> Result<Vec<Sample>, DatasetError> {
+#[cfg(test)]
+fn generate(cfg: &ProntoQaConfig, n: usize, seed: u64) -> Result<Vec<Sample>, DatasetError> {
     crate::generate_distinct(&crate::DatasetConfig::ProntoQa(cfg.clone()), n, seed)
 }
 

@@ -154,9 +154,10 @@ impl ProsQaConfig {
     }
 }
 
-/// Generates `n` distinct ProsQA questions from `seed`; the correct option comes first in
+/// (Tests) generates `n` distinct ProsQA questions from `seed`; the correct option comes first in
 /// exactly `n / 2` of them (rounded at random for odd `n`), in shuffled order.
-pub fn generate(cfg: &ProsQaConfig, n: usize, seed: u64) -> Result<Vec<Sample>, DatasetError> {
+#[cfg(test)]
+fn generate(cfg: &ProsQaConfig, n: usize, seed: u64) -> Result<Vec<Sample>, DatasetError> {
     crate::generate_distinct(&crate::DatasetConfig::ProsQa(cfg.clone()), n, seed)
 }
 

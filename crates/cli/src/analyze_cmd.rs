@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use coconut_curriculum::{tokenize_samples, Mode, Sample};
 use coconut_eval::latent_search::{aggregate, node_values, ProsqaGraph, SearchFigures};
 use coconut_trainer::checkpoint::{read_state, STATE_FILE};
-use coconut_trainer::{load_model_dir, usable_device};
+use coconut_trainer::{device_name, load_model_dir, usable_device};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -36,13 +36,13 @@ pub struct AnalyzeArgs {
 
 impl AnalyzeArgs {
     /// The analysis of a run's final checkpoint on its evaluation data, written to `out`.
-    pub fn for_run(checkpoint: &Path, data: &Path, out: &Path, device: &str) -> Self {
+    pub fn for_run(checkpoint: &Path, data: &Path, out: &Path, device: tch::Device) -> Self {
         Self {
             checkpoint: checkpoint.to_path_buf(),
             data: Some(data.to_path_buf()),
             limit: 0,
             out: Some(out.to_path_buf()),
-            device: device.to_string(),
+            device: device_name(device),
         }
     }
 }

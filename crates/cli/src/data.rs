@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use coconut_curriculum::{load_samples, save_samples};
 use coconut_datasets::{
     format_side_by_side, generate_splits, samples_json, write_atomic, write_samples, DatasetConfig,
-    DatasetKind, DatasetStats,
+    DatasetKind, DatasetStats, Preset,
 };
 use coconut_trainer::{GenerateConfig, RunConfig};
 
@@ -38,11 +38,11 @@ pub struct DataArgs {
     #[arg(long, default_value = "datasets")]
     out: PathBuf,
     /// Which generated datasets (default: both, unless GSM8k files are given to convert).
-    #[arg(long = "kind", value_parser = ["prosqa", "prontoqa"])]
-    kinds: Vec<String>,
+    #[arg(long = "kind", value_parser = one_of::<DatasetKind>(["prosqa", "prontoqa"]))]
+    kinds: Vec<DatasetKind>,
     /// `paper` (the paper's difficulty and split sizes) or `small` (fast CPU training).
-    #[arg(long, default_value = "paper", value_parser = ["paper", "small"])]
-    preset: String,
+    #[arg(long, default_value = "paper", value_parser = one_of::<Preset>(["paper", "small"]))]
+    preset: Preset,
     /// Train, valid and test sizes, e.g. `5000,200,300` (default: the paper's).
     #[arg(long)]
     sizes: Option<String>,
@@ -63,20 +63,14 @@ pub struct DataArgs {
     force: bool,
 }
 
-fn kind_of(name: &str) -> Result<DatasetKind> {
-    Ok(match name {
-        "prosqa" => DatasetKind::ProsQa,
-        "prontoqa" => DatasetKind::ProntoQa,
-        other => bail!("unknown dataset kind {other:?} (prosqa or prontoqa)"),
-    })
-}
-
-fn preset(kind: DatasetKind, preset: &str) -> DatasetConfig {
-    if preset == "small" {
-        DatasetConfig::small(kind)
-    } else {
-        DatasetConfig::paper(kind)
-    }
+/// A parser of the argument values `names`, each read as a `T` (and listed by `--help`).
+fn one_of<T>(names: [&'static str; 2]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(names)
+        .map(|name| name.parse::<T>().expect("one of the names listed"))
 }
 
 /// Generates the requested datasets and converts GSM8k files.
@@ -87,18 +81,17 @@ pub fn run(args: &DataArgs) -> Result<()> {
     let kinds = match (args.kinds.is_empty(), converting) {
         (false, _) => args.kinds.clone(),
         (true, true) => Vec::new(),
-        (true, false) => vec!["prosqa".to_string(), "prontoqa".to_string()],
+        (true, false) => vec![DatasetKind::ProsQa, DatasetKind::ProntoQa],
     };
-    for name in &kinds {
-        let kind = kind_of(name)?;
+    for kind in kinds {
+        let name = kind.key();
         let sizes = match &args.sizes {
             Some(s) => parse_sizes(s)?,
             None => kind.paper_sizes(),
         };
-        let dir = args.out.join(if args.preset == "small" {
-            format!("{name}-small")
-        } else {
-            name.clone()
+        let dir = args.out.join(match args.preset {
+            Preset::Small => format!("{name}-small"),
+            Preset::Paper => name.to_string(),
         });
         let paths = ["train", "valid", "test"].map(|s| dir.join(format!("{s}.json")));
         let missing: Vec<&PathBuf> = paths.iter().filter(|p| args.force || !p.exists()).collect();
@@ -106,7 +99,7 @@ pub fn run(args: &DataArgs) -> Result<()> {
             println!("{}: all three splits exist (use --force to regenerate)", dir.display());
             continue;
         }
-        let splits = generate_splits(&preset(kind, &args.preset), sizes, args.seed)?;
+        let splits = generate_splits(&DatasetConfig::preset(kind, args.preset), sizes, args.seed)?;
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for (path, samples) in paths.iter().zip([&splits.train, &splits.valid, &splits.test]) {
             if missing.contains(&path) {
@@ -181,10 +174,9 @@ pub fn ensure_generated(config: &RunConfig) -> Result<()> {
         }
     }
 
-    let kind = kind_of(&g.kind)?;
     let started = std::time::Instant::now();
-    let splits =
-        generate_splits(&preset(kind, &g.preset), (g.sizes[0], g.sizes[1], g.sizes[2]), g.seed)?;
+    let sizes = (g.sizes[0], g.sizes[1], g.sizes[2]);
+    let splits = generate_splits(&DatasetConfig::preset(g.kind, g.preset), sizes, g.seed)?;
     let texts: Vec<String> =
         [&splits.train, &splits.valid, &splits.test].map(|s| samples_json(s)).to_vec();
     if recorded.is_none() {
@@ -214,8 +206,8 @@ pub fn ensure_generated(config: &RunConfig) -> Result<()> {
         .with_context(|| format!("writing {}", manifest_path.display()))?;
     tracing::info!(
         "generated {} {} data in {:.1} s",
-        g.preset,
-        kind.name(),
+        g.preset.key(),
+        g.kind.name(),
         started.elapsed().as_secs_f64()
     );
     Ok(())

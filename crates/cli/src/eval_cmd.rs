@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use coconut_curriculum::{load_samples, tokenize_samples};
 use coconut_eval::{
-    comparison_table, evaluate, inspect_thoughts, mean_embedding_norm, thoughts_report,
-    EvalOptions, SampleThoughts, TableRow,
+    comparison_table, evaluate, inspect_samples, thoughts_report, EvalOptions, TableRow,
 };
 use coconut_trainer::checkpoint::{read_state, STATE_FILE};
 use coconut_trainer::{check_sample_lengths, load_model_dir, teacher_forced_loss, RunConfig};
@@ -72,12 +71,7 @@ pub fn eval(
         let positions = loaded.model.shape().max_positions;
         let max_new_tokens = Some(config.eval.max_new_tokens);
         check_sample_lengths(&data, &tokenized, curriculum, max_new_tokens, positions)?;
-        let options = EvalOptions {
-            stage,
-            max_new_tokens: config.eval.max_new_tokens,
-            batch_size: config.eval.batch_size,
-            device,
-        };
+        let options = EvalOptions::for_run(config, stage);
         let (metrics, predictions) = evaluate(
             loaded.model.as_ref(),
             &loaded.tokenizer,
@@ -88,26 +82,9 @@ pub fn eval(
         );
         let valid_loss =
             teacher_forced_loss(&loaded, curriculum, &tokenized, stage, config.eval.batch_size);
-        let thoughts: Vec<SampleThoughts> = (0..samples.len().min(inspect))
-            .map(|i| SampleThoughts {
-                sample: i,
-                question: samples[i].question.clone(),
-                mean_token_embedding_norm: mean_embedding_norm(
-                    loaded.model.as_ref(),
-                    &tokenized[i].question,
-                    device,
-                ),
-                thoughts: inspect_thoughts(
-                    loaded.model.as_ref(),
-                    &loaded.tokenizer,
-                    curriculum,
-                    &tokenized[i],
-                    stage,
-                    5,
-                    device,
-                ),
-            })
-            .collect();
+        let (model, tokenizer) = (loaded.model.as_ref(), &loaded.tokenizer);
+        let thoughts =
+            inspect_samples(model, tokenizer, curriculum, &samples, &tokenized, inspect, &options);
 
         let name = checkpoint_label(ckpt);
         let json = serde_json::json!({

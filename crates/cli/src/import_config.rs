@@ -842,7 +842,7 @@ mod tests {
                     "{name}: no note for {key}"
                 );
             }
-            assert_eq!(config.train.device, "cuda:0", "{name}");
+            assert_eq!(config.train.device, tch::Device::Cuda(0), "{name}");
             assert_eq!(config.train.grad_accum, 4, "{name}: 4 GPUs x 1");
             assert_eq!(config.train.batch_size, 32, "{name}");
             assert_eq!(config.train.lr, 1e-4, "{name}");

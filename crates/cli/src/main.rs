@@ -161,7 +161,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::TrainAllStages { config, overrides } => {
             let (mut config, path) = run::load_config(config.as_deref(), &overrides)?;
             let ranks = Arc::new(Ranks::from_launcher(config.device())?);
-            config.train.device = device_name(ranks.device(config.device()));
+            config.train.device = ranks.device(config.device());
             let dir = run::train_all_stages(config, &path, &ranks)?;
             if ranks.is_main() {
                 println!("{}", dir.display());
@@ -219,7 +219,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Compare { config } => {
             let (mut config, path) = run::load_config(config.as_deref(), &[])?;
             let ranks = Arc::new(Ranks::from_launcher(config.device())?);
-            config.train.device = device_name(ranks.device(config.device()));
+            config.train.device = ranks.device(config.device());
             run::compare(config, &path, &ranks)
         }
         Command::Bench(args) => bench::run(&args),
@@ -230,14 +230,6 @@ fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::ImportConfig(args) => import_config::run(&args),
-    }
-}
-
-/// A device as the run config names it (`cpu`, `cuda:1`).
-fn device_name(device: tch::Device) -> String {
-    match device {
-        tch::Device::Cuda(i) => format!("cuda:{i}"),
-        _ => "cpu".to_string(),
     }
 }
 

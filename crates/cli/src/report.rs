@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use coconut_eval::{thoughts_report, EvalMetrics, Prediction, SampleThoughts};
-use coconut_trainer::RunConfig;
+use coconut_trainer::{EpochEval, MetricLine, RunConfig};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -40,10 +40,44 @@ pub struct Summary {
     pub wall_seconds: f64,
 }
 
-/// Points read back from `metrics.jsonl`.
+/// The figures of an epoch's evaluation as `metrics.jsonl` records them: the accuracy, and
+/// every figure of `metrics` as the extra (read back by [`evaluated_metrics`]).
+pub fn epoch_eval(metrics: &EvalMetrics) -> EpochEval {
+    let serde_json::Value::Object(extra) =
+        serde_json::to_value(metrics).expect("metrics serialise")
+    else {
+        unreachable!("a struct serialises to an object")
+    };
+    EpochEval { accuracy: Some(metrics.accuracy), extra }
+}
+
+/// The figures [`epoch_eval`] recorded; `None` for an epoch that was not evaluated.
+fn evaluated_metrics(eval: &EpochEval) -> Option<EvalMetrics> {
+    serde_json::from_value(serde_json::Value::Object(eval.extra.clone())).ok()
+}
+
+/// A `step` line of `metrics.jsonl`, as the loss plot reads it.
+struct StepPoint {
+    global_step: u64,
+    loss: f64,
+    stage: usize,
+}
+
+/// An `epoch` line of `metrics.jsonl`, as the report reads it.
+struct EpochPoint {
+    epoch: usize,
+    stage: usize,
+    valid_loss: f64,
+    accuracy: Option<f64>,
+    /// Mean generated tokens (thoughts included), when the epoch was evaluated.
+    mean_tokens: Option<f64>,
+    seconds: f64,
+}
+
+/// What `metrics.jsonl` holds, in order, each step and epoch once.
 struct Curves {
-    steps: Vec<(f64, f64, usize)>, // (global step, loss, stage)
-    epochs: Vec<(usize, usize, f64, serde_json::Value, f64)>, // (epoch, stage, valid loss, eval, seconds)
+    steps: Vec<StepPoint>,
+    epochs: Vec<EpochPoint>,
 }
 
 fn read_curves(path: &Path) -> Result<Curves> {
@@ -52,33 +86,31 @@ fn read_curves(path: &Path) -> Result<Curves> {
     let mut curves = Curves { steps: Vec::new(), epochs: Vec::new() };
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         // A line cut short by a killed process is skipped, not fatal.
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        let Ok(line) = serde_json::from_str::<MetricLine>(line) else {
             tracing::warn!("{}: skipping an unreadable line", path.display());
             continue;
         };
-        let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-        match v["kind"].as_str() {
-            Some("step") => {
-                curves.steps.push((num("global_step"), num("loss"), num("stage") as usize))
+        match line {
+            MetricLine::Step { global_step, loss, stage, .. } => {
+                curves.steps.push(StepPoint { global_step, loss, stage })
             }
-            Some("epoch") => {
-                let epoch = num("epoch") as usize;
+            MetricLine::Epoch { epoch, stage, valid_loss, eval, seconds, .. } => {
                 // A resumed run repeats epochs it had not finished: keep the newest line.
-                curves.epochs.retain(|e| e.0 != epoch);
-                curves.epochs.push((
+                curves.epochs.retain(|e| e.epoch != epoch);
+                curves.epochs.push(EpochPoint {
                     epoch,
-                    num("stage") as usize,
-                    num("valid_loss"),
-                    v["eval"].clone(),
-                    num("seconds"),
-                ));
+                    stage,
+                    valid_loss,
+                    accuracy: eval.accuracy,
+                    mean_tokens: evaluated_metrics(&eval).map(|m| m.mean_tokens),
+                    seconds,
+                });
             }
-            _ => {}
         }
     }
-    curves.steps.sort_by(|a, b| a.0.total_cmp(&b.0));
-    curves.steps.dedup_by(|a, b| a.0 == b.0);
-    curves.epochs.sort_by_key(|e| e.0);
+    curves.steps.sort_by_key(|s| s.global_step);
+    curves.steps.dedup_by_key(|s| s.global_step);
+    curves.epochs.sort_by_key(|e| e.epoch);
     Ok(curves)
 }
 
@@ -93,20 +125,20 @@ pub fn write_report(
 ) -> Result<()> {
     let curves = read_curves(&run_dir.join("metrics.jsonl"))?;
     let mut per_stage: Vec<StageRow> = Vec::new();
-    for (epoch, stage, valid_loss, eval, _) in &curves.epochs {
+    for e in &curves.epochs {
         let row = StageRow {
-            stage: *stage,
-            epoch: *epoch,
-            accuracy: eval["accuracy"].as_f64(),
-            mean_tokens: eval["extra"]["mean_tokens"].as_f64(),
-            valid_loss: *valid_loss,
+            stage: e.stage,
+            epoch: e.epoch,
+            accuracy: e.accuracy,
+            mean_tokens: e.mean_tokens,
+            valid_loss: e.valid_loss,
         };
         match per_stage.last_mut() {
-            Some(last) if last.stage == *stage => *last = row,
+            Some(last) if last.stage == e.stage => *last = row,
             _ => per_stage.push(row),
         }
     }
-    let wall_seconds = curves.epochs.iter().map(|e| e.4).sum::<f64>() + metrics.seconds;
+    let wall_seconds = curves.epochs.iter().map(|e| e.seconds).sum::<f64>() + metrics.seconds;
     let summary = Summary {
         name: config.name.clone(),
         per_stage: per_stage.clone(),
@@ -193,8 +225,9 @@ pub fn append_latent_search(run_dir: &Path, table: &str) -> Result<()> {
 fn plot_loss(path: &Path, curves: &Curves) -> Result<()> {
     let root = SVGBackend::new(path, (800, 420)).into_drawing_area();
     root.fill(&WHITE)?;
-    let max_step = curves.steps.last().map_or(1.0, |s| s.0).max(1.0);
-    let max_loss = curves.steps.iter().map(|s| s.1).filter(|l| l.is_finite()).fold(0.1, f64::max);
+    let max_step = curves.steps.last().map_or(1.0, |s| s.global_step as f64).max(1.0);
+    let max_loss =
+        curves.steps.iter().map(|s| s.loss).filter(|l| l.is_finite()).fold(0.1, f64::max);
     let mut chart = ChartBuilder::on(&root)
         .caption("training loss (dashes: stage boundaries)", ("sans-serif", 18))
         .margin(12)
@@ -203,12 +236,12 @@ fn plot_loss(path: &Path, curves: &Curves) -> Result<()> {
         .build_cartesian_2d(0.0..max_step, 0.0..max_loss * 1.05)?;
     chart.configure_mesh().x_desc("optimizer step").y_desc("loss per token").draw()?;
     chart.draw_series(LineSeries::new(
-        curves.steps.iter().map(|s| (s.0, s.1)),
+        curves.steps.iter().map(|s| (s.global_step as f64, s.loss)),
         BLUE.stroke_width(2),
     ))?;
     for pair in curves.steps.windows(2) {
-        if pair[0].2 != pair[1].2 {
-            let x = pair[1].0;
+        if pair[0].stage != pair[1].stage {
+            let x = pair[1].global_step as f64;
             chart.draw_series(DashedLineSeries::new(
                 [(x, 0.0), (x, max_loss * 1.05)],
                 4,
@@ -225,17 +258,14 @@ fn plot_accuracy(path: &Path, curves: &Curves) -> Result<()> {
     let root = SVGBackend::new(path, (800, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(400);
-    let last_epoch = curves.epochs.last().map_or(1, |e| e.0).max(1) as f64;
+    let last_epoch = curves.epochs.last().map_or(1, |e| e.epoch).max(1) as f64;
     let acc: Vec<(f64, f64)> = curves
         .epochs
         .iter()
-        .filter_map(|e| e.3["accuracy"].as_f64().map(|a| (e.0 as f64, 100.0 * a)))
+        .filter_map(|e| e.accuracy.map(|a| (e.epoch as f64, 100.0 * a)))
         .collect();
-    let tokens: Vec<(f64, f64)> = curves
-        .epochs
-        .iter()
-        .filter_map(|e| e.3["extra"]["mean_tokens"].as_f64().map(|t| (e.0 as f64, t)))
-        .collect();
+    let tokens: Vec<(f64, f64)> =
+        curves.epochs.iter().filter_map(|e| e.mean_tokens.map(|t| (e.epoch as f64, t))).collect();
     let mut chart = ChartBuilder::on(&left)
         .caption("validation accuracy %", ("sans-serif", 18))
         .margin(12)
@@ -257,4 +287,63 @@ fn plot_accuracy(path: &Path, curves: &Curves) -> Result<()> {
     chart.draw_series(tokens.iter().map(|&p| Circle::new(p, 3, GREEN.filled())))?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_lines_read_back_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let metrics = EvalMetrics {
+            samples: 4,
+            stage: 1,
+            accuracy: 0.5,
+            mean_tokens: 12.5,
+            mean_tokens_without_thoughts: 10.5,
+            cot_exact_match: 0.25,
+            seconds: 1.0,
+        };
+        let step = |global_step, stage| MetricLine::Step {
+            epoch: 0,
+            stage,
+            global_step,
+            loss: 1.5,
+            tokens_per_s: 100.0,
+        };
+        let epoch = |epoch, eval| MetricLine::Epoch {
+            epoch,
+            stage: 1,
+            global_step: 4,
+            train_loss: 1.0,
+            valid_loss: 2.0,
+            eval,
+            seconds: 3.0,
+        };
+        let lines = [
+            step(2, 0),
+            step(4, 1),
+            epoch(1, EpochEval::default()),
+            // A resumed run repeats the step and the epoch it had not finished.
+            step(4, 1),
+            epoch(1, epoch_eval(&metrics)),
+        ];
+        let mut text: String =
+            lines.iter().map(|l| serde_json::to_string(l).unwrap() + "\n").collect();
+        text.push_str("{\"kind\":\"epo"); // cut short by a killed process
+        std::fs::write(&path, text).unwrap();
+
+        let curves = read_curves(&path).unwrap();
+        let steps: Vec<(u64, usize)> =
+            curves.steps.iter().map(|s| (s.global_step, s.stage)).collect();
+        assert_eq!(steps, [(2, 0), (4, 1)]);
+        assert_eq!(curves.epochs.len(), 1);
+        let e = &curves.epochs[0];
+        assert_eq!(
+            (e.epoch, e.accuracy, e.mean_tokens, e.seconds),
+            (1, Some(0.5), Some(12.5), 3.0)
+        );
+    }
 }

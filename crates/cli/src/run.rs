@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use coconut_curriculum::{load_samples, tokenize_samples, Mode};
 use coconut_eval::{
-    comparison_table, evaluate, inspect_thoughts, mean_embedding_norm, thoughts_report,
-    EvalMetrics, EvalOptions, Prediction, SampleThoughts, TableRow,
+    comparison_table, evaluate, inspect_samples, thoughts_report, EvalMetrics, EvalOptions,
+    Prediction, TableRow,
 };
 use coconut_trainer::{
     check_model_paths, check_sample_lengths, EpochEval, Ranks, RunConfig, TrainError, Trainer,
@@ -43,7 +43,6 @@ pub fn train_all_stages(
     }
     ranks.barrier()?;
     let mut trainer = Trainer::with_ranks(config.clone(), config_path, Arc::clone(ranks))?;
-    let device = config.device();
     // The final model is evaluated on the test split (or valid when there is none); its
     // lengths are checked now, before any training.
     let (split, samples) = match &config.data.test {
@@ -55,30 +54,12 @@ pub fn train_all_stages(
     let test_file = config.data.test.as_ref().unwrap_or(&config.data.valid);
     let max_new_tokens = Some(config.eval.max_new_tokens);
     check_sample_lengths(test_file, &tokenized, &config.curriculum, max_new_tokens, positions)?;
-    let limit = match config.data.max_valid_samples {
-        0 => trainer.valid_samples.len(),
-        n => n.min(trainer.valid_samples.len()),
-    };
     let mut per_epoch = |t: &Trainer, epoch: usize| -> Result<EpochEval, TrainError> {
-        let options = EvalOptions {
-            stage: t.config.curriculum.stage_of_epoch(epoch),
-            max_new_tokens: t.config.eval.max_new_tokens,
-            batch_size: t.config.eval.batch_size,
-            device,
-        };
-        let (m, _) = sharded_evaluate(
-            t.ranks(),
-            t,
-            &t.valid_samples[..limit],
-            &t.valid_tokenized()[..limit],
-            &options,
-        )
-        .map_err(|e| TrainError::Other(format!("evaluation: {e:#}")))?;
-        let serde_json::Value::Object(extra) = serde_json::to_value(&m).expect("metrics serialise")
-        else {
-            unreachable!("a struct serialises to an object")
-        };
-        Ok(EpochEval { accuracy: Some(m.accuracy), extra })
+        let options = EvalOptions::for_run(&t.config, t.config.curriculum.stage_of_epoch(epoch));
+        let (samples, tokenized) = t.valid_split();
+        let (m, _) = sharded_evaluate(t.ranks(), t, samples, tokenized, &options)
+            .map_err(|e| TrainError::Evaluation(e.into()))?;
+        Ok(report::epoch_eval(&m))
     };
     let summary = {
         let _signals = StopOnSignals::register(&trainer.stop_flag())?;
@@ -88,37 +69,16 @@ pub fn train_all_stages(
 
     // The final model on the test split, at the final stage.
     let final_stage = config.curriculum.stage_of_epoch(config.train.num_epochs.saturating_sub(1));
-    let options = EvalOptions {
-        stage: final_stage,
-        max_new_tokens: config.eval.max_new_tokens,
-        batch_size: config.eval.batch_size,
-        device,
-    };
+    let options = EvalOptions::for_run(&config, final_stage);
     let (metrics, predictions) = sharded_evaluate(ranks, &trainer, &samples, &tokenized, &options)?;
     if !ranks.is_main() {
         return Ok(run_dir);
     }
     write_predictions(&run_dir.join(format!("predictions_{split}.jsonl")), &predictions)?;
-    let thoughts: Vec<SampleThoughts> = (0..samples.len().min(3))
-        .map(|i| SampleThoughts {
-            sample: i,
-            question: samples[i].question.clone(),
-            mean_token_embedding_norm: mean_embedding_norm(
-                trainer.loaded.model.as_ref(),
-                &tokenized[i].question,
-                device,
-            ),
-            thoughts: inspect_thoughts(
-                trainer.loaded.model.as_ref(),
-                &trainer.loaded.tokenizer,
-                &config.curriculum,
-                &tokenized[i],
-                final_stage,
-                5,
-                device,
-            ),
-        })
-        .collect();
+    let model = trainer.loaded.model.as_ref();
+    let (tokenizer, curriculum) = (&trainer.loaded.tokenizer, &config.curriculum);
+    let thoughts = inspect_samples(model, tokenizer, curriculum, &samples, &tokenized, 3, &options);
+
     std::fs::write(run_dir.join("thoughts.json"), serde_json::to_string_pretty(&thoughts)?)?;
     std::fs::write(run_dir.join("thoughts.md"), thoughts_report(&thoughts))?;
     report::write_report(&run_dir, &config, split, &metrics, &predictions, &thoughts)?;
@@ -126,8 +86,7 @@ pub fn train_all_stages(
         // On ProsQA data, the paper's latent-search analysis of the final model.
         if analyze_cmd::applies(test_file, config.curriculum.mode) {
             let out = run_dir.join("analysis");
-            let args =
-                analyze_cmd::AnalyzeArgs::for_run(ckpt, test_file, &out, &config.train.device);
+            let args = analyze_cmd::AnalyzeArgs::for_run(ckpt, test_file, &out, config.device());
             analyze_cmd::run(&args)?;
             report::append_latent_search(
                 &run_dir,

@@ -102,11 +102,29 @@ impl CurriculumConfig {
     /// `max_latent_stage + 1` from the first epoch for `no-curriculum`.
     pub fn stage_of_epoch(&self, epoch: usize) -> usize {
         match self.mode {
-            Mode::Coconut | Mode::NoThoughts | Mode::PauseAsThought => {
-                epoch / self.epochs_per_stage.max(1)
-            }
             Mode::Cot | Mode::NoCot | Mode::PauseToken => 0,
+            _ => self.effective_stage(epoch / self.epochs_per_stage.max(1)),
+        }
+    }
+
+    /// The stage a sample is trained and evaluated at when `stage` is asked for:
+    /// `no-curriculum` always uses the final stage `max_latent_stage + 1`, whatever the
+    /// epoch says; the other modes use `stage`.
+    pub fn effective_stage(&self, stage: usize) -> usize {
+        match self.mode {
             Mode::NoCurriculum => self.max_latent_stage + 1,
+            _ => stage,
+        }
+    }
+
+    /// How many of a sample's `n_steps` reasoning steps its stage-`stage` training sequence
+    /// drops (replaced by thoughts, or simply left out): none for `cot`, all for `no-cot`
+    /// and `pause-token`, the first `stage` (all past `max_latent_stage`) otherwise.
+    pub fn steps_removed(&self, stage: usize, n_steps: usize) -> usize {
+        match self.mode {
+            Mode::Cot => 0,
+            Mode::NoCot | Mode::PauseToken => n_steps,
+            _ => schedule(self, self.effective_stage(stage), n_steps).0,
         }
     }
 
@@ -178,7 +196,7 @@ pub fn training_sample(
             (slotted(&sample.question, None, special.pause, cfg.max_thoughts()), &[])
         }
         Mode::Coconut | Mode::NoCurriculum | Mode::NoThoughts | Mode::PauseAsThought => {
-            let stage = effective_stage(cfg, stage);
+            let stage = cfg.effective_stage(stage);
             let (skipped, thoughts) = schedule(cfg, stage, sample.steps.len());
             let prefix = match cfg.mode {
                 Mode::NoThoughts => sample.question.clone(),
@@ -248,7 +266,7 @@ pub fn eval_prompt(
 pub fn prompt_slots(cfg: &CurriculumConfig, stage: usize, n_steps: Option<usize>) -> usize {
     match cfg.mode {
         Mode::Coconut | Mode::NoCurriculum | Mode::PauseAsThought => {
-            let stage = effective_stage(cfg, stage).min(cfg.max_latent_stage);
+            let stage = cfg.effective_stage(stage).min(cfg.max_latent_stage);
             let stage = match n_steps {
                 Some(n) if !cfg.pad_latent_to_max => stage.min(n),
                 _ => stage,
@@ -278,14 +296,6 @@ pub fn prompt_with_slots(
         Mode::PauseAsThought => slotted(question, Some(special), special.pause, slots),
         Mode::Cot | Mode::NoCot | Mode::NoThoughts => question.to_vec(),
         Mode::PauseToken => slotted(question, None, special.pause, slots),
-    }
-}
-
-/// `no-curriculum` trains and evaluates on the final stage whatever the epoch says.
-fn effective_stage(cfg: &CurriculumConfig, stage: usize) -> usize {
-    match cfg.mode {
-        Mode::NoCurriculum => cfg.max_latent_stage + 1,
-        _ => stage,
     }
 }
 

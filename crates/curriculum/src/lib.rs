@@ -4,18 +4,21 @@
 //! tensors. The algorithm is specified in docs/DESIGN.md ("Data", "Tokens", "Curriculum",
 //! "Batching") and follows the reference implementation (facebookresearch/coconut).
 //!
-//! - [`data`]: [`Sample`] and the Coconut JSON, iCoT line and GSM8k JSONL formats;
-//! - [`tokenizer`]: a model folder's HF tokenizer, its BOS, EOS, padding and stop ids read from
-//!   the folder, with the latent and pause tokens added; or one trained here;
-//! - [`curriculum`]: the stage-k training sequence and labels of every [`Mode`], and the
+//! Every item is at the crate root; the files split it by concern:
+//! - `data.rs`: [`Sample`] and the Coconut JSON, iCoT line and GSM8k JSONL formats;
+//! - `tokenizer.rs`: a model folder's HF [`Tokenizer`], its BOS, EOS, padding and stop ids
+//!   read from the folder, with the latent and pause tokens added; or one trained here;
+//! - `curriculum.rs`: the stage-k training sequence and labels of every [`Mode`], and the
 //!   evaluation prompt;
-//! - [`batch`]: padding that lines up the latents of every row, and shuffled index batches.
+//! - `batch.rs`: padding that lines up the latents of every row, and shuffled index batches.
 
-pub mod batch;
-pub mod curriculum;
-pub mod data;
-pub mod error;
-pub mod tokenizer;
+#![warn(missing_docs)]
+
+mod batch;
+mod curriculum;
+mod data;
+mod error;
+mod tokenizer;
 
 pub use batch::{
     batches, collate_prompts, collate_training, length_grouped_batches, Batch, LENGTH_GROUP_WINDOW,

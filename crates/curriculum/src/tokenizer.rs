@@ -158,6 +158,14 @@ pub struct SpecialTokens {
     pub pause: u32,
 }
 
+impl SpecialTokens {
+    /// The ids of the four tokens added to every vocabulary, in the order they get their
+    /// ids: start-latent, end-latent, latent, pause.
+    pub fn added(&self) -> [u32; 4] {
+        [self.start_latent, self.end_latent, self.latent, self.pause]
+    }
+}
+
 /// A `tokenizers` tokenizer with its special tokens chosen and the four added tokens in it.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -1002,10 +1010,7 @@ pub(crate) mod tests {
         assert_eq!((sp.bos, sp.eos, sp.pad), (Some(begin), eot, eot));
         assert_eq!(tok.stop_ids(), [end, eot]);
         // The added tokens come after the existing vocabulary.
-        assert_eq!(
-            [sp.start_latent, sp.end_latent, sp.latent, sp.pause],
-            [1, 2, 3, 4].map(|i| eot + i)
-        );
+        assert_eq!(sp.added(), [1, 2, 3, 4].map(|i| eot + i));
         // `encode` adds nothing; only the question gets the BOS.
         assert!(!tok.encode("Alex is a wumpus.").contains(&begin));
         let mut question = vec![begin];

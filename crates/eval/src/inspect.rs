@@ -3,12 +3,17 @@
 //! spreads its probability over several candidate next nodes, a breadth-first frontier).
 
 use coconut_curriculum::{
-    collate_prompts, eval_prompt, CurriculumConfig, TokenizedSample, Tokenizer,
+    collate_prompts, eval_prompt, CurriculumConfig, Sample, TokenizedSample, Tokenizer,
 };
 use coconut_model::{CausalLm, KvCache};
 use coconut_trainer::{latent_hidden_states, DeviceBatch};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
+
+use crate::EvalOptions;
+
+/// The tokens read from each thought by [`inspect_samples`].
+const TOP_TOKENS: usize = 5;
 
 /// One continuous thought.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +37,37 @@ pub struct SampleThoughts {
     pub mean_token_embedding_norm: f64,
     /// Every thought, in order.
     pub thoughts: Vec<Thought>,
+}
+
+/// The thoughts of the first `count` samples (fewer when there are fewer) in their prompts
+/// at `options.stage`, each thought with its five most likely tokens, and each
+/// sample with the mean norm of its question's token embeddings for scale.
+pub fn inspect_samples(
+    model: &dyn CausalLm,
+    tokenizer: &Tokenizer,
+    config: &CurriculumConfig,
+    samples: &[Sample],
+    tokenized: &[TokenizedSample],
+    count: usize,
+    options: &EvalOptions,
+) -> Vec<SampleThoughts> {
+    let device = options.device;
+    (0..samples.len().min(count))
+        .map(|i| SampleThoughts {
+            sample: i,
+            question: samples[i].question.clone(),
+            mean_token_embedding_norm: mean_embedding_norm(model, &tokenized[i].question, device),
+            thoughts: inspect_thoughts(
+                model,
+                tokenizer,
+                config,
+                &tokenized[i],
+                options.stage,
+                TOP_TOKENS,
+                device,
+            ),
+        })
+        .collect()
 }
 
 /// Runs the latent passes of the stage-`stage` prompt of one sample and reads its thoughts.

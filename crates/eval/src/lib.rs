@@ -3,6 +3,8 @@
 //! comparison tables ([`comparison_table`]), and the paper's analysis of latent reasoning as
 //! search ([`latent_search`]).
 
+#![warn(missing_docs)]
+
 mod ask;
 mod generate;
 mod inspect;
@@ -13,7 +15,8 @@ mod table;
 pub use ask::{ask, Reply};
 pub use generate::{generate, generate_without_cache, Generation};
 pub use inspect::{
-    inspect_prompt, inspect_thoughts, mean_embedding_norm, thoughts_report, SampleThoughts, Thought,
+    inspect_prompt, inspect_samples, inspect_thoughts, mean_embedding_norm, thoughts_report,
+    SampleThoughts, Thought,
 };
 pub use metrics::{
     evaluate, extract_answer, normalize_answer, EvalMetrics, EvalOptions, Prediction,

@@ -2,8 +2,9 @@
 
 use std::time::Instant;
 
-use coconut_curriculum::{eval_prompt, CurriculumConfig, Mode, Sample, TokenizedSample, Tokenizer};
+use coconut_curriculum::{eval_prompt, CurriculumConfig, Sample, TokenizedSample, Tokenizer};
 use coconut_model::CausalLm;
+use coconut_trainer::RunConfig;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
@@ -20,6 +21,18 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// Where the model lives.
     pub device: Device,
+}
+
+impl EvalOptions {
+    /// The options of a run's evaluations at `stage`: its `eval` settings and its device.
+    pub fn for_run(config: &RunConfig, stage: usize) -> Self {
+        Self {
+            stage,
+            max_new_tokens: config.eval.max_new_tokens,
+            batch_size: config.eval.batch_size,
+            device: config.device(),
+        }
+    }
 }
 
 /// One sample's outcome (a line of `predictions.jsonl`).
@@ -93,12 +106,7 @@ pub fn normalize_answer(answer: &str) -> String {
 /// The reasoning steps a model should still write at `stage` (the ones not replaced by
 /// thoughts), as the text the curriculum trains on.
 fn expected_reasoning(config: &CurriculumConfig, sample: &Sample, stage: usize) -> String {
-    let removed = match config.mode {
-        Mode::Cot => 0,
-        Mode::NoCot | Mode::PauseToken | Mode::NoCurriculum => sample.steps.len(),
-        _ if stage > config.max_latent_stage => sample.steps.len(),
-        _ => stage.min(sample.steps.len()),
-    };
+    let removed = config.steps_removed(stage, sample.steps.len());
     sample.steps[removed..].iter().map(|s| format!("{s}\n")).collect::<String>().trim().to_string()
 }
 

@@ -22,6 +22,8 @@
 //! let (logits, hidden) = model.forward(&ids, &positions, &causal_bias(&mask, Kind::Float), None, false);
 //! ```
 
+#![warn(missing_docs)]
+
 mod attention;
 mod causal_lm;
 mod checkpoint;

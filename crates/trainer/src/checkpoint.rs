@@ -28,19 +28,17 @@ use std::path::{Path, PathBuf};
 use coconut_model::{
     is_finite, pretrained_files, serialize_tensors, ModelError, CONFIG_FILE, WEIGHTS_FILE,
 };
-use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::adamw::{AdamW, AdamWConfig};
-use crate::config::RunConfig;
-use crate::model_setup::{load_model_dir, LoadedModel, TOKENIZER_FILE};
+use crate::model_setup::{load_model_dir, LoadedModel};
+pub use crate::state::{read_state, TrainState, STATE_FILE};
 use crate::TrainError;
 use coconut_curriculum::GENERATION_CONFIG_FILE;
+use coconut_curriculum::TOKENIZER_FILE;
 
 /// File of the optimizer state inside a checkpoint.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-/// File of the training position inside a checkpoint; written last.
-pub const STATE_FILE: &str = "train_state.json";
 /// Name prefix of a checkpoint being written (`.tmp-<name>-<writer>`); never a checkpoint.
 pub const TMP_PREFIX: &str = ".tmp-";
 /// Name prefix of a checkpoint being deleted (`.trash-<name>-<writer>`); never a checkpoint.
@@ -96,34 +94,6 @@ impl CheckpointIo for DiskIo {
     }
 }
 
-/// Where training stands: enough to continue exactly where a checkpoint was taken.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
-    /// The epoch to continue with.
-    pub epoch: usize,
-    /// Optimizer steps of `epoch` already done (0 at an epoch boundary).
-    pub step_in_epoch: usize,
-    /// Optimizer steps since the start of the run.
-    pub global_step: u64,
-    /// Best validation accuracy so far, if evaluated.
-    pub best_accuracy: Option<f64>,
-    /// The resolved configuration of the run.
-    pub config: RunConfig,
-    /// [`coconut_curriculum::Tokenizer::fingerprint`] of the run's tokenizer: loading the
-    /// checkpoint with any other `tokenizer.json` is refused. (Absent in checkpoints written
-    /// before it was recorded.)
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokenizer_sha256: Option<String>,
-    /// The number of data-parallel ranks that trained up to here: with `grad_accum` it
-    /// gives the micro-batches of an optimizer step, which a resume must keep.
-    #[serde(default = "one_rank")]
-    pub ranks: usize,
-}
-
-fn one_rank() -> usize {
-    1
-}
-
 /// A checkpoint folder's name, `e<epoch>-s<global step>` zero-padded to 3 and 7 digits
 /// (wider numbers get longer: order with [`parse_checkpoint_name`], never as strings).
 pub fn checkpoint_name(state: &TrainState) -> String {
@@ -157,7 +127,7 @@ pub fn checkpoint_files(
     }
     files.push((GENERATION_CONFIG_FILE, generation_config(&loaded.tokenizer).into_bytes()));
     let optimizer_bytes = serialize_tensors(&optimizer.state(), None)
-        .map_err(|message| TrainError::Other(format!("{OPTIMIZER_FILE}: {message}")))?;
+        .map_err(|message| ModelError::Weights { path: PathBuf::from(OPTIMIZER_FILE), message })?;
     files.push((OPTIMIZER_FILE, optimizer_bytes));
     let json = serde_json::to_string_pretty(state).expect("the state serialises");
     files.push((STATE_FILE, json.into_bytes()));
@@ -306,8 +276,8 @@ pub fn list_checkpoints(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Tidies a checkpoint folder before a run writes to it. The caller holds the run's lock
-/// ([`crate::run_lock::RunLock`]), so no other writer is at work and whatever temporary
-/// or trash folder is there was left by a process that died. A checkpoint left complete
+/// (`<run>/.lock`, which the trainer takes first), so no other writer is at work and
+/// whatever temporary or trash folder is there was left by a process that died. A checkpoint left complete
 /// only under its trash name (a save that died between its two renames) is put back under
 /// its own name when that name is free; every other leftover is deleted.
 pub fn recover_checkpoints(io: &dyn CheckpointIo, dir: &Path) -> Result<(), TrainError> {
@@ -339,14 +309,6 @@ pub fn recover_checkpoints(io: &dyn CheckpointIo, dir: &Path) -> Result<(), Trai
     Ok(())
 }
 
-/// Reads a checkpoint's training state.
-pub fn read_state(ckpt: &Path) -> Result<TrainState, TrainError> {
-    let path = ckpt.join(STATE_FILE);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|error| TrainError::Io { path: path.clone(), error })?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })
-}
-
 /// Loads a checkpoint: the model and tokenizer, an optimizer with the saved moments, and
 /// the training state. Any missing or corrupt file is an error naming it.
 pub fn load_checkpoint(
@@ -370,6 +332,29 @@ pub fn load_checkpoint(
         .load_state(&moments)
         .map_err(|message| TrainError::Checkpoint { path: opt_path, message })?;
     Ok((loaded, optimizer, state))
+}
+
+/// Copies the HF part of a checkpoint (config, weights, tokenizer, and the tokenizer and
+/// generation configs where the checkpoint has them) to `<run>/best`, written and replaced
+/// the way checkpoints are (see [`write_checkpoint`]).
+pub fn copy_model_folder(src: &Path, run_dir: &Path) -> Result<(), TrainError> {
+    let mut files = Vec::new();
+    let required = [coconut_model::CONFIG_FILE, coconut_model::WEIGHTS_FILE, TOKENIZER_FILE];
+    let optional =
+        [coconut_curriculum::TOKENIZER_CONFIG_FILE, coconut_curriculum::GENERATION_CONFIG_FILE];
+    for (file, required) in
+        required.iter().map(|f| (*f, true)).chain(optional.iter().map(|f| (*f, false)))
+    {
+        let path = src.join(file);
+        if !required && !path.exists() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|error| TrainError::Io { path, error })?;
+        files.push((file, bytes));
+    }
+    let writer = std::process::id().to_string();
+    write_checkpoint(&DiskIo, run_dir, &writer, "best", &files)?;
+    Ok(())
 }
 
 /// Deletes all but the newest `keep` checkpoints (0 keeps everything), through `io`. Each

@@ -31,6 +31,8 @@
 //! at the price of running them forward twice. The thought passes, a column each, keep
 //! theirs.
 
+use std::ops::Range;
+
 use coconut_curriculum::{Batch, IGNORE_INDEX};
 use coconut_model::{causal_bias, draw_seed, gradient_root, CausalLm, KvCache, RecomputedPass};
 use tch::{Device, Kind, Tensor};
@@ -161,6 +163,49 @@ pub fn latent_hidden_states(
     multi_pass(model, batch, cache, train, outputs_from, false).0
 }
 
+/// One pass of the multi-pass forward, planned before any runs.
+#[derive(Debug, Clone, PartialEq)]
+struct Pass {
+    /// The columns it runs; their keys and values join the cache.
+    columns: Range<i64>,
+    /// The latent whose thought (the previous pass's last hidden state) is spliced into the
+    /// pass's first column; none for the first pass.
+    thought: Option<usize>,
+    /// The columns whose hidden states it computes: those read and, for every pass but the
+    /// final one, the last column (its hidden state is the next thought).
+    computed: Range<i64>,
+    /// The columns whose hidden states the caller reads (empty when none).
+    read: Range<i64>,
+    /// Whether its blocks are recomputed in the backward pass (gradient checkpointing).
+    recomputed: bool,
+}
+
+/// The passes over the [`pass_ranges`] of a batch, for a caller that reads the hidden
+/// states of columns `[read_from, seq_len)`. With `recompute`, the two long passes (the
+/// first and the final) are recomputed in the backward pass.
+fn plan_passes(
+    first_latent: i64,
+    n_latents: usize,
+    seq_len: i64,
+    read_from: i64,
+    recompute: bool,
+) -> Vec<Pass> {
+    let ranges = pass_ranges(first_latent, n_latents, seq_len);
+    let last = ranges.len() - 1;
+    let plan = ranges.into_iter().enumerate().map(|(i, (start, end))| {
+        let read = read_from.clamp(start, end)..end;
+        let computed_from = if i < last { read.start.min(end - 1) } else { read.start };
+        Pass {
+            columns: start..end,
+            thought: i.checked_sub(1),
+            computed: computed_from..end,
+            read,
+            recomputed: recompute && (i == 0 || i == last),
+        }
+    });
+    plan.collect()
+}
+
 /// [`latent_hidden_states`]; with `recompute`, the first and the final pass run through
 /// `forward_recomputed` (on [`CausalLm`]) and are returned, in order, for the backward pass.
 fn multi_pass(
@@ -174,40 +219,66 @@ fn multi_pass(
     let embeds = model.embed(&batch.input_ids); // (B, T, C)
     let t = embeds.size()[1];
     assert!((0..t).contains(&outputs_from), "outputs_from {outputs_from} outside 0..{t}");
-    let passes = pass_ranges(batch.first_latent, batch.max_latents(), t);
-    let mut outputs: Vec<Tensor> = Vec::new(); // the read columns of every pass
-    let mut thought: Option<Tensor> = None; // (B, 1, C): hidden state of the previous pass's last column
+    let mut outputs: Vec<Tensor> = Vec::new();
+    let mut thought: Option<Tensor> = None; // (B, 1, C)
     let mut recomputed = Vec::new();
-    for (pass, &(start, end)) in passes.iter().enumerate() {
-        let mut x = embeds.narrow(1, start, end - start); // (B, len, C)
-        if let Some(thought) = &thought {
-            // Column `start` holds latent pass-1, whose input is the hidden state of the
-            // column before it. One out-of-place select over rows keeps autograd intact (an
-            // in-place write would break it).
-            let first =
-                x.narrow(1, 0, 1).where_self(&batch.has_latent[pass - 1].logical_not(), thought); // (B, 1, C)
-            x = Tensor::cat(&[first, x.narrow(1, 1, end - start - 1)], 1);
-        }
-        // Queries [start, end) see keys [0, end): the cache holds [0, start).
-        let bias = batch.bias.narrow(2, start, end - start).narrow(3, 0, end);
-        let pos = batch.position_ids.narrow(1, start, end - start);
-        let read_from = outputs_from.clamp(start, end); // `end`: the caller reads none of them
-        let compute_from = if pass + 1 < passes.len() { read_from.min(end - 1) } else { read_from };
-        let from = compute_from - start;
-        let hidden = if recompute && (pass == 0 || pass + 1 == passes.len()) {
-            let (hidden, recomputed_pass) =
-                model.forward_recomputed(&x, &pos, &bias, cache, train, from);
-            recomputed.push(recomputed_pass);
-            hidden
-        } else {
-            model.forward_embeds_from(&x, &pos, &bias, Some(&mut *cache), train, from)
-        }; // (B, end - compute_from, C)
-        if read_from < end {
-            outputs.push(hidden.narrow(1, read_from - compute_from, end - read_from));
+    let plan = plan_passes(batch.first_latent, batch.max_latents(), t, outputs_from, recompute);
+    for pass in plan {
+        let x = splice_thought(batch, &pass, &embeds, thought.as_ref());
+        let hidden = run_pass(model, batch, &pass, &x, cache, train, &mut recomputed);
+        if !pass.read.is_empty() {
+            let read_offset = pass.read.start - pass.computed.start;
+            outputs.push(hidden.narrow(1, read_offset, width(&pass.read)));
         }
         thought = Some(hidden.narrow(1, -1, 1));
     }
     (Tensor::cat(&outputs, 1), recomputed)
+}
+
+/// The input embeddings of `pass`'s columns, (B, len, C), with `thought` in its first column
+/// in the rows that have that latent. One out-of-place select over rows keeps autograd
+/// intact (an in-place write would break it).
+fn splice_thought(
+    batch: &DeviceBatch,
+    pass: &Pass,
+    embeds: &Tensor,
+    thought: Option<&Tensor>,
+) -> Tensor {
+    let x = embeds.narrow(1, pass.columns.start, width(&pass.columns));
+    let (Some(latent), Some(thought)) = (pass.thought, thought) else { return x };
+    let first = x.narrow(1, 0, 1).where_self(&batch.has_latent[latent].logical_not(), thought);
+    Tensor::cat(&[first, x.narrow(1, 1, width(&pass.columns) - 1)], 1)
+}
+
+/// Runs `pass` over its input embeddings `x`, attending to the earlier passes through
+/// `cache` (which then holds its keys and values too), and returns the hidden states of
+/// its computed columns, (B, computed, C). A recomputed pass is kept in `recomputed`.
+fn run_pass(
+    model: &dyn CausalLm,
+    batch: &DeviceBatch,
+    pass: &Pass,
+    x: &Tensor,
+    cache: &mut KvCache,
+    train: bool,
+    recomputed: &mut Vec<RecomputedPass>,
+) -> Tensor {
+    let (start, len) = (pass.columns.start, width(&pass.columns));
+    // Queries [start, end) see keys [0, end): the cache holds [0, start).
+    let bias = batch.bias.narrow(2, start, len).narrow(3, 0, pass.columns.end);
+    let pos = batch.position_ids.narrow(1, start, len);
+    let from = pass.computed.start - start;
+    if pass.recomputed {
+        let (hidden, kept) = model.forward_recomputed(x, &pos, &bias, cache, train, from);
+        recomputed.push(kept);
+        hidden
+    } else {
+        model.forward_embeds_from(x, &pos, &bias, Some(cache), train, from)
+    }
+}
+
+/// The number of columns of `range`.
+fn width(range: &Range<i64>) -> i64 {
+    range.end - range.start
 }
 
 /// The Coconut loss: cross-entropy of the next token, averaged over the supervised tokens
@@ -311,4 +382,38 @@ fn loss_on_supervised_columns(
     let selected = flat.index_select(0, &batch.supervised_positions); // (N, C)
     let logits = model.lm_head(&selected).to_kind(Kind::Float); // (N, V)
     logits.cross_entropy_for_logits(&batch.targets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_computes_what_is_read_and_its_last_column() {
+        // Thoughts at columns 5, 6 and 7 of 20; the caller reads [8, 20).
+        let plan = plan_passes(5, 3, 20, 8, true);
+        let pass = |columns: Range<i64>, thought, computed, read, recomputed| Pass {
+            columns,
+            thought,
+            computed,
+            read,
+            recomputed,
+        };
+        assert_eq!(
+            plan,
+            [
+                pass(0..5, None, 4..5, 5..5, true),
+                pass(5..6, Some(0), 5..6, 6..6, false),
+                pass(6..7, Some(1), 6..7, 7..7, false),
+                pass(7..20, Some(2), 8..20, 8..20, true),
+            ]
+        );
+        // Reading everything: each pass computes all its columns; one pass without latents.
+        let plan = plan_passes(5, 1, 20, 0, false);
+        assert_eq!(
+            plan,
+            [pass(0..5, None, 0..5, 0..5, false), pass(5..20, Some(0), 5..20, 5..20, false)]
+        );
+        assert_eq!(plan_passes(5, 0, 20, 19, false), [pass(0..20, None, 19..20, 19..20, false)]);
+    }
 }

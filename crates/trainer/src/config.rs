@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use coconut_curriculum::CurriculumConfig;
+use coconut_datasets::{DatasetKind, Preset};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -63,19 +64,15 @@ pub struct DataConfig {
 #[serde(deny_unknown_fields)]
 pub struct GenerateConfig {
     /// `prosqa` or `prontoqa`.
-    pub kind: String,
+    pub kind: DatasetKind,
     /// `small` (fast CPU training) or `paper`.
-    #[serde(default = "default_preset")]
-    pub preset: String,
+    #[serde(default)]
+    pub preset: Preset,
     /// Number of train, valid and test samples.
     pub sizes: [usize; 3],
     /// Generator seed.
     #[serde(default)]
     pub seed: u64,
-}
-
-fn default_preset() -> String {
-    "small".to_string()
 }
 
 /// A pretrained HF model folder (GPT-2, Llama or Qwen2), or the architecture and shape of a
@@ -215,8 +212,9 @@ pub struct TrainConfig {
     pub gradient_checkpointing: bool,
     /// Seed of initialisation, shuffling and dropout.
     pub seed: u64,
-    /// `cpu` or `cuda:N`.
-    pub device: String,
+    /// `cpu`, `cuda` (device 0) or `cuda:N` in the file; parsed once, at load.
+    #[serde(with = "device_by_name")]
+    pub device: tch::Device,
     /// Compute in bf16 with f32 master weights (CUDA only).
     pub bf16: bool,
     /// Torch intra-op threads (0 = leave the default).
@@ -251,7 +249,7 @@ impl Default for TrainConfig {
             grad_clip: None,
             gradient_checkpointing: false,
             seed: 0,
-            device: "cpu".to_string(),
+            device: tch::Device::Cpu,
             bf16: false,
             threads: 0,
             save_every_steps: 0,
@@ -371,8 +369,7 @@ impl RunConfig {
             // Zero would freeze training, a negative value would ascend the gradient.
             positive("train.grad_clip", clip)?;
         }
-        parse_device(&t.device)?;
-        if t.bf16 && t.device == "cpu" {
+        if t.bf16 && t.device == tch::Device::Cpu {
             return Err("train.bf16 needs a CUDA device".into());
         }
         if t.start_epoch >= t.num_epochs {
@@ -383,18 +380,6 @@ impl RunConfig {
         }
 
         if let Some(g) = &self.data.generate {
-            if g.kind != "prosqa" && g.kind != "prontoqa" {
-                return Err(format!(
-                    "data.generate.kind must be `prosqa` or `prontoqa`, not {:?}",
-                    g.kind
-                ));
-            }
-            if g.preset != "small" && g.preset != "paper" {
-                return Err(format!(
-                    "data.generate.preset must be `small` or `paper`, not {:?}",
-                    g.preset
-                ));
-            }
             for (split, size) in ["train", "valid", "test"].iter().zip(g.sizes) {
                 let minimum = usize::from(*split != "test");
                 at_least(&format!("data.generate.sizes ({split})"), size, minimum, LIMIT_SAMPLES)?;
@@ -463,13 +448,13 @@ impl RunConfig {
     /// The device named by `train.device`, if this process can use it (see
     /// [`usable_device`]); errors name `config_path`.
     pub fn usable_device(&self, config_path: &Path) -> Result<tch::Device, TrainError> {
-        usable_device(&self.train.device)
+        usable_device(&device_name(self.train.device))
             .map_err(|message| TrainError::Config { path: config_path.to_path_buf(), message })
     }
 
-    /// The device named by `train.device` (validated at load).
+    /// The device named by `train.device`.
     pub fn device(&self) -> tch::Device {
-        parse_device(&self.train.device).expect("validated at load")
+        self.train.device
     }
 }
 
@@ -566,6 +551,27 @@ pub fn cuda_backend_version() -> Option<i64> {
     version
 }
 
+/// A device as a run config names it: `cpu` or `cuda:N`.
+pub fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".to_string(),
+    }
+}
+
+/// `train.device` in the TOML file and in a checkpoint's JSON: the device's name.
+mod device_by_name {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(device: &tch::Device, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::device_name(*device))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<tch::Device, D::Error> {
+        super::parse_device(&String::deserialize(d)?).map_err(D::Error::custom)
+    }
+}
+
 /// `cpu`, `cuda` (device 0) or `cuda:N`.
 fn parse_device(name: &str) -> Result<tch::Device, String> {
     let bad = || format!("train.device must be `cpu`, `cuda` or `cuda:N`, not {name:?}");
@@ -609,7 +615,7 @@ lr = 1e-3
         ])
         .unwrap();
         assert_eq!(c.train.lr, 3e-4);
-        assert_eq!(c.train.device, "cuda:1");
+        assert_eq!(c.train.device, tch::Device::Cuda(1));
         assert_eq!(c.curriculum.mode, coconut_curriculum::Mode::Cot);
         assert_eq!(c.eval.batch_size, 7);
         assert_eq!(c.name, "other");

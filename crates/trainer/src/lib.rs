@@ -1,15 +1,26 @@
-//! Coconut training: the multi-pass latent forward ([`coconut`]), the staged schedule with
-//! AdamW, checkpoints and exact resume ([`Trainer`]), driven by a TOML [`RunConfig`].
+//! Coconut training: the multi-pass latent forward ([`training_loss`],
+//! [`latent_hidden_states`]), the staged schedule with AdamW, checkpoints and exact resume
+//! ([`Trainer`]), driven by a TOML [`RunConfig`].
+//!
+//! Every item has one path: the optimizer ([`adamw`]), the gradient accumulator
+//! ([`gradients`]) and the checkpoint folders ([`checkpoint`]) are modules of their own;
+//! everything else is at the crate root.
+
+#![warn(missing_docs)]
 
 pub mod adamw;
 pub mod checkpoint;
-pub mod coconut;
-pub mod config;
+mod coconut;
+mod config;
 pub mod gradients;
-pub mod model_setup;
-pub mod ranks;
-pub mod run_lock;
-pub mod train;
+mod metrics;
+mod model_setup;
+mod ranks;
+mod run_lock;
+mod start;
+mod state;
+mod train;
+mod validation;
 
 use std::path::PathBuf;
 
@@ -17,16 +28,14 @@ pub use coconut::{
     coconut_loss, latent_hidden_states, pass_ranges, training_loss, DeviceBatch, TrainingLoss,
 };
 pub use config::{
-    cuda_backend_version, usable_device, DataConfig, EvalConfig, GenerateConfig, ModelConfig,
-    OptimizerReset, RunConfig, TrainConfig,
+    cuda_backend_version, device_name, usable_device, Architecture, DataConfig, EvalConfig,
+    GenerateConfig, ModelConfig, OptimizerReset, RunConfig, TrainConfig,
 };
-pub use model_setup::{
-    build_model, check_model_paths, load_model_dir, LoadedModel, TOKENIZER_FILE,
-};
+pub use metrics::{EpochEval, MetricLine};
+pub use model_setup::{build_model, check_model_paths, load_model_dir, LoadedModel};
 pub use ranks::Ranks;
-pub use train::{
-    check_sample_lengths, teacher_forced_loss, EpochEval, MetricLine, TrainSummary, Trainer,
-};
+pub use train::{TrainSummary, Trainer};
+pub use validation::{check_sample_lengths, teacher_forced_loss};
 
 /// What can go wrong in a run. File errors name the file.
 #[derive(Debug, thiserror::Error)]
@@ -129,9 +138,17 @@ pub enum TrainError {
         /// The checkpoint written at the stop.
         checkpoint: Option<PathBuf>,
     },
-    /// Anything else (evaluation callbacks, ...).
+    /// The data-parallel ranks could not start or talk to each other. (The collective's
+    /// error is in the message, not the `source()`, as for [`TrainError::Io`].)
+    #[error("data-parallel ranks: {0}")]
+    Ranks(coconut_collective::CollectiveError),
+    /// The process was launched among ranks in a way this binary cannot join; the message
+    /// says how to launch it.
     #[error("{0}")]
-    Other(String),
+    Launch(String),
+    /// The caller's evaluation at the end of an epoch failed.
+    #[error("evaluation")]
+    Evaluation(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 #[cfg(test)]

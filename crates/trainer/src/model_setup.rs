@@ -9,9 +9,10 @@ use coconut_model::{load_pretrained, CausalLm, Gpt2, Gpt2Config, Llama, LlamaCon
 use tch::{nn::VarStore, Device};
 
 use crate::config::{Architecture, RunConfig};
+use crate::state::{read_state, STATE_FILE};
 use crate::TrainError;
 
-pub use coconut_curriculum::TOKENIZER_FILE;
+use coconut_curriculum::TOKENIZER_FILE;
 
 /// A model, its variables and its tokenizer.
 #[derive(Debug)]
@@ -47,19 +48,14 @@ pub fn check_model_paths(config: &RunConfig, config_path: &Path) -> Result<(), T
     Ok(())
 }
 
-/// Builds the model a run starts from (before any resume).
-pub fn build_model(
-    config: &RunConfig,
-    config_path: &Path,
-    train: &[Sample],
-) -> Result<LoadedModel, TrainError> {
-    check_model_paths(config, config_path)?;
+/// Builds the model a run starts from (before any resume). The model folders it names are
+/// those [`check_model_paths`] checks; [`crate::Trainer::new`] checks them first.
+pub fn build_model(config: &RunConfig, train: &[Sample]) -> Result<LoadedModel, TrainError> {
     let device = config.device();
     let m = &config.model;
     if let Some(dir) = &m.init_checkpoint {
         let mut loaded = load_model_dir(dir, device, &m.latent_init_token)?;
-        let earlier_mode =
-            crate::checkpoint::read_state(dir).ok().map(|s| s.config.curriculum.mode);
+        let earlier_mode = read_state(dir).ok().map(|s| s.config.curriculum.mode);
         if matches!(earlier_mode, Some(Mode::Cot | Mode::NoCot | Mode::NoThoughts)) {
             // That run never fed the latent markers, but its softmax kept pushing their tied
             // rows down. Start them afresh from the init token, as the reference does when
@@ -70,8 +66,7 @@ pub fn build_model(
                 loaded.model.shape().vocab_size,
                 dir,
             )?;
-            let s = loaded.tokenizer.special();
-            let added = [s.start_latent, s.end_latent, s.latent, s.pause].map(i64::from);
+            let added = loaded.tokenizer.special().added().map(i64::from);
             loaded.model.copy_token_embedding(&added, init);
         }
         return Ok(loaded);
@@ -141,9 +136,9 @@ pub fn load_model_dir(
     let tokenizer = Tokenizer::from_model_dir(dir)?;
     // A checkpoint of ours names its tokenizer: a `tokenizer.json` of another run (of the
     // same size, say) would silently give other ids.
-    let state_path = dir.join(crate::checkpoint::STATE_FILE);
+    let state_path = dir.join(STATE_FILE);
     if state_path.exists() {
-        let state = crate::checkpoint::read_state(dir)?;
+        let state = read_state(dir)?;
         if let Some(expected) = state.tokenizer_sha256 {
             let found = tokenizer.fingerprint();
             if found != expected {

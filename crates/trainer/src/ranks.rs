@@ -8,7 +8,7 @@
 
 use std::sync::Mutex;
 
-use coconut_collective::{Collective, CollectiveError, Single};
+use coconut_collective::{Collective, Single};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::gradients::Gradients;
@@ -61,11 +61,11 @@ impl Ranks {
     pub fn from_launcher(device: Device) -> Result<Self, TrainError> {
         #[cfg(feature = "mpi")]
         if coconut_collective::Mpi::is_launched_by_mpirun() {
-            let mut mpi = coconut_collective::Mpi::init().map_err(engine_error)?;
+            let mut mpi = coconut_collective::Mpi::init().map_err(TrainError::Ranks)?;
             let local_rank = mpi.local_rank();
             if device.is_cuda() {
                 let nccl = coconut_collective::Nccl::from_mpi(&mut mpi, local_rank)
-                    .map_err(engine_error)?;
+                    .map_err(TrainError::Ranks)?;
                 let mut ranks = Self::on_machine(Box::new(nccl), local_rank);
                 ranks._launcher = Some(Mutex::new(Box::new(mpi)));
                 return Ok(ranks);
@@ -73,10 +73,10 @@ impl Ranks {
             return Ok(Self::on_machine(Box::new(mpi), local_rank));
         }
         if let Some(env) = coconut_collective::TorchrunEnv::from_env() {
-            let env = env.map_err(engine_error)?;
+            let env = env.map_err(TrainError::Ranks)?;
             if env.world_size > 1 {
                 if !device.is_cuda() {
-                    return Err(TrainError::Other(
+                    return Err(TrainError::Launch(
                         "torchrun's environment (WORLD_SIZE) on the CPU: its ranks talk \
                          through NCCL, which needs CUDA; launch CPU ranks with `cargo xtask \
                          train-all-stages --nproc-per-node N` or mpirun"
@@ -84,15 +84,15 @@ impl Ranks {
                     ));
                 }
                 let timeout = std::time::Duration::from_secs(RENDEZVOUS_TIMEOUT_S);
-                let nccl =
-                    coconut_collective::Nccl::from_torchrun(&env, timeout).map_err(engine_error)?;
+                let nccl = coconut_collective::Nccl::from_torchrun(&env, timeout)
+                    .map_err(TrainError::Ranks)?;
                 return Ok(Self::on_machine(Box::new(nccl), env.local_rank));
             }
         }
         if cfg!(not(feature = "mpi"))
             && std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some_and(|w| w != "1")
         {
-            return Err(TrainError::Other(
+            return Err(TrainError::Launch(
                 "started by mpirun, but this binary was built without the `mpi` feature; \
                  `cargo xtask` builds it with MPI"
                     .to_string(),
@@ -131,22 +131,22 @@ impl Ranks {
 
     /// Waits until every rank has come here.
     pub fn barrier(&self) -> Result<(), TrainError> {
-        self.engine().barrier().map_err(engine_error)
+        self.engine().barrier().map_err(TrainError::Ranks)
     }
 
     /// Sums `values` over the ranks, in place.
     pub fn sum(&self, values: &mut [f64]) -> Result<(), TrainError> {
-        self.engine().all_reduce_sum_f64(values).map_err(engine_error)
+        self.engine().all_reduce_sum_f64(values).map_err(TrainError::Ranks)
     }
 
     /// Rank 0's `bytes` on every rank.
     pub fn broadcast(&self, bytes: &mut Vec<u8>) -> Result<(), TrainError> {
-        self.engine().broadcast_bytes(bytes, 0).map_err(engine_error)
+        self.engine().broadcast_bytes(bytes, 0).map_err(TrainError::Ranks)
     }
 
     /// Every rank's `bytes`, in rank order, on every rank.
     pub fn gather(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, TrainError> {
-        self.engine().all_gather_bytes(bytes).map_err(engine_error)
+        self.engine().all_gather_bytes(bytes).map_err(TrainError::Ranks)
     }
 
     /// Rank 0's values of every variable on every rank (after building a model, so that
@@ -199,18 +199,18 @@ impl Ranks {
         let flat = grads.flatten(&layout);
         let device = flat.device();
         let mut engine = self.engine();
-        engine.all_reduce_sum_f64(&mut small).map_err(engine_error)?;
+        engine.all_reduce_sum_f64(&mut small).map_err(TrainError::Ranks)?;
         if device == Device::Cpu {
             let n = flat.numel();
             // SAFETY: `flat` is a contiguous f32 CPU tensor of `n` elements that nothing
             // else reads or writes until this call returns.
             let values = unsafe { std::slice::from_raw_parts_mut(flat.data_ptr() as *mut f32, n) };
-            engine.all_reduce_sum(values).map_err(engine_error)?;
+            engine.all_reduce_sum(values).map_err(TrainError::Ranks)?;
         } else {
             // SAFETY: `flat` is a contiguous f32 tensor on the device, alive until the
             // call returns, and torch works on the default stream the engine uses.
             unsafe { engine.all_reduce_sum_device(flat.data_ptr() as u64, flat.numel()) }
-                .map_err(engine_error)?;
+                .map_err(TrainError::Ranks)?;
         }
         drop(engine);
         scalars.copy_from_slice(&small[..scalars.len()]);
@@ -222,7 +222,3 @@ impl Ranks {
 
 /// How long the ranks of a torchrun launch wait for each other at the rendezvous.
 const RENDEZVOUS_TIMEOUT_S: u64 = 300;
-
-fn engine_error(e: CollectiveError) -> TrainError {
-    TrainError::Other(format!("data-parallel ranks: {e}"))
-}

@@ -186,7 +186,7 @@ impl Fixture {
         let config = config();
         let mut samples = coconut_curriculum::load_samples(&config.data.train).unwrap();
         samples.truncate(16);
-        let loaded = build_model(&config, Path::new("faults.toml"), &samples).unwrap();
+        let loaded = build_model(&config, &samples).unwrap();
         let mut optimizer = AdamW::new(loaded.vs.variables(), ADAMW);
         let mut grads = Gradients::new(loaded.vs.variables());
         let mut versions = Vec::new();

@@ -1,0 +1,196 @@
+//! Where a run starts: the newest checkpoint of its folder that loads, or a model built
+//! afresh. Rank 0 chooses; every rank then holds the same weights and position.
+
+use std::path::Path;
+
+use coconut_curriculum::Sample;
+
+use crate::adamw::{AdamW, AdamWConfig};
+use crate::checkpoint::{checkpoint_name, list_checkpoints, load_checkpoint, TrainState};
+use crate::config::RunConfig;
+use crate::model_setup::{build_model, LoadedModel};
+use crate::ranks::Ranks;
+use crate::TrainError;
+
+/// The model, the optimizer and the position a run continues from.
+pub(crate) type Start = (LoadedModel, AdamW, TrainState);
+
+/// Resumes from the newest complete checkpoint of the run folder when `train.resume` is
+/// set, or builds the model from `config` (trained on `train` when from scratch). A
+/// checkpoint that fails to load is reported and the one before it is tried; a folder with
+/// checkpoints none of which may be resumed is an error.
+pub(crate) fn resume_or_start(
+    config: &RunConfig,
+    config_path: &Path,
+    ranks: &Ranks,
+    train: &[Sample],
+) -> Result<Start, TrainError> {
+    let adamw = adamw_config(config);
+    let mut resumed =
+        if ranks.is_main() { newest_loadable(config, config_path, adamw)? } else { None };
+    // Rank 0 names the checkpoint it resumes from (none: a fresh start); the others load
+    // that one.
+    let mut chosen = match &resumed {
+        Some((_, _, state)) => checkpoint_name(state).into_bytes(),
+        None => Vec::new(),
+    };
+    ranks.broadcast(&mut chosen)?;
+    if !ranks.is_main() && !chosen.is_empty() {
+        let name = String::from_utf8_lossy(&chosen).to_string();
+        let ckpt = config.run_dir().join("checkpoints").join(name);
+        resumed = Some(load_checkpoint(&ckpt, config.device(), adamw)?);
+    }
+    match resumed {
+        Some((loaded, optimizer, state)) => {
+            let state = continued_state(state, config, config_path, ranks.world_size())?;
+            Ok((loaded, optimizer, state))
+        }
+        None => fresh_start(config, ranks, train, adamw),
+    }
+}
+
+/// The newest checkpoint of the run folder that loads, if it may be resumed; `None` when
+/// the folder holds none. A run folder that holds checkpoints is never started afresh over
+/// them: that would mix two runs and prune the new one.
+fn newest_loadable(
+    config: &RunConfig,
+    config_path: &Path,
+    adamw: AdamWConfig,
+) -> Result<Option<Start>, TrainError> {
+    let run_dir = config.run_dir();
+    let existing = list_checkpoints(&run_dir.join("checkpoints"));
+    if existing.is_empty() {
+        return Ok(None);
+    }
+    let mut failures = Vec::new();
+    if config.train.resume {
+        for ckpt in existing.iter().rev() {
+            match load_checkpoint(ckpt, config.device(), adamw) {
+                Ok(found) => {
+                    tracing::info!("resuming from {}", ckpt.display());
+                    return Ok(Some(found));
+                }
+                Err(e) => {
+                    tracing::warn!("skipping unreadable checkpoint: {e}");
+                    failures.push(e.to_string());
+                }
+            }
+        }
+    }
+    let why = if config.train.resume {
+        format!("none of its checkpoints loads ({})", failures.join("; "))
+    } else {
+        "train.resume is false".to_string()
+    };
+    Err(TrainError::Config {
+        path: config_path.to_path_buf(),
+        message: format!(
+            "{} already holds checkpoints and {why}: choose another name or output_dir, or move that folder away",
+            run_dir.display()
+        ),
+    })
+}
+
+/// The position of a resumed checkpoint, continued under `config` by `ranks` ranks: the
+/// checkpoint's position with this file's harmless settings (e.g. more epochs). Settings
+/// that would make it another run are an error listing them.
+fn continued_state(
+    mut state: TrainState,
+    config: &RunConfig,
+    config_path: &Path,
+    ranks: usize,
+) -> Result<TrainState, TrainError> {
+    let mut changed = incompatible_changes(&state.config, config);
+    // Another number of ranks continues the same run when an optimizer step still takes as
+    // many micro-batches.
+    let (then, now) = (&state.config.train, &config.train);
+    if then.grad_accum * state.ranks != now.grad_accum * ranks {
+        changed.push(format!(
+            "train.grad_accum x ranks: {} x {} then, {} x {} now",
+            then.grad_accum, state.ranks, now.grad_accum, ranks
+        ));
+    }
+    if !changed.is_empty() {
+        return Err(TrainError::Config {
+            path: config_path.to_path_buf(),
+            message: format!(
+                "the run in {} was trained with other settings ({}); resuming would not continue the same run",
+                config.run_dir().display(),
+                changed.join(", ")
+            ),
+        });
+    }
+    state.config = config.clone();
+    state.ranks = ranks;
+    Ok(state)
+}
+
+/// A run's first position: the model built from `config`, rank 0's weights on every rank,
+/// and a fresh optimizer.
+fn fresh_start(
+    config: &RunConfig,
+    ranks: &Ranks,
+    train: &[Sample],
+    adamw: AdamWConfig,
+) -> Result<Start, TrainError> {
+    let loaded = build_model(config, train)?;
+    ranks.broadcast_variables(&loaded.vs)?;
+    let optimizer = AdamW::new(loaded.vs.variables(), adamw);
+    let state = TrainState {
+        epoch: config.train.start_epoch,
+        step_in_epoch: 0,
+        global_step: 0,
+        best_accuracy: None,
+        config: config.clone(),
+        tokenizer_sha256: Some(loaded.tokenizer.fingerprint()),
+        ranks: ranks.world_size(),
+    };
+    Ok((loaded, optimizer, state))
+}
+
+/// The settings that differ between a checkpoint's run config and a new one, other than
+/// those that may change when a run is resumed: the run's name and output folder (a moved
+/// run resumes where it is), epochs, evaluation, device, checkpoint frequency and
+/// retention, logging, and the learning rate and gradient clipping (what one changes to
+/// resume past a divergence). The thread count may not change: torch's CPU kernels split
+/// their sums by thread, so another count gives other weights.
+fn incompatible_changes(old: &RunConfig, new: &RunConfig) -> Vec<String> {
+    let neutral = |c: &RunConfig| {
+        let mut c = c.clone();
+        c.train.num_epochs = 0;
+        c.train.grad_accum = 0; // compared with the number of ranks, see `continued_state`
+        c.train.lr = 1.0;
+        c.train.grad_clip = None;
+        c.train.device = tch::Device::Cpu;
+        c.train.bf16 = false;
+        c.train.save_every_steps = 0;
+        c.train.keep_last = 0;
+        c.train.save_only_improve = false;
+        c.train.log_every_steps = 0;
+        c.data.max_valid_samples = 0;
+        c.eval = Default::default();
+        serde_json::to_value(c).expect("the config serialises")
+    };
+    let (a, b) = (neutral(old), neutral(new));
+    let mut changed = Vec::new();
+    // Not `name` and `output_dir`: a run folder that was moved or renamed resumes where it is.
+    for section in ["data", "model", "curriculum", "train"] {
+        match (&a[section], &b[section]) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                for key in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                    if x.get(key) != y.get(key) {
+                        changed.push(format!("{section}.{key}"));
+                    }
+                }
+            }
+            (x, y) if x != y => changed.push(section.to_string()),
+            _ => {}
+        }
+    }
+    changed
+}
+
+fn adamw_config(config: &RunConfig) -> AdamWConfig {
+    let t = &config.train;
+    AdamWConfig { lr: t.lr, betas: t.betas, eps: t.eps, weight_decay: t.weight_decay }
+}
