@@ -180,7 +180,7 @@ fn worst_difference(
             return Err(format!("{name} is on {:?}, not on {device:?}", actual.device()));
         }
         let difference = relative_difference(actual, expected);
-        if !(difference < worst.0) {
+        if difference.is_nan() || difference >= worst.0 {
             worst = (difference, name.clone());
         }
     }
@@ -492,7 +492,14 @@ fn timing_in_this_process(args: &CheckDeviceArgs, job: TimingJob) -> Result<Timi
         synchronize();
         let seconds = started.elapsed().as_secs_f64();
         let questions_per_s = prompts.len() as f64 / seconds;
-        return Ok(Timing { seconds, questions_per_s, memory_mb: device_memory_mb(device) });
+        return Ok(Timing {
+            seconds,
+            questions_per_s,
+            memory_mb: device
+                .is_cuda()
+                .then(coconut_trainer::cuda_runtime::memory_in_use_mb)
+                .flatten(),
+        });
     };
     let staged: Vec<StagedSample> = questions[..TIMED_BATCH]
         .iter()
@@ -518,23 +525,6 @@ fn timing_in_this_process(args: &CheckDeviceArgs, job: TimingJob) -> Result<Timi
     Ok(Timing {
         seconds,
         questions_per_s: TIMED_BATCH as f64 / seconds,
-        memory_mb: device_memory_mb(device),
+        memory_mb: device.is_cuda().then(coconut_trainer::cuda_runtime::memory_in_use_mb).flatten(),
     })
-}
-
-/// Memory in use on the current CUDA device (by every process), in MB, from the CUDA
-/// runtime that libtorch loaded (tch exposes no allocator statistics); `None` on a CPU.
-fn device_memory_mb(device: Device) -> Option<f64> {
-    if !device.is_cuda() {
-        return None;
-    }
-    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
-    // SAFETY: the library is the CUDA runtime libtorch itself links, and `cudaMemGetInfo`
-    // has this signature in every CUDA release; it writes the two sizes and nothing else.
-    unsafe {
-        let runtime = libloading::Library::new("libcudart.so.13").ok()?;
-        let mem_get_info = runtime.get::<MemGetInfo>(b"cudaMemGetInfo").ok()?;
-        let (mut free, mut total) = (0usize, 0usize);
-        (mem_get_info(&mut free, &mut total) == 0).then(|| (total - free) as f64 / 1e6)
-    }
 }

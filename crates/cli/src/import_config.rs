@@ -870,7 +870,9 @@ mod tests {
         assert_eq!(c.train.num_epochs, 50);
         assert_eq!(c.train.optimizer_reset, OptimizerReset::Epoch);
         assert_eq!(c.train.start_epoch, 0);
-        assert!(!c.train.bf16 && !c.train.save_only_improve && !c.train.group_by_length);
+        assert!(
+            c.train.bf16 == Some(false) && !c.train.save_only_improve && !c.train.group_by_length
+        );
         assert_eq!((c.train.betas, c.train.eps), ((0.9, 0.999), 1e-8));
         assert_eq!(c.model.init_checkpoint, None);
         assert_eq!(c.eval.max_new_tokens, 128);

@@ -7,6 +7,7 @@ use coconut_curriculum::CurriculumConfig;
 use coconut_datasets::{DatasetKind, Preset};
 use serde::{Deserialize, Serialize};
 
+use crate::precision::Precision;
 use crate::TrainError;
 
 /// A whole run: data, model, curriculum, optimisation and evaluation.
@@ -215,8 +216,13 @@ pub struct TrainConfig {
     /// `cpu`, `cuda` (device 0) or `cuda:N` in the file; parsed once, at load.
     #[serde(with = "device_by_name")]
     pub device: tch::Device,
-    /// Compute in bf16 with f32 master weights (CUDA only).
-    pub bf16: bool,
+    /// `"auto"` (when absent), `"f32"` or `"bf16"`: see [`Precision`]; read it with
+    /// [`TrainConfig::precision`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
+    /// The older spelling, still read: `true` is `precision = "bf16"`, `false` is `"f32"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bf16: Option<bool>,
     /// Torch intra-op threads (0 = leave the default).
     pub threads: usize,
     /// Also checkpoint every N optimizer steps (0 = only at epoch ends).
@@ -232,6 +238,18 @@ pub struct TrainConfig {
     pub start_epoch: usize,
     /// Log the training loss every N optimizer steps.
     pub log_every_steps: usize,
+}
+
+impl TrainConfig {
+    /// The precision asked for: `precision`, else the older `bf16` key, else `auto`.
+    pub fn precision(&self) -> Precision {
+        match (self.precision, self.bf16) {
+            (Some(precision), _) => precision,
+            (None, Some(true)) => Precision::Bf16,
+            (None, Some(false)) => Precision::F32,
+            (None, None) => Precision::Auto,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -250,7 +268,8 @@ impl Default for TrainConfig {
             gradient_checkpointing: false,
             seed: 0,
             device: tch::Device::Cpu,
-            bf16: false,
+            precision: None,
+            bf16: None,
             threads: 0,
             save_every_steps: 0,
             keep_last: 3,
@@ -369,8 +388,10 @@ impl RunConfig {
             // Zero would freeze training, a negative value would ascend the gradient.
             positive("train.grad_clip", clip)?;
         }
-        if t.bf16 && t.device == tch::Device::Cpu {
-            return Err("train.bf16 needs a CUDA device".into());
+        if t.precision.is_some() && t.bf16.is_some() {
+            return Err("train.precision and train.bf16 are both set: keep train.precision \
+                        (bf16 = true is precision = \"bf16\")"
+                .into());
         }
         if t.start_epoch >= t.num_epochs {
             return Err(format!(

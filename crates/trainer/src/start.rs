@@ -9,6 +9,7 @@ use crate::adamw::{AdamW, AdamWConfig};
 use crate::checkpoint::{checkpoint_name, list_checkpoints, load_checkpoint, TrainState};
 use crate::config::RunConfig;
 use crate::model_setup::{build_model, LoadedModel};
+use crate::precision::Precision;
 use crate::ranks::Ranks;
 use crate::TrainError;
 
@@ -110,6 +111,12 @@ fn continued_state(
             then.grad_accum, state.ranks, now.grad_accum, ranks
         ));
     }
+    // A resumed run keeps its precision; `auto` accepts it, an explicit other one is refused.
+    let kept = state.precision();
+    let asked = config.train.precision();
+    if asked != Precision::Auto && asked != kept {
+        changed.push(format!("train.precision: {} then, {} now", kept.name(), asked.name()));
+    }
     if !changed.is_empty() {
         return Err(TrainError::Config {
             path: config_path.to_path_buf(),
@@ -122,6 +129,7 @@ fn continued_state(
     }
     state.config = config.clone();
     state.ranks = ranks;
+    state.precision = Some(kept);
     Ok(state)
 }
 
@@ -144,6 +152,7 @@ fn fresh_start(
         config: config.clone(),
         tokenizer_sha256: Some(loaded.tokenizer.fingerprint()),
         ranks: ranks.world_size(),
+        precision: Some(config.train.precision().resolve(config.train.device)),
     };
     Ok((loaded, optimizer, state))
 }
@@ -162,7 +171,8 @@ fn incompatible_changes(old: &RunConfig, new: &RunConfig) -> Vec<String> {
         c.train.lr = 1.0;
         c.train.grad_clip = None;
         c.train.device = tch::Device::Cpu;
-        c.train.bf16 = false;
+        c.train.precision = None; // compared after resolution, see `continued_state`
+        c.train.bf16 = None;
         c.train.save_every_steps = 0;
         c.train.keep_last = 0;
         c.train.save_only_improve = false;

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
+use crate::precision::Precision;
 use crate::TrainError;
 
 /// File of the training position inside a checkpoint; written last.
@@ -34,6 +35,22 @@ pub struct TrainState {
     /// gives the micro-batches of an optimizer step, which a resume must keep.
     #[serde(default = "one_rank")]
     pub ranks: usize,
+    /// The precision the run computes in, `f32` or `bf16` (`auto` resolved on its first
+    /// start); a resume keeps it. Absent in checkpoints written before it was recorded: see
+    /// [`TrainState::precision`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
+}
+
+impl TrainState {
+    /// The precision the run trained in: the recorded one, or for an older checkpoint the
+    /// one its config's `bf16` flag gave.
+    pub fn precision(&self) -> Precision {
+        self.precision.unwrap_or(match self.config.train.precision() {
+            Precision::Bf16 => Precision::Bf16,
+            _ => Precision::F32,
+        })
+    }
 }
 
 fn one_rank() -> usize {

@@ -31,6 +31,7 @@ use crate::config::{OptimizerReset, RunConfig};
 use crate::gradients::Gradients;
 use crate::metrics::{EpochEval, MetricLine, MetricsFile};
 use crate::model_setup::{check_model_paths, LoadedModel};
+use crate::precision::Precision;
 use crate::ranks::Ranks;
 use crate::run_lock::RunLock;
 use crate::start::resume_or_start;
@@ -97,9 +98,10 @@ impl Trainer {
         let (train_samples, valid_samples) = load_splits(&config)?;
         let (mut loaded, optimizer, state) =
             resume_or_start(&config, config_path, &ranks, &train_samples)?;
-        if config.train.bf16 {
+        if state.precision() == Precision::Bf16 {
             loaded.model.set_compute_kind(Kind::BFloat16);
         }
+        tracing::info!("computing in {}", state.precision().name());
         let train = tokenize_samples(&loaded.tokenizer, &train_samples);
         let valid = tokenize_samples(&loaded.tokenizer, &valid_samples);
         // Every split is checked before any training: a sample too long for the model would

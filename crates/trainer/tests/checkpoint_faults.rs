@@ -227,6 +227,7 @@ impl Fixture {
             best_accuracy: None,
             config: self.config.clone(),
             ranks: 1,
+            precision: None,
         }
     }
 
