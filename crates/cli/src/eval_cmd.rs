@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use coconut_curriculum::{load_samples, tokenize_samples};
+use coconut_curriculum::{load_samples, tokenize_samples, CurriculumConfig, Sample};
 use coconut_eval::{
     comparison_table, evaluate, inspect_samples, thoughts_report, EvalOptions, TableRow,
 };
@@ -26,7 +26,31 @@ pub fn eval(
     inspect: usize,
     out: Option<&Path>,
 ) -> Result<()> {
-    let data = match split {
+    let data = split_file(config, config_path, split)?;
+    config.usable_device(config_path)?;
+    crate::data::ensure_generated(config)?;
+    let mut samples = load_samples(&data)?;
+    if limit > 0 {
+        samples.truncate(limit);
+    }
+    let dirs = output_dirs(checkpoints, out)?;
+    let run =
+        EvalRun { config, data: &data, samples: &samples, split: split.name(), stage, inspect };
+    let mut rows = Vec::new();
+    for (ckpt, dir) in checkpoints.iter().zip(&dirs) {
+        rows.push(run.checkpoint(ckpt, dir)?);
+    }
+    let table = comparison_table(&rows);
+    println!("\n{table}");
+    let dir = &dirs[0];
+    std::fs::write(dir.join("comparison.md"), &table)?;
+    std::fs::write(dir.join("comparison.json"), serde_json::to_string_pretty(&rows)?)?;
+    Ok(())
+}
+
+/// The data file of `split`.
+fn split_file(config: &RunConfig, config_path: &Path, split: Split) -> Result<PathBuf> {
+    Ok(match split {
         Split::Valid => config.data.valid.clone(),
         Split::Test => match &config.data.test {
             Some(t) => t.clone(),
@@ -34,15 +58,12 @@ pub fn eval(
                 bail!("{}: data.test is not set, so there is no test split", config_path.display())
             }
         },
-    };
-    config.usable_device(config_path)?;
-    crate::data::ensure_generated(config)?;
-    let mut samples = load_samples(&data)?;
-    if limit > 0 {
-        samples.truncate(limit);
-    }
-    let split_name = split.name();
-    // Every output folder is made (and so checked) before any evaluation runs.
+    })
+}
+
+/// The output folder of each checkpoint, every one made (and so checked writable) before
+/// any evaluation runs.
+fn output_dirs(checkpoints: &[PathBuf], out: Option<&Path>) -> Result<Vec<PathBuf>> {
     let dirs: Vec<PathBuf> = checkpoints
         .iter()
         .map(|ckpt| out.map_or_else(|| default_output(ckpt), Path::to_path_buf))
@@ -52,74 +73,81 @@ pub fn eval(
         tempfile::NamedTempFile::new_in(dir)
             .with_context(|| format!("{} is not writable", dir.display()))?;
     }
-    let mut rows = Vec::new();
-    for (ckpt, dir) in checkpoints.iter().zip(&dirs) {
-        // Our checkpoints carry their run config; a bare HF folder uses --config's curriculum.
-        // Default stage: the one the checkpoint was last trained at (the final one for a bare
-        // HF folder).
-        let (run, last_epoch) = if ckpt.join(STATE_FILE).exists() {
-            let state = read_state(ckpt)?;
-            (state.config, state.epoch.saturating_sub(1))
-        } else {
-            (config.clone(), config.train.num_epochs.saturating_sub(1))
-        };
-        let curriculum = &run.curriculum;
-        let stage = stage.unwrap_or_else(|| curriculum.stage_of_epoch(last_epoch));
-        let device = config.device();
-        let loaded = load_model_dir(ckpt, device, &config.model.latent_init_token)?;
-        let tokenized = tokenize_samples(&loaded.tokenizer, &samples);
+    Ok(dirs)
+}
+
+/// What every checkpoint of one `eval` is evaluated on.
+struct EvalRun<'a> {
+    config: &'a RunConfig,
+    data: &'a Path,
+    samples: &'a [Sample],
+    split: &'static str,
+    /// The stage asked for; by default each checkpoint's own.
+    stage: Option<usize>,
+    /// How many samples' thoughts to inspect.
+    inspect: usize,
+}
+
+impl EvalRun<'_> {
+    /// Evaluates `ckpt`, writes its metrics, predictions and thoughts into `dir`, prints a
+    /// summary and returns its row of the comparison table.
+    fn checkpoint(&self, ckpt: &Path, dir: &Path) -> Result<TableRow> {
+        let config = self.config;
+        let (curriculum, stage) = self.curriculum_and_stage(ckpt)?;
+        let loaded = load_model_dir(ckpt, config.device(), &config.model.latent_init_token)?;
+        let tokenized = tokenize_samples(&loaded.tokenizer, self.samples);
         let positions = loaded.model.shape().max_positions;
         let max_new_tokens = Some(config.eval.max_new_tokens);
-        check_sample_lengths(&data, &tokenized, curriculum, max_new_tokens, positions)?;
+        check_sample_lengths(self.data, &tokenized, &curriculum, max_new_tokens, positions)?;
         let options = EvalOptions::for_run(config, stage);
-        let (metrics, predictions) = evaluate(
-            loaded.model.as_ref(),
-            &loaded.tokenizer,
-            curriculum,
-            &samples,
-            &tokenized,
-            &options,
-        );
-        let valid_loss =
-            teacher_forced_loss(&loaded, curriculum, &tokenized, stage, config.eval.batch_size);
         let (model, tokenizer) = (loaded.model.as_ref(), &loaded.tokenizer);
+        let (metrics, predictions) =
+            evaluate(model, tokenizer, &curriculum, self.samples, &tokenized, &options);
+        let batch_size = config.eval.batch_size;
+        let valid_loss = teacher_forced_loss(&loaded, &curriculum, &tokenized, stage, batch_size);
+        let (samples, inspect) = (self.samples, self.inspect);
         let thoughts =
-            inspect_samples(model, tokenizer, curriculum, &samples, &tokenized, inspect, &options);
+            inspect_samples(model, tokenizer, &curriculum, samples, &tokenized, inspect, &options);
 
-        let name = checkpoint_label(ckpt);
+        let (name, split) = (checkpoint_label(ckpt), self.split);
         let json = serde_json::json!({
-            "checkpoint": ckpt, "split": split_name, "mode": curriculum.mode, "metrics": metrics, "teacher_forced_loss": valid_loss,
+            "checkpoint": ckpt, "split": split, "mode": curriculum.mode, "metrics": metrics, "teacher_forced_loss": valid_loss,
         });
         std::fs::write(
-            dir.join(format!("metrics_{name}_{split_name}.json")),
+            dir.join(format!("metrics_{name}_{split}.json")),
             serde_json::to_string_pretty(&json)?,
         )?;
-        write_predictions(
-            &dir.join(format!("predictions_{name}_{split_name}.jsonl")),
-            &predictions,
-        )?;
+        write_predictions(&dir.join(format!("predictions_{name}_{split}.jsonl")), &predictions)?;
         std::fs::write(
-            dir.join(format!("thoughts_{name}_{split_name}.json")),
+            dir.join(format!("thoughts_{name}_{split}.json")),
             serde_json::to_string_pretty(&thoughts)?,
         )?;
         if !thoughts.iter().all(|t| t.thoughts.is_empty()) {
             println!("{}", thoughts_report(&thoughts));
         }
         println!(
-            "{}: accuracy {:.1}% on {} {split_name} samples at stage {stage}, teacher-forced loss {valid_loss:.4} ({})",
+            "{}: accuracy {:.1}% on {} {split} samples at stage {stage}, teacher-forced loss {valid_loss:.4} ({})",
             ckpt.display(),
             100.0 * metrics.accuracy,
             metrics.samples,
             dir.display()
         );
-        rows.push(TableRow { method: format!("{name} ({:?})", curriculum.mode), metrics });
+        Ok(TableRow { method: format!("{name} ({:?})", curriculum.mode), metrics })
     }
-    let table = comparison_table(&rows);
-    println!("\n{table}");
-    let dir = &dirs[0];
-    std::fs::write(dir.join("comparison.md"), &table)?;
-    std::fs::write(dir.join("comparison.json"), serde_json::to_string_pretty(&rows)?)?;
-    Ok(())
+
+    /// The curriculum `ckpt` is evaluated with, and the stage. Our checkpoints carry their
+    /// run config; a bare HF folder uses --config's curriculum. Default stage: the one the
+    /// checkpoint was last trained at (the final one for a bare HF folder).
+    fn curriculum_and_stage(&self, ckpt: &Path) -> Result<(CurriculumConfig, usize)> {
+        let (run, last_epoch) = if ckpt.join(STATE_FILE).exists() {
+            let state = read_state(ckpt)?;
+            (state.config, state.epoch.saturating_sub(1))
+        } else {
+            (self.config.clone(), self.config.train.num_epochs.saturating_sub(1))
+        };
+        let stage = self.stage.unwrap_or_else(|| run.curriculum.stage_of_epoch(last_epoch));
+        Ok((run.curriculum, stage))
+    }
 }
 
 /// Where `eval` writes when `--out` is absent: `<run>/eval/<checkpoint>` for a checkpoint of

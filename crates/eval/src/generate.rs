@@ -56,9 +56,47 @@ pub fn generate(
         return out.into_iter().map(|g| g.expect("every prompt is in one group")).collect();
     }
     tch::no_grad(|| {
-        // The prompt phase runs in chunks of prompts of similar length (a batch of mixed
-        // lengths spends much of its work on padding, and attention grows with the square
-        // of the length); the chunks' caches are then stacked, left-padded, to decode as one.
+        let mut decoding = Decoding::after_prompts(model, prompts, special, device);
+        // Never decode past the model's last position.
+        let max_new_tokens =
+            max_new_tokens.min(model.shape().max_positions.saturating_sub(decoding.longest));
+        let mut out: Vec<Generation> =
+            vec![Generation { tokens: Vec::new(), stopped: false }; prompts.len()];
+        for step in 0..max_new_tokens {
+            let tokens = decoding.take_next(&mut out, stop_ids, device);
+            let Some(tokens) = tokens.filter(|_| step + 1 < max_new_tokens) else { break };
+            decoding.advance(model, &tokens);
+        }
+        out
+    })
+}
+
+/// The batch of rows still being decoded, all of them one token ahead of the cache.
+struct Decoding {
+    cache: KvCache,
+    /// (B_active, V): the logits of each row's next token.
+    logits: Tensor,
+    /// (B_active, T_so_far): the attention mask of every position so far.
+    mask: Tensor,
+    /// (B_active, 1): the position of each row's next token.
+    next_pos: Tensor,
+    /// Batch row -> prompt index.
+    active: Vec<usize>,
+    /// The longest prompt.
+    longest: usize,
+}
+
+impl Decoding {
+    /// Runs the prompts' latent passes. The prompt phase runs in chunks of prompts of
+    /// similar length (a batch of mixed lengths spends much of its work on padding, and
+    /// attention grows with the square of the length); the chunks' caches are then stacked,
+    /// left-padded, to decode as one.
+    fn after_prompts(
+        model: &dyn CausalLm,
+        prompts: &[Vec<u32>],
+        special: &SpecialTokens,
+        device: Device,
+    ) -> Self {
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let mut order: Vec<usize> = (0..prompts.len()).collect();
         order.sort_by_key(|&i| prompts[i].len());
@@ -77,59 +115,61 @@ pub fn generate(
             positions.push(batch.position_ids.narrow(1, -1, 1) + 1); // (b, 1)
             caches.push(cache);
         }
-        let mut cache = KvCache::stack_left_padded(&caches);
-        let mut logits = Tensor::cat(&logits, 0); // (B, V)
-        let mut mask = Tensor::cat(&masks, 0); // (B_active, T_so_far)
-        let mut next_pos = Tensor::cat(&positions, 0); // (B_active, 1)
-        let mut active: Vec<usize> = order; // batch row -> prompt index
-
-        // Never decode past the model's last position.
-        let max_new_tokens =
-            max_new_tokens.min(model.shape().max_positions.saturating_sub(longest));
-        let mut out: Vec<Generation> =
-            vec![Generation { tokens: Vec::new(), stopped: false }; prompts.len()];
-        for step in 0..max_new_tokens {
-            let next = logits.argmax(-1, false); // (B_active)
-            let ids: Vec<i64> = Vec::try_from(&next).expect("token ids");
-            let mut keep = Vec::with_capacity(active.len());
-            for (row, (&prompt, &id)) in active.iter().zip(&ids).enumerate() {
-                out[prompt].tokens.push(id as u32);
-                if stop_ids.contains(&(id as u32)) {
-                    out[prompt].stopped = true;
-                } else {
-                    keep.push(row as i64);
-                }
-            }
-            let mut tokens = next.unsqueeze(1); // (B_active, 1)
-            if keep.len() < active.len() {
-                if keep.is_empty() {
-                    break;
-                }
-                // Drop finished rows from everything that is indexed by batch row.
-                let rows = Tensor::from_slice(&keep).to_device(device);
-                cache.index_rows(&rows);
-                mask = mask.index_select(0, &rows);
-                next_pos = next_pos.index_select(0, &rows);
-                tokens = tokens.index_select(0, &rows);
-                active = keep.iter().map(|&r| active[r as usize]).collect();
-            }
-            if step + 1 == max_new_tokens {
-                break;
-            }
-            mask = Tensor::cat(&[&mask, &mask.ones_like().narrow(1, 0, 1)], 1); // (B_active, T+1)
-            let bias = padding_bias(&mask, Kind::Float); // (B_active, 1, 1, T+1)
-            let h = model.forward_embeds(
-                &model.embed(&tokens),
-                &next_pos,
-                &bias,
-                Some(&mut cache),
-                false,
-            );
-            logits = model.lm_head(&h).squeeze_dim(1);
-            next_pos += 1;
+        Self {
+            cache: KvCache::stack_left_padded(&caches),
+            logits: Tensor::cat(&logits, 0),
+            mask: Tensor::cat(&masks, 0),
+            next_pos: Tensor::cat(&positions, 0),
+            active: order,
+            longest,
         }
-        out
-    })
+    }
+
+    /// Takes each row's greedy next token into `out` and drops the rows that stopped from
+    /// everything indexed by batch row. Returns the tokens of the rows left, (B_active, 1),
+    /// or `None` when every row has stopped.
+    fn take_next(
+        &mut self,
+        out: &mut [Generation],
+        stop_ids: &[u32],
+        device: Device,
+    ) -> Option<Tensor> {
+        let next = self.logits.argmax(-1, false); // (B_active)
+        let ids: Vec<i64> = Vec::try_from(&next).expect("token ids");
+        let mut keep = Vec::with_capacity(self.active.len());
+        for (row, (&prompt, &id)) in self.active.iter().zip(&ids).enumerate() {
+            out[prompt].tokens.push(id as u32);
+            if stop_ids.contains(&(id as u32)) {
+                out[prompt].stopped = true;
+            } else {
+                keep.push(row as i64);
+            }
+        }
+        let mut tokens = next.unsqueeze(1); // (B_active, 1)
+        if keep.len() < self.active.len() {
+            if keep.is_empty() {
+                return None;
+            }
+            let rows = Tensor::from_slice(&keep).to_device(device);
+            self.cache.index_rows(&rows);
+            self.mask = self.mask.index_select(0, &rows);
+            self.next_pos = self.next_pos.index_select(0, &rows);
+            tokens = tokens.index_select(0, &rows);
+            self.active = keep.iter().map(|&r| self.active[r as usize]).collect();
+        }
+        Some(tokens)
+    }
+
+    /// Runs `tokens`, (B_active, 1), through the model: the next logits.
+    fn advance(&mut self, model: &dyn CausalLm, tokens: &Tensor) {
+        let mask = &self.mask;
+        self.mask = Tensor::cat(&[mask, &mask.ones_like().narrow(1, 0, 1)], 1); // (B_active, T+1)
+        let bias = padding_bias(&self.mask, Kind::Float); // (B_active, 1, 1, T+1)
+        let embeds = model.embed(tokens);
+        let h = model.forward_embeds(&embeds, &self.next_pos, &bias, Some(&mut self.cache), false);
+        self.logits = model.lm_head(&h).squeeze_dim(1);
+        self.next_pos += 1;
+    }
 }
 
 /// Greedy decoding of one prompt the way the reference implementation does it: no cache,

@@ -359,103 +359,9 @@ impl RunConfig {
             return Err(format!("name ({:?}) must be a plain folder name", self.name));
         }
 
-        let t = &self.train;
-        at_least("train.batch_size", t.batch_size, 1, LIMIT_COUNT)?;
-        at_least("train.grad_accum", t.grad_accum, 1, LIMIT_COUNT)?;
-        at_least("train.num_epochs", t.num_epochs, 1, LIMIT_COUNT)?;
-        at_least("train.threads", t.threads, 0, LIMIT_THREADS)?;
-        for (key, value) in [
-            ("train.save_every_steps", t.save_every_steps),
-            ("train.keep_last", t.keep_last),
-            ("train.log_every_steps", t.log_every_steps),
-        ] {
-            at_least(key, value, 0, LIMIT_COUNT)?;
-        }
-        if t.seed > i64::MAX as u64 {
-            return Err(format!("train.seed ({}) must be at most {}", t.seed, i64::MAX));
-        }
-        positive("train.lr", t.lr)?;
-        positive("train.eps", t.eps)?;
-        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-            return Err(format!("train.weight_decay ({}) must be finite and >= 0", t.weight_decay));
-        }
-        for (key, beta) in [("train.betas[0]", t.betas.0), ("train.betas[1]", t.betas.1)] {
-            if !(0.0..1.0).contains(&beta) {
-                return Err(format!("{key} ({beta}) must be in [0, 1)"));
-            }
-        }
-        if let Some(clip) = t.grad_clip {
-            // Zero would freeze training, a negative value would ascend the gradient.
-            positive("train.grad_clip", clip)?;
-        }
-        if t.precision.is_some() && t.bf16.is_some() {
-            return Err("train.precision and train.bf16 are both set: keep train.precision \
-                        (bf16 = true is precision = \"bf16\")"
-                .into());
-        }
-        if t.start_epoch >= t.num_epochs {
-            return Err(format!(
-                "train.start_epoch ({}) must be below train.num_epochs ({})",
-                t.start_epoch, t.num_epochs
-            ));
-        }
-
-        if let Some(g) = &self.data.generate {
-            for (split, size) in ["train", "valid", "test"].iter().zip(g.sizes) {
-                let minimum = usize::from(*split != "test");
-                at_least(&format!("data.generate.sizes ({split})"), size, minimum, LIMIT_SAMPLES)?;
-            }
-            if g.seed > i64::MAX as u64 {
-                return Err(format!(
-                    "data.generate.seed ({}) must be at most {}",
-                    g.seed,
-                    i64::MAX
-                ));
-            }
-        }
-        at_least("data.max_train_samples", self.data.max_train_samples, 0, LIMIT_SAMPLES)?;
-        at_least("data.max_valid_samples", self.data.max_valid_samples, 0, LIMIT_SAMPLES)?;
-
-        // The shape of a model trained from scratch (a pretrained one brings its own).
-        let m = &self.model;
-        if !(0.0..1.0).contains(&m.dropout) {
-            return Err(format!("model.dropout ({}) must be in [0, 1)", m.dropout));
-        }
-        at_least("model.n_layer", m.n_layer, 1, LIMIT_LAYERS)?;
-        at_least("model.n_head", m.n_head, 1, LIMIT_WIDTH)?;
-        at_least("model.n_embd", m.n_embd, 1, LIMIT_WIDTH)?;
-        at_least("model.n_positions", m.n_positions, 1, LIMIT_POSITIONS)?;
-        let min_vocab = coconut_curriculum::MIN_TRAINED_VOCAB;
-        at_least("model.vocab_size", m.vocab_size, min_vocab, LIMIT_VOCAB)?;
-        if !m.n_embd.is_multiple_of(m.n_head) {
-            return Err(format!(
-                "model.n_embd ({}) must be a multiple of model.n_head ({})",
-                m.n_embd, m.n_head
-            ));
-        }
-        if m.architecture == Architecture::Gpt2 {
-            for (key, set) in [
-                ("model.n_kv_head", m.n_kv_head.is_some()),
-                ("model.intermediate_size", m.intermediate_size.is_some()),
-            ] {
-                if set {
-                    return Err(format!("{key} applies to architecture = \"llama\" only"));
-                }
-            }
-        } else {
-            at_least("model.n_kv_head", m.kv_heads(), 1, LIMIT_WIDTH)?;
-            at_least("model.intermediate_size", m.llama_intermediate_size(), 1, LIMIT_WIDTH)?;
-            if !m.n_head.is_multiple_of(m.kv_heads()) || !(m.n_embd / m.n_head).is_multiple_of(2) {
-                return Err(format!(
-                    "model.n_head ({}) must be a multiple of model.n_kv_head ({}), and the head \
-                     width n_embd / n_head ({}) even",
-                    m.n_head,
-                    m.kv_heads(),
-                    m.n_embd / m.n_head
-                ));
-            }
-        }
-
+        validate_train(&self.train)?;
+        validate_data(&self.data)?;
+        validate_model(&self.model)?;
         at_least("eval.batch_size", self.eval.batch_size, 1, LIMIT_COUNT)?;
         at_least("eval.max_new_tokens", self.eval.max_new_tokens, 1, LIMIT_POSITIONS)?;
         Ok(())
@@ -477,6 +383,108 @@ impl RunConfig {
     pub fn device(&self) -> tch::Device {
         self.train.device
     }
+}
+
+/// The `[train]` values that parse but make no sense.
+fn validate_train(t: &TrainConfig) -> Result<(), String> {
+    at_least("train.batch_size", t.batch_size, 1, LIMIT_COUNT)?;
+    at_least("train.grad_accum", t.grad_accum, 1, LIMIT_COUNT)?;
+    at_least("train.num_epochs", t.num_epochs, 1, LIMIT_COUNT)?;
+    at_least("train.threads", t.threads, 0, LIMIT_THREADS)?;
+    for (key, value) in [
+        ("train.save_every_steps", t.save_every_steps),
+        ("train.keep_last", t.keep_last),
+        ("train.log_every_steps", t.log_every_steps),
+    ] {
+        at_least(key, value, 0, LIMIT_COUNT)?;
+    }
+    if t.seed > i64::MAX as u64 {
+        return Err(format!("train.seed ({}) must be at most {}", t.seed, i64::MAX));
+    }
+    positive("train.lr", t.lr)?;
+    positive("train.eps", t.eps)?;
+    if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+        return Err(format!("train.weight_decay ({}) must be finite and >= 0", t.weight_decay));
+    }
+    for (key, beta) in [("train.betas[0]", t.betas.0), ("train.betas[1]", t.betas.1)] {
+        if !(0.0..1.0).contains(&beta) {
+            return Err(format!("{key} ({beta}) must be in [0, 1)"));
+        }
+    }
+    if let Some(clip) = t.grad_clip {
+        // Zero would freeze training, a negative value would ascend the gradient.
+        positive("train.grad_clip", clip)?;
+    }
+    if t.precision.is_some() && t.bf16.is_some() {
+        return Err("train.precision and train.bf16 are both set: keep train.precision \
+                    (bf16 = true is precision = \"bf16\")"
+            .into());
+    }
+    if t.start_epoch >= t.num_epochs {
+        return Err(format!(
+            "train.start_epoch ({}) must be below train.num_epochs ({})",
+            t.start_epoch, t.num_epochs
+        ));
+    }
+    Ok(())
+}
+
+/// The `[data]` values that parse but make no sense.
+fn validate_data(data: &DataConfig) -> Result<(), String> {
+    if let Some(g) = &data.generate {
+        for (split, size) in ["train", "valid", "test"].iter().zip(g.sizes) {
+            let minimum = usize::from(*split != "test");
+            at_least(&format!("data.generate.sizes ({split})"), size, minimum, LIMIT_SAMPLES)?;
+        }
+        if g.seed > i64::MAX as u64 {
+            return Err(format!("data.generate.seed ({}) must be at most {}", g.seed, i64::MAX));
+        }
+    }
+    at_least("data.max_train_samples", data.max_train_samples, 0, LIMIT_SAMPLES)?;
+    at_least("data.max_valid_samples", data.max_valid_samples, 0, LIMIT_SAMPLES)?;
+    Ok(())
+}
+
+/// The shape of a model trained from scratch (a pretrained one brings its own).
+fn validate_model(m: &ModelConfig) -> Result<(), String> {
+    if !(0.0..1.0).contains(&m.dropout) {
+        return Err(format!("model.dropout ({}) must be in [0, 1)", m.dropout));
+    }
+    at_least("model.n_layer", m.n_layer, 1, LIMIT_LAYERS)?;
+    at_least("model.n_head", m.n_head, 1, LIMIT_WIDTH)?;
+    at_least("model.n_embd", m.n_embd, 1, LIMIT_WIDTH)?;
+    at_least("model.n_positions", m.n_positions, 1, LIMIT_POSITIONS)?;
+    let min_vocab = coconut_curriculum::MIN_TRAINED_VOCAB;
+    at_least("model.vocab_size", m.vocab_size, min_vocab, LIMIT_VOCAB)?;
+    if !m.n_embd.is_multiple_of(m.n_head) {
+        return Err(format!(
+            "model.n_embd ({}) must be a multiple of model.n_head ({})",
+            m.n_embd, m.n_head
+        ));
+    }
+    if m.architecture == Architecture::Gpt2 {
+        for (key, set) in [
+            ("model.n_kv_head", m.n_kv_head.is_some()),
+            ("model.intermediate_size", m.intermediate_size.is_some()),
+        ] {
+            if set {
+                return Err(format!("{key} applies to architecture = \"llama\" only"));
+            }
+        }
+    } else {
+        at_least("model.n_kv_head", m.kv_heads(), 1, LIMIT_WIDTH)?;
+        at_least("model.intermediate_size", m.llama_intermediate_size(), 1, LIMIT_WIDTH)?;
+        if !m.n_head.is_multiple_of(m.kv_heads()) || !(m.n_embd / m.n_head).is_multiple_of(2) {
+            return Err(format!(
+                "model.n_head ({}) must be a multiple of model.n_kv_head ({}), and the head \
+                 width n_embd / n_head ({}) even",
+                m.n_head,
+                m.kv_heads(),
+                m.n_embd / m.n_head
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Bounds that keep every count far from overflow (a count times a count stays in `usize`)

@@ -1,0 +1,128 @@
+//! Data-parallel training on the tiny shape, through `mpirun`.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use coconut_curriculum::{
+    collate_training, load_samples, tokenize_samples, training_sample, StagedSample, Tokenizer,
+};
+use coconut_trainer::adamw::AdamW;
+use coconut_trainer::gradients::Gradients;
+use coconut_trainer::{training_loss, DeviceBatch, Ranks};
+use tch::{nn::VarStore, Device, Kind};
+
+use super::measure::{bench_model, median, peak_rss_mb, reference_curriculum, REFERENCE_ADAMW};
+use super::records::{json_line, DdpRecord, ResultLine};
+use super::BenchArgs;
+
+/// Data-parallel training on the tiny shape: 1 rank at one thread, 2 ranks (`mpirun`) at
+/// one thread each, and 1 rank at 2 threads; prints the tokens-per-second ratios and the
+/// all-reduce's share of the 2-rank step. Skipped (with a line saying so) where `mpirun`
+/// or the `mpi` feature is missing.
+pub(super) fn ddp_ratios(args: &BenchArgs, exe: &Path, out: &mut std::fs::File) -> Result<()> {
+    if cfg!(not(feature = "mpi")) || Command::new("mpirun").arg("--version").output().is_err() {
+        println!("# ddp: skipped (needs mpirun and a build with the `mpi` feature)");
+        return Ok(());
+    }
+    let mut run = |ranks: usize, threads: usize| -> Result<ResultLine> {
+        let mut cmd = if ranks == 1 {
+            Command::new(exe)
+        } else {
+            let mut c = Command::new("mpirun");
+            c.args(["-n", &ranks.to_string(), "--oversubscribe", "--bind-to", "none"])
+                .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+                .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+                .arg(exe);
+            c
+        };
+        let output = cmd
+            .args(["bench", "--only", &format!("ddp:{threads}"), "--data"])
+            .arg(&args.data)
+            .arg("--tokenizer")
+            .arg(&args.tokenizer)
+            .output()?;
+        if !output.status.success() {
+            bail!("ddp {ranks} ranks failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let text = String::from_utf8(output.stdout)?;
+        let line = text.lines().rfind(|l| l.starts_with('{')).context("no output")?;
+        println!("{line}");
+        writeln!(out, "{line}")?;
+        Ok(serde_json::from_str(line)?)
+    };
+    let one = run(1, 1)?;
+    let two = run(2, 1)?;
+    let threads = run(1, 2)?;
+    let rate = |v: &ResultLine| v.tokens_per_s.unwrap_or(f64::NAN);
+    println!("ddp_speedup_2ranks={:.2}", rate(&two) / rate(&one));
+    println!("ddp_vs_threads_2={:.2}", rate(&two) / rate(&threads));
+    println!("allreduce_share={:.3}", two.allreduce_share.unwrap_or(f64::NAN));
+    Ok(())
+}
+
+/// One data-parallel measurement, run by every rank (rank 0 prints the line): optimizer
+/// steps of the tiny shape at stage 6, each rank a micro-batch of 8 per step, `threads`
+/// threads per rank.
+pub(super) fn measure_ddp(args: &BenchArgs, threads: usize) -> Result<()> {
+    let ranks = Ranks::from_launcher(Device::Cpu)?;
+    let (rank, world) = (ranks.rank(), ranks.world_size());
+    tch::set_num_threads(threads as i32);
+    tch::manual_seed(0);
+    let tokenizer = Tokenizer::from_file(&args.tokenizer)?;
+    let samples = load_samples(&args.data)?;
+    let curriculum = reference_curriculum();
+    let vs = VarStore::new(Device::Cpu);
+    let model = bench_model(&vs, "tiny", tokenizer.vocab_size());
+    ranks.broadcast_variables(&vs)?;
+    let mut optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW);
+    let mut grads = Gradients::new(vs.variables());
+    let special = tokenizer.special();
+    let (batch, warmup, steps) = (8, 2, 6);
+    let (mut step_s, mut reduce_s, mut tokens) = (Vec::new(), Vec::new(), 0.0);
+    for step in 0..warmup + steps {
+        ranks.barrier()?;
+        let started = Instant::now();
+        // This rank's micro-batch of the step: the (step * W + rank)-th 8 samples.
+        let first = ((step * world + rank) * batch) % (samples.len() - batch);
+        let tokenized = tokenize_samples(&tokenizer, &samples[first..first + batch]);
+        let staged: Vec<StagedSample> =
+            tokenized.iter().map(|s| training_sample(&curriculum, &special, s, 6)).collect();
+        let collated = collate_training(&staged, &special);
+        let real = collated.attention_mask.iter().filter(|&&m| m == 1).count() as f64;
+        let device_batch = DeviceBatch::new(&collated, Device::Cpu, Kind::Float);
+        let loss = training_loss(model.as_ref(), &device_batch, false);
+        loss.backward(model.as_ref(), &mut grads, 1.0 / world as f64);
+        let reduce_started = Instant::now();
+        let mut scalars = [real];
+        ranks.sum_gradients(&mut grads, &mut scalars)?;
+        let reduced = reduce_started.elapsed().as_secs_f64();
+        optimizer.step(grads.take());
+        ranks.barrier()?;
+        if step >= warmup {
+            step_s.push(started.elapsed().as_secs_f64());
+            reduce_s.push(reduced);
+            tokens += scalars[0];
+        }
+    }
+    if rank == 0 {
+        let total: f64 = step_s.iter().sum();
+        let record = DdpRecord {
+            name: "ddp_step",
+            model: "tiny",
+            stage: 6,
+            batch_per_rank: batch,
+            ranks: world,
+            threads_per_rank: threads,
+            steps,
+            median_step_s: median(&step_s),
+            tokens_per_s: tokens / total,
+            allreduce_share: reduce_s.iter().sum::<f64>() / total,
+            peak_rss_mb: peak_rss_mb(),
+        };
+        println!("{}", json_line(&record));
+    }
+    Ok(())
+}

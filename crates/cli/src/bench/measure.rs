@@ -1,0 +1,354 @@
+//! One measurement of the set, in this process, at one thread: generation, the latent
+//! passes' overhead, or training steps.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use coconut_curriculum::{
+    collate_training, eval_prompt, load_samples, tokenize_samples, training_sample,
+    CurriculumConfig, Mode, Sample, StagedSample, Tokenizer,
+};
+use coconut_eval::{generate, generate_without_cache};
+use coconut_model::{CausalLm, Gpt2, Gpt2Config, Llama, LlamaConfig};
+use coconut_trainer::adamw::{AdamW, AdamWConfig};
+use coconut_trainer::gradients::Gradients;
+use coconut_trainer::{training_loss, DeviceBatch};
+use tch::{nn::VarStore, Device, Kind};
+
+use super::records::{json_line, GenerateRecord, OverheadRecord, StepRecord};
+use super::{BenchArgs, Measurement};
+
+/// Runs the measurement `m` and returns its JSON line.
+pub(super) fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
+    tch::set_num_threads(1);
+    tch::manual_seed(0);
+    let tokenizer = Tokenizer::from_file(&args.tokenizer)?;
+    let samples = load_samples(&args.data)?;
+    let needed = m.batch.max(m.steps);
+    if samples.len() < needed {
+        bail!("{}: {} samples, the benchmark needs {needed}", args.data.display(), samples.len());
+    }
+    let curriculum = reference_curriculum();
+    let vs = VarStore::new(Device::Cpu);
+    let model = bench_model(&vs, m.model, tokenizer.vocab_size());
+    let inputs = StepInputs {
+        tokenizer: &tokenizer,
+        samples: &samples,
+        curriculum: &curriculum,
+        batch: m.batch,
+        stage: m.stage,
+    };
+    if m.name.starts_with("generate") {
+        return Ok(json_line(&measure_generation(model.as_ref(), &inputs, m)));
+    }
+    let mut steps = Steps::new(model.as_ref(), &vs, &inputs, m);
+    Ok(if m.name == "latent_overhead" {
+        json_line(&steps.latent_overhead())
+    } else {
+        json_line(&steps.train_steps()?)
+    })
+}
+
+/// Greedy generation of 64 tokens after the stage-k prompts of the first samples: one
+/// prompt at a time without the KV cache (as the reference does), or all batched.
+fn measure_generation(
+    model: &dyn CausalLm,
+    inputs: &StepInputs,
+    m: &Measurement,
+) -> GenerateRecord {
+    let special = inputs.tokenizer.special();
+    let n = m.batch.max(m.steps);
+    let started = Instant::now();
+    let tokenized = tokenize_samples(inputs.tokenizer, &inputs.samples[..n]);
+    let prompts: Vec<Vec<u32>> =
+        tokenized.iter().map(|s| eval_prompt(inputs.curriculum, &special, s, m.stage)).collect();
+    let tokenize_s = started.elapsed().as_secs_f64();
+    let max_new = 64;
+    let started = Instant::now();
+    let generated: usize = if m.name == "generate_batched" {
+        generate(model, &prompts, &special, &[], max_new, Device::Cpu)
+            .iter()
+            .map(|g| g.tokens.len())
+            .sum()
+    } else {
+        prompts
+            .iter()
+            .map(|p| {
+                generate_without_cache(model, p, &special, &[], max_new, Device::Cpu).tokens.len()
+            })
+            .sum()
+    };
+    let total = started.elapsed().as_secs_f64();
+    GenerateRecord {
+        name: m.name,
+        model: m.model,
+        batch: m.batch,
+        stage: m.stage,
+        n_samples: n,
+        max_new,
+        ignore_eos: true,
+        mean_prompt_len: prompts.iter().map(Vec::len).sum::<usize>() as f64 / n as f64,
+        generated_tokens: generated,
+        total_s: total,
+        samples_per_s: n as f64 / total,
+        gen_tokens_per_s: generated as f64 / total,
+        tokenize_s,
+        peak_rss_mb: peak_rss_mb(),
+        threads: 1,
+    }
+}
+
+/// Training steps of one measurement: the model, its optimizer and what each step reads.
+struct Steps<'a> {
+    model: &'a dyn CausalLm,
+    optimizer: AdamW,
+    grads: Gradients,
+    inputs: &'a StepInputs<'a>,
+    m: &'a Measurement,
+    /// Steps run before the measured ones.
+    warmup: usize,
+}
+
+impl<'a> Steps<'a> {
+    fn new(
+        model: &'a dyn CausalLm,
+        vs: &VarStore,
+        inputs: &'a StepInputs<'a>,
+        m: &'a Measurement,
+    ) -> Self {
+        // The first steps of a process run slower while the allocator takes memory from the
+        // system; a GPT-2 step is long enough for one to do.
+        let warmup = if m.model == "gpt2" { 1 } else { 2 };
+        let optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW);
+        let grads = Gradients::new(vs.variables());
+        Self { model, optimizer, grads, inputs, m, warmup }
+    }
+
+    /// Step `index`, on the latent passes or (`plain`) on the same tokens in one pass.
+    fn step(&mut self, index: usize, plain: bool) -> StepTiming {
+        // Dropout draws from a seed per step, as in training, so that measurements of the
+        // same step with and without recomputation end with the same loss.
+        tch::manual_seed(index as i64);
+        let recompute = self.m.gradient_checkpointing;
+        let timing = timed_step(
+            self.model,
+            &mut self.optimizer,
+            &mut self.grads,
+            self.inputs,
+            plain,
+            recompute,
+        );
+        eprintln!(
+            "# {} {} step {index} (plain {plain}): loss {:.4}, {:.3} s",
+            self.m.name, self.m.model, timing.loss, timing.total_s
+        );
+        timing
+    }
+
+    /// The stage-k step and the plain step on the same tokens, alternating in one process,
+    /// so that the machine's drift over a run weighs on both alike.
+    fn latent_overhead(&mut self) -> OverheadRecord {
+        let (mut latent, mut plain) = (Vec::new(), Vec::new());
+        for index in 0..self.warmup + self.m.steps {
+            let order = if index % 2 == 0 { [false, true] } else { [true, false] };
+            for is_plain in order {
+                let timing = self.step(index, is_plain);
+                if index >= self.warmup {
+                    if is_plain { &mut plain } else { &mut latent }.push(timing.total_s);
+                }
+            }
+        }
+        let (latent_s, plain_s) = (median(&latent), median(&plain));
+        OverheadRecord {
+            name: self.m.name,
+            model: self.m.model,
+            batch: self.m.batch,
+            stage: self.m.stage,
+            steps: self.m.steps,
+            warmup: self.warmup,
+            latent_median_s: latent_s,
+            plain_median_s: plain_s,
+            ratio: latent_s / plain_s,
+            latent_all_s: latent,
+            plain_all_s: plain,
+            peak_rss_mb: peak_rss_mb(),
+            threads: 1,
+        }
+    }
+
+    /// Training steps (`plain_step`: without the latent passes), timed part by part.
+    fn train_steps(&mut self) -> Result<StepRecord> {
+        let plain = self.m.name == "plain_step";
+        let (mut times, mut fwd, mut bwd, mut opt, mut rss) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut last = None;
+        for index in 0..self.warmup + self.m.steps {
+            let timing = self.step(index, plain);
+            if index >= self.warmup {
+                times.push(timing.total_s);
+                fwd.push(timing.forward_s);
+                bwd.push(timing.backward_s);
+                opt.push(timing.optimizer_s);
+            }
+            rss.push(rss_mb());
+            last = Some(timing);
+        }
+        let last = last.context("no step ran")?;
+        let (m, med) = (self.m, median(&times));
+        Ok(StepRecord {
+            name: m.name,
+            model: m.model,
+            batch: m.batch,
+            stage: m.stage,
+            seq_len: last.seq_len,
+            real_tokens: last.real,
+            supervised_tokens: last.supervised,
+            model_calls: last.calls,
+            steps: m.steps,
+            warmup: self.warmup,
+            median_s: med,
+            min_s: times.iter().copied().fold(f64::INFINITY, f64::min),
+            max_s: times.iter().copied().fold(0.0, f64::max),
+            fwd_s: median(&fwd),
+            bwd_s: median(&bwd),
+            opt_s: median(&opt),
+            padded_tokens_per_s: (m.batch * last.seq_len) as f64 / med,
+            real_tokens_per_s: last.real as f64 / med,
+            tokenize_s: last.tokenize_s,
+            collate_s: last.collate_s,
+            collate_share: (last.tokenize_s + last.collate_s) / med,
+            final_loss: last.loss,
+            all_s: times,
+            rss_growth_mb: rss.last().copied().unwrap_or(0.0) - rss.get(1).copied().unwrap_or(0.0),
+            rss_mb_after_each_step: rss,
+            peak_rss_mb: peak_rss_mb(),
+            threads: 1,
+            gradient_checkpointing: m.gradient_checkpointing,
+        })
+    }
+}
+
+/// What a training step of the benchmark reads.
+struct StepInputs<'a> {
+    tokenizer: &'a Tokenizer,
+    samples: &'a [Sample],
+    curriculum: &'a CurriculumConfig,
+    batch: usize,
+    stage: usize,
+}
+
+/// The times and shape of one training step.
+struct StepTiming {
+    tokenize_s: f64,
+    collate_s: f64,
+    forward_s: f64,
+    backward_s: f64,
+    optimizer_s: f64,
+    total_s: f64,
+    loss: f64,
+    seq_len: usize,
+    real: usize,
+    supervised: i64,
+    calls: usize,
+}
+
+/// One training step on the first `batch` samples at `stage`, from tokenization to the
+/// optimizer update. `plain` treats the latents as ordinary tokens: the same tokens in one
+/// pass.
+fn timed_step(
+    model: &dyn CausalLm,
+    optimizer: &mut AdamW,
+    grads: &mut Gradients,
+    inputs: &StepInputs,
+    plain: bool,
+    gradient_checkpointing: bool,
+) -> StepTiming {
+    let special = inputs.tokenizer.special();
+    let t0 = Instant::now();
+    // Collation is part of the step: it runs for every batch of a real epoch.
+    let tokenized = tokenize_samples(inputs.tokenizer, &inputs.samples[..inputs.batch]);
+    let t1 = Instant::now();
+    let staged: Vec<StagedSample> = tokenized
+        .iter()
+        .map(|s| training_sample(inputs.curriculum, &special, s, inputs.stage))
+        .collect();
+    let mut collated = collate_training(&staged, &special);
+    if plain {
+        collated.latent_columns.iter_mut().for_each(Vec::clear);
+    }
+    let device_batch = DeviceBatch::new(&collated, Device::Cpu, Kind::Float);
+    let t2 = Instant::now();
+    let loss = training_loss(model, &device_batch, gradient_checkpointing);
+    let t3 = Instant::now();
+    let loss_value = loss.value.double_value(&[]);
+    loss.backward(model, grads, 1.0);
+    let t4 = Instant::now();
+    optimizer.step(grads.take());
+    let t5 = Instant::now();
+    StepTiming {
+        tokenize_s: (t1 - t0).as_secs_f64(),
+        collate_s: (t2 - t1).as_secs_f64(),
+        forward_s: (t3 - t2).as_secs_f64(),
+        backward_s: (t4 - t3).as_secs_f64(),
+        optimizer_s: (t5 - t4).as_secs_f64(),
+        total_s: (t5 - t0).as_secs_f64(),
+        loss: loss_value,
+        seq_len: collated.seq_len,
+        real: collated.attention_mask.iter().filter(|&&m| m == 1).count(),
+        supervised: device_batch.supervised_tokens(),
+        calls: if plain { 1 } else { device_batch.max_latents() + 1 },
+    }
+}
+
+/// Peak resident memory of this process so far, in MB (`VmHWM`).
+pub(super) fn peak_rss_mb() -> f64 {
+    rss_field("VmHWM:")
+}
+
+/// Current resident memory of this process, in MB (`VmRSS`).
+fn rss_mb() -> f64 {
+    rss_field("VmRSS:")
+}
+
+fn rss_field(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The reference's stage-k sample: k latents even past the last step.
+pub(crate) fn reference_curriculum() -> CurriculumConfig {
+    CurriculumConfig {
+        mode: Mode::Coconut,
+        max_latent_stage: 6,
+        pad_latent_to_max: true,
+        ..CurriculumConfig::default()
+    }
+}
+
+/// The reference's optimizer settings.
+pub(crate) const REFERENCE_ADAMW: AdamWConfig =
+    AdamWConfig { lr: 1e-4, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 };
+
+/// The measured model, freshly initialised: GPT-2 with the reference's dropout of 0.1, or
+/// the Llama of the tiny shape (no dropout, as Llama trains).
+pub(crate) fn bench_model(vs: &VarStore, name: &str, vocab: usize) -> Box<dyn CausalLm> {
+    if name == "tiny_llama" {
+        let config =
+            LlamaConfig::new(vocab, 1024, 256, 4, 4, 2, 704, 0.0).expect("a valid Llama shape");
+        return Box::new(Llama::new(&vs.root(), &config));
+    }
+    let (n_layer, n_embd, n_head) = if name == "gpt2" { (12, 768, 12) } else { (4, 256, 4) };
+    let mut config = Gpt2Config::new(vocab, 1024, n_embd, n_layer, n_head);
+    (config.embd_pdrop, config.attn_pdrop, config.resid_pdrop) = (0.1, 0.1, 0.1);
+    Box::new(Gpt2::new(&vs.root(), &config))
+}
+
+pub(crate) fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
