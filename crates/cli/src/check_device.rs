@@ -48,9 +48,12 @@ pub struct CheckDeviceArgs {
     /// The GPT-2 `tokenizer.json` (the timed shape is GPT-2's, vocabulary included).
     #[arg(long, default_value = "fixtures/tiny-gpt2/tokenizer.json")]
     tokenizer: PathBuf,
-    /// Only the correctness checks (seconds), not the GPT-2-shape timings.
+    /// Only the correctness checks (seconds), not the timings.
     #[arg(long)]
     skip_timings: bool,
+    /// The shape timed: `gpt2` (124M, the paper's) or `tiny` (4 layers x 256).
+    #[arg(long, default_value = "gpt2", value_parser = ["gpt2", "tiny"])]
+    timed_model: String,
     /// Run one timing in this process (used by the parent run).
     #[arg(long, hide = true)]
     only: Option<String>,
@@ -398,6 +401,7 @@ fn timings(args: &CheckDeviceArgs) -> Result<bool> {
         for job in jobs.chain([TimingJob { bf16, stage: None }]) {
             let output = Command::new(&exe)
                 .args(["check-device", "--only", &job.to_string(), "--device", &args.device])
+                .args(["--timed-model", &args.timed_model])
                 .arg("--data")
                 .arg(&args.data)
                 .arg("--tokenizer")
@@ -462,7 +466,8 @@ fn projected_prosqa_seconds(step_s: impl Fn(usize) -> f64, questions_per_s: f64)
     Ok(training + evaluation)
 }
 
-/// One timing of the GPT-2 124M shape (random weights, dropout 0.1) on the checked device.
+/// One timing of the `--timed-model` shape (random weights, dropout 0.1) on the checked
+/// device.
 fn timing_in_this_process(args: &CheckDeviceArgs, job: TimingJob) -> Result<Timing> {
     let device = usable_device(&args.device).map_err(anyhow::Error::msg)?;
     tch::manual_seed(0);
@@ -472,7 +477,7 @@ fn timing_in_this_process(args: &CheckDeviceArgs, job: TimingJob) -> Result<Timi
     let questions = tokenize_samples(&tokenizer, &samples);
     let curriculum = reference_curriculum();
     let vs = VarStore::new(device);
-    let mut model = bench_model(&vs, "gpt2", tokenizer.vocab_size());
+    let mut model = bench_model(&vs, &args.timed_model, tokenizer.vocab_size());
     if job.bf16 {
         model.set_compute_kind(Kind::BFloat16);
     }

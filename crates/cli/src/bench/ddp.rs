@@ -18,14 +18,28 @@ use super::measure::{bench_model, median, peak_rss_mb, reference_curriculum, REF
 use super::records::{json_line, DdpRecord, ResultLine};
 use super::BenchArgs;
 
+/// The data-parallel figures of the bench's closing lines.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DdpRatios {
+    /// Tokens per second of 2 ranks at one thread each over 1 rank at one thread.
+    pub speedup_2ranks: f64,
+    /// 2 ranks at one thread each over 1 rank at 2 threads.
+    pub vs_threads_2: f64,
+    /// The all-reduce's share of the 2-rank step.
+    pub allreduce_share: f64,
+}
+
 /// Data-parallel training on the tiny shape: 1 rank at one thread, 2 ranks (`mpirun`) at
-/// one thread each, and 1 rank at 2 threads; prints the tokens-per-second ratios and the
-/// all-reduce's share of the 2-rank step. Skipped (with a line saying so) where `mpirun`
+/// one thread each, and 1 rank at 2 threads. `None` (with a line saying so) where `mpirun`
 /// or the `mpi` feature is missing.
-pub(super) fn ddp_ratios(args: &BenchArgs, exe: &Path, out: &mut std::fs::File) -> Result<()> {
+pub(super) fn ddp_ratios(
+    args: &BenchArgs,
+    exe: &Path,
+    out: &mut std::fs::File,
+) -> Result<Option<DdpRatios>> {
     if cfg!(not(feature = "mpi")) || Command::new("mpirun").arg("--version").output().is_err() {
         println!("# ddp: skipped (needs mpirun and a build with the `mpi` feature)");
-        return Ok(());
+        return Ok(None);
     }
     let mut run = |ranks: usize, threads: usize| -> Result<ResultLine> {
         let mut cmd = if ranks == 1 {
@@ -57,10 +71,11 @@ pub(super) fn ddp_ratios(args: &BenchArgs, exe: &Path, out: &mut std::fs::File) 
     let two = run(2, 1)?;
     let threads = run(1, 2)?;
     let rate = |v: &ResultLine| v.tokens_per_s.unwrap_or(f64::NAN);
-    println!("ddp_speedup_2ranks={:.2}", rate(&two) / rate(&one));
-    println!("ddp_vs_threads_2={:.2}", rate(&two) / rate(&threads));
-    println!("allreduce_share={:.3}", two.allreduce_share.unwrap_or(f64::NAN));
-    Ok(())
+    Ok(Some(DdpRatios {
+        speedup_2ranks: rate(&two) / rate(&one),
+        vs_threads_2: rate(&two) / rate(&threads),
+        allreduce_share: two.allreduce_share.unwrap_or(f64::NAN),
+    }))
 }
 
 /// One data-parallel measurement, run by every rank (rank 0 prints the line): optimizer

@@ -18,6 +18,10 @@ use tch::{nn::VarStore, Device, Kind};
 use super::records::{json_line, GenerateRecord, OverheadRecord, StepRecord};
 use super::{BenchArgs, Measurement};
 
+/// New tokens per prompt in generation, ours and the reference's (no stop token: a fixed
+/// amount of work).
+pub(super) const GENERATED_TOKENS: usize = 64;
+
 /// Runs the measurement `m` and returns its JSON line.
 pub(super) fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
     tch::set_num_threads(1);
@@ -30,7 +34,10 @@ pub(super) fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
     }
     let curriculum = reference_curriculum();
     let vs = VarStore::new(Device::Cpu);
-    let model = bench_model(&vs, m.model, tokenizer.vocab_size());
+    let mut model = bench_model(&vs, m.model, tokenizer.vocab_size());
+    if m.bf16 {
+        model.set_compute_kind(Kind::BFloat16);
+    }
     let inputs = StepInputs {
         tokenizer: &tokenizer,
         samples: &samples,
@@ -63,7 +70,7 @@ fn measure_generation(
     let prompts: Vec<Vec<u32>> =
         tokenized.iter().map(|s| eval_prompt(inputs.curriculum, &special, s, m.stage)).collect();
     let tokenize_s = started.elapsed().as_secs_f64();
-    let max_new = 64;
+    let max_new = GENERATED_TOKENS;
     let started = Instant::now();
     let generated: usize = if m.name == "generate_batched" {
         generate(model, &prompts, &special, &[], max_new, Device::Cpu)

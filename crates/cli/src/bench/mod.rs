@@ -6,9 +6,10 @@
 
 mod ddp;
 mod measure;
+mod records;
+mod reference;
 
 pub(crate) use measure::{bench_model, median, reference_curriculum, REFERENCE_ADAMW};
-mod records;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,7 +31,17 @@ pub struct BenchArgs {
     /// Where the JSON lines go (a later run can be compared with it).
     #[arg(long, default_value = "bench-results.jsonl")]
     out: PathBuf,
-    /// The reference's results (JSON lines) to print speedups against.
+    /// Also run the PyTorch implementation of the official algorithm in this invocation, on
+    /// the same batches (needs `python3 -c "import torch, transformers"` to work).
+    #[arg(long, conflicts_with = "reference")]
+    with_reference: bool,
+    /// The Python that runs the reference.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// The reference implementation.
+    #[arg(long, default_value = "benches/reference/coconut_reference.py")]
+    reference_script: PathBuf,
+    /// Saved reference results (JSON lines) to print speedups against, instead of running it.
     #[arg(long)]
     reference: Option<PathBuf>,
     /// Skip the GPT-2-shape training steps (about 2 minutes each).
@@ -50,6 +61,8 @@ struct Measurement {
     steps: usize,
     /// Train with `train.gradient_checkpointing` (the long passes recomputed in backward).
     gradient_checkpointing: bool,
+    /// Compute in bf16 (f32 master weights); measured only on a CPU with native bf16.
+    bf16: bool,
 }
 
 const fn measurement(
@@ -60,11 +73,11 @@ const fn measurement(
     steps: usize,
     gradient_checkpointing: bool,
 ) -> Measurement {
-    Measurement { name, model, batch, stage, steps, gradient_checkpointing }
+    Measurement { name, model, batch, stage, steps, gradient_checkpointing, bf16: false }
 }
 
 /// The fixed set.
-const MEASUREMENTS: [Measurement; 11] = [
+const MEASUREMENTS: [Measurement; 12] = [
     measurement("train_step", "tiny", 8, 6, 5, false),
     measurement("plain_step", "tiny", 8, 6, 5, false),
     measurement("latent_overhead", "tiny", 8, 6, 7, false),
@@ -74,6 +87,7 @@ const MEASUREMENTS: [Measurement; 11] = [
     measurement("train_step", "gpt2", 8, 6, 1, false),
     measurement("train_step", "gpt2", 8, 6, 1, true),
     measurement("plain_step", "gpt2", 8, 6, 1, false),
+    Measurement { bf16: true, ..measurement("train_step_bf16", "gpt2", 8, 6, 1, false) },
     measurement("generate_reference", "tiny", 1, 6, 2, false),
     measurement("generate_batched", "tiny", 32, 6, 1, false),
 ];
@@ -98,14 +112,41 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return Ok(());
     }
     check_inputs(args)?;
+    println!("# {}", cpu_description());
     let exe = std::env::current_exe()?;
     let lines = run_measurements(args, &exe)?;
-    print_ratios(&lines);
-    ddp::ddp_ratios(args, &exe, &mut out_lines(&args.out)?)?;
-    if let Some(reference) = &args.reference {
-        print_speedups(&lines, reference)?;
+    let ddp = ddp::ddp_ratios(args, &exe, &mut out_lines(&args.out)?)?;
+    let theirs = match &args.reference {
+        Some(path) => Some(read_reference(path)?),
+        None if args.with_reference => reference::run_reference(args)?,
+        None => None,
+    };
+    if let Some(theirs) = &theirs {
+        print_speedups(&lines, theirs);
     }
+    println!("\n# {}", cpu_description());
+    print_contract(&lines, theirs.as_deref(), ddp);
     Ok(())
+}
+
+/// The CPU's model name and the flags that decide which kernels run (AVX-512, AMX, bf16).
+fn cpu_description() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        info.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map_or(String::new(), |(_, v)| v.trim().to_string())
+    };
+    let flags = field("flags");
+    let wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"];
+    let present: Vec<&str> = flags.split_whitespace().filter(|f| wanted.contains(f)).collect();
+    format!(
+        "cpu: {} ({} threads available; {}), one thread per measurement",
+        field("model name"),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        present.join(" ")
+    )
 }
 
 /// The files a run reads exist, and the results will not replace the reference.
@@ -136,7 +177,10 @@ fn run_measurements(args: &BenchArgs, exe: &Path) -> Result<Vec<ResultLine>> {
     let mut out = std::fs::File::create(&partial)
         .with_context(|| format!("creating {}", partial.display()))?;
     let mut lines = Vec::new();
-    for m in MEASUREMENTS.iter().filter(|m| !(args.skip_gpt2 && m.model == "gpt2")) {
+    let native_bf16 = coconut_trainer::native_bf16(tch::Device::Cpu);
+    let wanted =
+        |m: &&Measurement| !(args.skip_gpt2 && m.model == "gpt2") && (!m.bf16 || native_bf16);
+    for m in MEASUREMENTS.iter().filter(wanted) {
         let output = Command::new(exe)
             .args(["bench", "--only", &key(m), "--data"])
             .arg(&args.data)
@@ -158,33 +202,54 @@ fn run_measurements(args: &BenchArgs, exe: &Path) -> Result<Vec<ResultLine>> {
     Ok(lines)
 }
 
-/// The `name=value` lines scripts read: the latent passes' overhead, the batched
-/// generation's speedup and the share of a step spent preparing its batch.
-fn print_ratios(lines: &[ResultLine]) {
-    let find = |name: &str, model: &str, stage: u64| {
-        lines.iter().find(|l| {
-            l.name == name
-                && l.model == model
-                && l.stage == stage
-                && l.gradient_checkpointing != Some(true)
-        })
+/// The closing lines, one contract: each `name=value` with its target in brackets; `n/a`
+/// where this run could not measure it (no reference, no native bf16, no MPI).
+fn print_contract(ours: &[ResultLine], theirs: Option<&[ResultLine]>, ddp: Option<ddp::DdpRatios>) {
+    let find = |lines: &[ResultLine], name: &str, model: &str, stage: u64| {
+        lines
+            .iter()
+            .find(|l| {
+                l.name == name
+                    && l.model == model
+                    && l.stage == stage
+                    && l.gradient_checkpointing != Some(true)
+            })
+            .cloned()
     };
-    for (model, suffix) in [("tiny", ""), ("tiny_llama", "_llama")] {
-        if let Some(overhead) = find("latent_overhead", model, 6) {
-            let ratio = overhead.ratio.unwrap_or(f64::NAN);
-            println!("latent_overhead_stage6{suffix}={ratio:.3}");
+    let ours_of = |name: &str, model: &str, stage: u64| find(ours, name, model, stage);
+    let theirs_of =
+        |name: &str, model: &str, stage: u64| theirs.and_then(|t| find(t, name, model, stage));
+    let step_speedup = |model: &str| {
+        let ours = ours_of("train_step", model, 6)?.median_s?;
+        Some(theirs_of("train_step", model, 6)?.median_s? / ours)
+    };
+    let generation = || {
+        let ours = ours_of("generate_batched", "tiny", 6)?.samples_per_s?;
+        Some(ours / theirs_of("generate_batched", "tiny", 6)?.samples_per_s?)
+    };
+    let bf16 = || {
+        let f32_step = ours_of("train_step", "gpt2", 6)?.median_s?;
+        Some(f32_step / ours_of("train_step_bf16", "gpt2", 6)?.median_s?)
+    };
+    let overhead = |model: &str| ours_of("latent_overhead", model, 6)?.ratio;
+    let collate = ours_of("train_step", "tiny", 6).and_then(|l| l.collate_share);
+    let contract: [(&str, Option<f64>, usize, &str); 10] = [
+        ("speedup_tiny_stage6", step_speedup("tiny"), 2, ">= 6"),
+        ("speedup_gpt2_stage6", step_speedup("gpt2"), 2, ">= 2.5"),
+        ("generation_batched_vs_reference", generation(), 2, ">= 2"),
+        ("bf16_speedup_gpt2", bf16(), 2, ">= 1.8 on AMX"),
+        ("latent_overhead_stage6", overhead("tiny"), 3, "<= 1.10"),
+        ("latent_overhead_stage6_llama", overhead("tiny_llama"), 3, "<= 1.10"),
+        ("ddp_speedup_2ranks", ddp.map(|d| d.speedup_2ranks), 2, ">= 1.6"),
+        ("ddp_vs_threads_2", ddp.map(|d| d.vs_threads_2), 2, ">= 1"),
+        ("allreduce_share", ddp.map(|d| d.allreduce_share), 3, "< 0.1"),
+        ("collate_share", collate, 5, "< 0.02"),
+    ];
+    for (name, value, digits, target) in contract {
+        match value {
+            Some(v) => println!("{name}={v:.digits$} [{target}]"),
+            None => println!("{name}=n/a [{target}]"),
         }
-    }
-    if let (Some(b), Some(r)) =
-        (find("generate_batched", "tiny", 6), find("generate_reference", "tiny", 6))
-    {
-        println!(
-            "batched_eval_speedup={:.1}",
-            b.samples_per_s.unwrap_or(0.0) / r.samples_per_s.unwrap_or(f64::NAN)
-        );
-    }
-    if let Some(t) = find("train_step", "tiny", 6) {
-        println!("collate_share={:.5}", t.collate_share.unwrap_or(f64::NAN));
     }
 }
 
@@ -196,21 +261,20 @@ fn out_lines(path: &Path) -> Result<std::fs::File> {
         .with_context(|| format!("appending to {}", path.display()))
 }
 
-/// For every measurement with a counterpart in the reference file, ours beside theirs.
-fn print_speedups(lines: &[ResultLine], reference: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(reference)
-        .with_context(|| format!("reading {}", reference.display()))?;
-    let theirs: Vec<ResultLine> =
-        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+/// Saved reference results: the JSON lines of a file.
+fn read_reference(path: &Path) -> Result<Vec<ResultLine>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+/// For every measurement with a counterpart in the reference's results, ours beside theirs.
+fn print_speedups(lines: &[ResultLine], theirs: &[ResultLine]) {
     println!("\n| measurement | reference | ours | speedup | RSS reference | RSS ours |\n|---|---|---|---|---|---|");
     for ours in lines {
         let same =
             |r: &&ResultLine| r.name == ours.name && r.model == ours.model && r.stage == ours.stage;
-        let Some(r) = theirs
-            .iter()
-            .filter(same)
-            .find(|r| r.batch == ours.batch || ours.name == "generate_batched")
-        else {
+        let Some(r) = theirs.iter().filter(same).find(|r| r.batch == ours.batch) else {
             continue;
         };
         let (label, a, b, speedup) = if ours.name.starts_with("generate") {
@@ -232,5 +296,4 @@ fn print_speedups(lines: &[ResultLine], reference: &Path) -> Result<()> {
             ours.peak_rss_mb.unwrap_or(0.0)
         );
     }
-    Ok(())
 }
