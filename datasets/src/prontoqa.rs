@@ -244,18 +244,8 @@ pub fn generate_sample(cfg: &ProntoQaConfig, rng: &mut StdRng, answer_true: bool
         distractor = Some(z);
     }
 
-    let steps = {
-        let mut steps: Vec<String> = (0..hops)
-            .map(|i| {
-                format!("{} {}", membership(person, &names[chain[i]]), rules[chain_rule[i]].text)
-            })
-            .collect();
-        steps.push(format!(
-            "{person} is {}{target_property}.",
-            if target_negated { "not " } else { "" }
-        ));
-        steps
-    };
+    let chain_rules: Vec<&Rule> = chain_rule.iter().map(|&r| &rules[r]).collect();
+    let steps = chain_steps(person, &names, &chain, &chain_rules, target_property, target_negated);
 
     let mut order: Vec<usize> = (0..rules.len()).collect();
     order.shuffle(rng);
@@ -270,17 +260,8 @@ pub fn generate_sample(cfg: &ProntoQaConfig, rng: &mut StdRng, answer_true: bool
         if query_negated { "not " } else { "" }
     );
 
-    // Graph fields: the person, the chain, then the other concepts in alphabetical order;
-    // edges are the "is a" rules in context order.
-    let used = next.start;
-    let mut others: Vec<usize> = (0..used).filter(|c| !chain.contains(c)).collect();
-    others.sort_by(|&a, &b| names[a].cmp(&names[b]));
-    let mut index = BTreeMap::new();
-    let mut symbols = vec![person.to_string()];
-    for &c in chain.iter().chain(&others) {
-        index.insert(c, symbols.len());
-        symbols.push(names[c].clone());
-    }
+    let (symbols, index) = graph_symbols(person, &names, &chain, next.start);
+    // Edges: the "is a" rules, in context order.
     let edges =
         order.iter().filter_map(|&r| rules[r].is_a).map(|(a, b)| [index[&a], index[&b]]).collect();
     Sample {
@@ -294,6 +275,47 @@ pub fn generate_sample(cfg: &ProntoQaConfig, rng: &mut StdRng, answer_true: bool
         neg_target: distractor.map(|z| index[&z]),
         chain_concepts: Some(chain.iter().map(|&c| names[c].clone()).collect()),
     }
+}
+
+/// The reasoning steps: the person's membership of each concept of the chain with the
+/// chain's rule from it, then the derived property.
+fn chain_steps(
+    person: &str,
+    names: &[String],
+    chain: &[usize],
+    chain_rules: &[&Rule],
+    target_property: &str,
+    target_negated: bool,
+) -> Vec<String> {
+    let mut steps: Vec<String> = chain
+        .iter()
+        .zip(chain_rules)
+        .map(|(&c, rule)| format!("{} {}", membership(person, &names[c]), rule.text))
+        .collect();
+    steps.push(format!(
+        "{person} is {}{target_property}.",
+        if target_negated { "not " } else { "" }
+    ));
+    steps
+}
+
+/// The graph's node names: the person, the chain, then the other `used` concepts in
+/// alphabetical order; with each concept's node index.
+fn graph_symbols(
+    person: &str,
+    names: &[String],
+    chain: &[usize],
+    used: usize,
+) -> (Vec<String>, BTreeMap<usize, usize>) {
+    let mut others: Vec<usize> = (0..used).filter(|c| !chain.contains(c)).collect();
+    others.sort_by(|&a, &b| names[a].cmp(&names[b]));
+    let mut index = BTreeMap::new();
+    let mut symbols = vec![person.to_string()];
+    for &c in chain.iter().chain(&others) {
+        index.insert(c, symbols.len());
+        symbols.push(names[c].clone());
+    }
+    (symbols, index)
 }
 
 /// "a" or "an", as the real ProntoQA files write it ("an impus").
