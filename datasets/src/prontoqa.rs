@@ -189,18 +189,10 @@ pub fn generate_sample(cfg: &ProntoQaConfig, rng: &mut StdRng, answer_true: bool
     names.shuffle(rng);
     let mut families: Vec<usize> = (0..FAMILIES.len()).collect();
     families.shuffle(rng);
-    let mut families = families.into_iter();
-    let mut property = |rng: &mut StdRng| {
-        let family = FAMILIES[families.next().expect("validated family count")];
-        family[rng.random_range(0..family.len())]
-    };
-
-    // Concepts by index into `names`, handed out in order.
-    let mut next = 0..names.len();
-    let mut new_concept = || next.next().expect("validated concept count");
-    let chain: Vec<usize> = (0..hops).map(|_| new_concept()).collect();
+    let mut pool = Pool { families: families.into_iter(), concepts: 0..names.len() };
+    let chain: Vec<usize> = (0..hops).map(|_| pool.concept()).collect();
     let last = chain[hops - 1];
-    let target_property = property(rng);
+    let target_property = pool.property(rng);
     // With positive queries only, the derived sign decides the (balanced) answer.
     let target_negated = if cfg.negated_queries { rng.random_bool(0.5) } else { !answer_true };
 
@@ -210,52 +202,19 @@ pub fn generate_sample(cfg: &ProntoQaConfig, rng: &mut StdRng, answer_true: bool
         chain_rule[i] = rules.len();
         rules.push(is_a_rule(cfg, &names, chain[i], chain[i + 1], rng));
         if cfg.chain_properties {
-            let p = property(rng);
+            let p = pool.property(rng);
             let negated = rng.random_bool(NEGATED_CHAIN);
             rules.push(property_rule(cfg, &names[chain[i]], p, negated, rng));
         }
     }
     chain_rule[hops - 1] = rules.len();
     rules.push(property_rule(cfg, &names[last], target_property, target_negated, rng));
-    if cfg.side_branches {
-        for &c in &chain {
-            let side = new_concept();
-            rules.push(is_a_rule(cfg, &names, c, side, rng));
-            let (p, negated) = (property(rng), rng.random_bool(NEGATED_OTHER));
-            rules.push(property_rule(cfg, &names[side], p, negated, rng));
-        }
-    }
-    if cfg.extra_leaf {
-        let leaf = new_concept();
-        rules.push(is_a_rule(cfg, &names, last, leaf, rng));
-    }
-    let mut memberships = vec![chain[0]];
-    if cfg.person_distractor {
-        let (member, parent) = (new_concept(), new_concept());
-        let (p, negated) = (property(rng), rng.random_bool(NEGATED_OTHER));
-        rules.push(property_rule(cfg, &names[member], p, negated, rng));
-        rules.push(is_a_rule(cfg, &names, member, parent, rng));
-        memberships.push(member);
-    }
-    let mut distractor = None;
-    if cfg.property_distractor {
-        let z = new_concept();
-        rules.push(property_rule(cfg, &names[z], target_property, !target_negated, rng));
-        distractor = Some(z);
-    }
+    let target = (target_property, target_negated);
+    let (mut memberships, distractor) =
+        distractors(cfg, &names, &chain, &mut pool, &mut rules, target, rng);
 
-    let steps = {
-        let mut steps: Vec<String> = (0..hops)
-            .map(|i| {
-                format!("{} {}", membership(person, &names[chain[i]]), rules[chain_rule[i]].text)
-            })
-            .collect();
-        steps.push(format!(
-            "{person} is {}{target_property}.",
-            if target_negated { "not " } else { "" }
-        ));
-        steps
-    };
+    let chain_rules: Vec<&Rule> = chain_rule.iter().map(|&r| &rules[r]).collect();
+    let steps = chain_steps(person, &names, &chain, &chain_rules, target_property, target_negated);
 
     let mut order: Vec<usize> = (0..rules.len()).collect();
     order.shuffle(rng);
@@ -270,17 +229,8 @@ pub fn generate_sample(cfg: &ProntoQaConfig, rng: &mut StdRng, answer_true: bool
         if query_negated { "not " } else { "" }
     );
 
-    // Graph fields: the person, the chain, then the other concepts in alphabetical order;
-    // edges are the "is a" rules in context order.
-    let used = next.start;
-    let mut others: Vec<usize> = (0..used).filter(|c| !chain.contains(c)).collect();
-    others.sort_by(|&a, &b| names[a].cmp(&names[b]));
-    let mut index = BTreeMap::new();
-    let mut symbols = vec![person.to_string()];
-    for &c in chain.iter().chain(&others) {
-        index.insert(c, symbols.len());
-        symbols.push(names[c].clone());
-    }
+    let (symbols, index) = graph_symbols(person, &names, &chain, pool.concepts.start);
+    // Edges: the "is a" rules, in context order.
     let edges =
         order.iter().filter_map(|&r| rules[r].is_a).map(|(a, b)| [index[&a], index[&b]]).collect();
     Sample {
@@ -294,6 +244,111 @@ pub fn generate_sample(cfg: &ProntoQaConfig, rng: &mut StdRng, answer_true: bool
         neg_target: distractor.map(|z| index[&z]),
         chain_concepts: Some(chain.iter().map(|&c| names[c].clone()).collect()),
     }
+}
+
+/// The concepts (indices into the shuffled names) and the property families of one
+/// question, each handed out once, in order.
+struct Pool {
+    families: std::vec::IntoIter<usize>,
+    concepts: std::ops::Range<usize>,
+}
+
+impl Pool {
+    /// A property of the next family.
+    fn property(&mut self, rng: &mut StdRng) -> &'static str {
+        let family = FAMILIES[self.families.next().expect("validated family count")];
+        family[rng.random_range(0..family.len())]
+    }
+
+    /// The next concept.
+    fn concept(&mut self) -> usize {
+        self.concepts.next().expect("validated concept count")
+    }
+}
+
+/// The rules and memberships that the configuration adds around the chain to mislead: side
+/// branches, an extra leaf, a concept the person also belongs to, and a concept with the
+/// opposite of the `target` property (its sign). Returns the person's memberships (the
+/// chain's first concept first) and that last concept.
+fn distractors(
+    cfg: &ProntoQaConfig,
+    names: &[String],
+    chain: &[usize],
+    pool: &mut Pool,
+    rules: &mut Vec<Rule>,
+    target: (&str, bool),
+    rng: &mut StdRng,
+) -> (Vec<usize>, Option<usize>) {
+    let last = chain[chain.len() - 1];
+    if cfg.side_branches {
+        for &c in chain {
+            let side = pool.concept();
+            rules.push(is_a_rule(cfg, names, c, side, rng));
+            let (p, negated) = (pool.property(rng), rng.random_bool(NEGATED_OTHER));
+            rules.push(property_rule(cfg, &names[side], p, negated, rng));
+        }
+    }
+    if cfg.extra_leaf {
+        let leaf = pool.concept();
+        rules.push(is_a_rule(cfg, names, last, leaf, rng));
+    }
+    let mut memberships = vec![chain[0]];
+    if cfg.person_distractor {
+        let (member, parent) = (pool.concept(), pool.concept());
+        let (p, negated) = (pool.property(rng), rng.random_bool(NEGATED_OTHER));
+        rules.push(property_rule(cfg, &names[member], p, negated, rng));
+        rules.push(is_a_rule(cfg, names, member, parent, rng));
+        memberships.push(member);
+    }
+    let mut distractor = None;
+    if cfg.property_distractor {
+        let z = pool.concept();
+        rules.push(property_rule(cfg, &names[z], target.0, !target.1, rng));
+        distractor = Some(z);
+    }
+
+    (memberships, distractor)
+}
+
+/// The reasoning steps: the person's membership of each concept of the chain with the
+/// chain's rule from it, then the derived property.
+fn chain_steps(
+    person: &str,
+    names: &[String],
+    chain: &[usize],
+    chain_rules: &[&Rule],
+    target_property: &str,
+    target_negated: bool,
+) -> Vec<String> {
+    let mut steps: Vec<String> = chain
+        .iter()
+        .zip(chain_rules)
+        .map(|(&c, rule)| format!("{} {}", membership(person, &names[c]), rule.text))
+        .collect();
+    steps.push(format!(
+        "{person} is {}{target_property}.",
+        if target_negated { "not " } else { "" }
+    ));
+    steps
+}
+
+/// The graph's node names: the person, the chain, then the other `used` concepts in
+/// alphabetical order; with each concept's node index.
+fn graph_symbols(
+    person: &str,
+    names: &[String],
+    chain: &[usize],
+    used: usize,
+) -> (Vec<String>, BTreeMap<usize, usize>) {
+    let mut others: Vec<usize> = (0..used).filter(|c| !chain.contains(c)).collect();
+    others.sort_by(|&a, &b| names[a].cmp(&names[b]));
+    let mut index = BTreeMap::new();
+    let mut symbols = vec![person.to_string()];
+    for &c in chain.iter().chain(&others) {
+        index.insert(c, symbols.len());
+        symbols.push(names[c].clone());
+    }
+    (symbols, index)
 }
 
 /// "a" or "an", as the real ProntoQA files write it ("an impus").

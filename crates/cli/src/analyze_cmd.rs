@@ -7,10 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use coconut_curriculum::{tokenize_samples, Mode, Sample};
+use coconut_curriculum::{tokenize_samples, CurriculumConfig, Mode, Sample};
 use coconut_eval::latent_search::{aggregate, node_values, ProsqaGraph, SearchFigures};
 use coconut_trainer::checkpoint::{read_state, STATE_FILE};
-use coconut_trainer::{device_name, load_model_dir, usable_device};
+use coconut_trainer::{device_name, load_model_dir, usable_device, LoadedModel};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -47,11 +47,15 @@ impl AnalyzeArgs {
     }
 }
 
+/// Whether a checkpoint of `mode` has thoughts or language steps to analyse.
+fn analysable(mode: Mode) -> bool {
+    matches!(mode, Mode::Coconut | Mode::NoCurriculum | Mode::Cot)
+}
+
 /// Whether `data` holds ProsQA graphs and the checkpoint's `mode` has thoughts or language
 /// steps to analyse.
 pub fn applies(data: &Path, mode: Mode) -> bool {
-    let analysable = matches!(mode, Mode::Coconut | Mode::NoCurriculum | Mode::Cot);
-    analysable
+    analysable(mode)
         && std::fs::read_to_string(data)
             .ok()
             .and_then(|t| serde_json::from_str::<Vec<GraphSample>>(&t).ok())
@@ -92,69 +96,17 @@ pub fn run(args: &AnalyzeArgs) -> Result<PathBuf> {
         .data
         .clone()
         .unwrap_or_else(|| config.data.test.clone().unwrap_or(config.data.valid.clone()));
-    let text =
-        std::fs::read_to_string(&data).with_context(|| format!("reading {}", data.display()))?;
-    let mut samples: Vec<GraphSample> = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{}: not ProsQA-format data (each sample needs question, steps, answer, edges, \
-             root, target, neg_target and idx_to_symbol)",
-            data.display()
-        )
-    })?;
-    if args.limit > 0 {
-        samples.truncate(args.limit);
-    }
-    for (i, s) in samples.iter().enumerate() {
-        let n = s.graph.idx_to_symbol.len();
-        let bad = [s.graph.root, s.graph.target, s.graph.neg_target]
-            .into_iter()
-            .chain(s.graph.edges.iter().flatten().copied())
-            .any(|v| v >= n);
-        if bad {
-            bail!(
-                "{}: sample {i}: a node index is outside idx_to_symbol ({n} names)",
-                data.display()
-            );
-        }
-    }
+    let samples = read_graph_samples(&data, args.limit)?;
     let device = usable_device(&args.device).map_err(anyhow::Error::msg)?;
     let loaded = load_model_dir(ckpt, device, &config.model.latent_init_token)?;
     let mode = config.curriculum.mode;
-    let thoughtless =
-        matches!(mode, Mode::NoCot | Mode::NoThoughts | Mode::PauseToken | Mode::PauseAsThought);
-    if thoughtless {
+    if !analysable(mode) {
         bail!(
             "{}: a {mode:?} checkpoint has neither thoughts nor language steps to analyse",
             ckpt.display()
         );
     }
-    let plain: Vec<Sample> = samples
-        .iter()
-        .map(|s| Sample {
-            question: s.question.clone(),
-            steps: s.steps.clone(),
-            answer: s.answer.clone(),
-        })
-        .collect();
-    let tokenized = tokenize_samples(&loaded.tokenizer, &plain);
-    let max_k = match mode {
-        Mode::Cot => samples.iter().map(|s| s.steps.len()).max().unwrap_or(0).saturating_sub(1),
-        _ => config.curriculum.max_latent_stage * config.curriculum.c_thought,
-    };
-    let mut per_k = Vec::new();
-    for k in 0..=max_k {
-        // The step after k thoughts is step k of the sample's own reasoning.
-        let values: Vec<_> = samples
-            .iter()
-            .zip(&tokenized)
-            .filter(|(s, _)| s.steps.len() > k)
-            .map(|(s, t)| {
-                let model = loaded.model.as_ref();
-                node_values(model, &loaded.tokenizer, mode, t, &s.steps, &s.graph, k, device)
-            })
-            .collect();
-        per_k.push(aggregate(k, &values));
-    }
+    let per_k = search_figures(&loaded, &config.curriculum, &samples, device);
     let out = args.out.clone().unwrap_or_else(|| default_output(ckpt));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let k_counts = if mode == Mode::Cot { "language steps" } else { "thoughts" };
@@ -171,6 +123,76 @@ pub fn run(args: &AnalyzeArgs) -> Result<PathBuf> {
     plot_heights(&out.join("value_by_height.svg"), &analysis)?;
     println!("{}", summary_table(&analysis));
     Ok(out)
+}
+
+/// The ProsQA-format samples of `data` (the first `limit`, all when 0), every node index
+/// checked against the sample's names.
+fn read_graph_samples(data: &Path, limit: usize) -> Result<Vec<GraphSample>> {
+    let text =
+        std::fs::read_to_string(data).with_context(|| format!("reading {}", data.display()))?;
+    let mut samples: Vec<GraphSample> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not ProsQA-format data (each sample needs question, steps, answer, edges, \
+             root, target, neg_target and idx_to_symbol)",
+            data.display()
+        )
+    })?;
+    if limit > 0 {
+        samples.truncate(limit);
+    }
+    for (i, s) in samples.iter().enumerate() {
+        let n = s.graph.idx_to_symbol.len();
+        let bad = [s.graph.root, s.graph.target, s.graph.neg_target]
+            .into_iter()
+            .chain(s.graph.edges.iter().flatten().copied())
+            .any(|v| v >= n);
+        if bad {
+            bail!(
+                "{}: sample {i}: a node index is outside idx_to_symbol ({n} names)",
+                data.display()
+            );
+        }
+    }
+    Ok(samples)
+}
+
+/// The figures of the search after each k thoughts (language steps for CoT), from 0 to
+/// the most the curriculum gives (the longest chain of reasoning but one, for CoT).
+fn search_figures(
+    loaded: &LoadedModel,
+    curriculum: &CurriculumConfig,
+    samples: &[GraphSample],
+    device: tch::Device,
+) -> Vec<SearchFigures> {
+    let mode = curriculum.mode;
+    let plain: Vec<Sample> = samples
+        .iter()
+        .map(|s| Sample {
+            question: s.question.clone(),
+            steps: s.steps.clone(),
+            answer: s.answer.clone(),
+        })
+        .collect();
+    let tokenized = tokenize_samples(&loaded.tokenizer, &plain);
+    let max_k = match mode {
+        Mode::Cot => samples.iter().map(|s| s.steps.len()).max().unwrap_or(0).saturating_sub(1),
+        _ => curriculum.max_thoughts(),
+    };
+    let mut per_k = Vec::new();
+    for k in 0..=max_k {
+        // The step after k thoughts is step k of the sample's own reasoning.
+        let values: Vec<_> = samples
+            .iter()
+            .zip(&tokenized)
+            .filter(|(s, _)| s.steps.len() > k)
+            .map(|(s, t)| {
+                let model = loaded.model.as_ref();
+                node_values(model, &loaded.tokenizer, mode, t, &s.steps, &s.graph, k, device)
+            })
+            .collect();
+        per_k.push(aggregate(k, &values));
+    }
+    per_k
 }
 
 /// `<run>/analysis/<checkpoint>` for a checkpoint of a run, `<folder>/analysis` otherwise.

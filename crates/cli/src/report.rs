@@ -124,6 +124,25 @@ pub fn write_report(
     thoughts: &[SampleThoughts],
 ) -> Result<()> {
     let curves = read_curves(&run_dir.join("metrics.jsonl"))?;
+    let wall_seconds = curves.epochs.iter().map(|e| e.seconds).sum::<f64>() + metrics.seconds;
+    let summary = Summary {
+        name: config.name.clone(),
+        per_stage: per_stage(&curves),
+        final_split: split.to_string(),
+        final_metrics: metrics.clone(),
+        final_accuracy: metrics.accuracy,
+        wall_seconds,
+    };
+    std::fs::write(run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    plot_loss(&run_dir.join("loss.svg"), &curves)?;
+    plot_accuracy(&run_dir.join("accuracy.svg"), &curves)?;
+    let md = report_markdown(config, &summary, predictions, thoughts);
+    std::fs::write(run_dir.join("report.md"), md)?;
+    Ok(())
+}
+
+/// Each stage's figures: those of its last epoch.
+fn per_stage(curves: &Curves) -> Vec<StageRow> {
     let mut per_stage: Vec<StageRow> = Vec::new();
     for e in &curves.epochs {
         let row = StageRow {
@@ -138,19 +157,19 @@ pub fn write_report(
             _ => per_stage.push(row),
         }
     }
-    let wall_seconds = curves.epochs.iter().map(|e| e.seconds).sum::<f64>() + metrics.seconds;
-    let summary = Summary {
-        name: config.name.clone(),
-        per_stage: per_stage.clone(),
-        final_split: split.to_string(),
-        final_metrics: metrics.clone(),
-        final_accuracy: metrics.accuracy,
-        wall_seconds,
-    };
-    std::fs::write(run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
-    plot_loss(&run_dir.join("loss.svg"), &curves)?;
-    plot_accuracy(&run_dir.join("accuracy.svg"), &curves)?;
+    per_stage
+}
 
+/// `report.md`: the settings, the figures per stage and at the end, sample outputs and the
+/// thoughts of the first samples.
+fn report_markdown(
+    config: &RunConfig,
+    summary: &Summary,
+    predictions: &[Prediction],
+    thoughts: &[SampleThoughts],
+) -> String {
+    let (split, metrics) = (&summary.final_split, &summary.final_metrics);
+    let (per_stage, wall_seconds) = (&summary.per_stage, summary.wall_seconds);
     let mut md = format!(
         "# Run `{}`\n\nMode `{:?}`, c = {}, {} epochs ({} per stage, max latent stage {}), batch {} x {} accumulation, lr {}, {} thread(s).\n\n",
         config.name,
@@ -165,7 +184,7 @@ pub fn write_report(
         if config.train.threads == 0 { "default".to_string() } else { config.train.threads.to_string() },
     );
     md.push_str("## Validation after each stage\n\n| stage | last epoch | accuracy % | # tokens (with thoughts) | valid loss |\n|---|---|---|---|---|\n");
-    for r in &per_stage {
+    for r in per_stage {
         md.push_str(&format!(
             "| {} | {} | {} | {} | {:.4} |\n",
             r.stage,
@@ -202,8 +221,7 @@ pub fn write_report(
         "## Continuous thoughts",
         1,
     ));
-    std::fs::write(run_dir.join("report.md"), md)?;
-    Ok(())
+    md
 }
 
 /// Appends the latent-search section (`coconut analyze` on the final checkpoint) to

@@ -128,7 +128,7 @@ impl Import<'_> {
         let only_eval = self.args.bool("only_eval")?;
         if resume > 0 {
             self.out.key("train", "start_epoch", int(resume));
-            let skip_note = if load_model_path.as_deref().is_none_or(|p| p == "None") {
+            let skip_note = if load_model_path.is_none_or(|p| p == "None") {
                 " (run.py warns that skipping epochs without load_model_path is not an intended use)"
             } else {
                 ""
