@@ -16,13 +16,17 @@ use tch::{nn::VarStore, Device, Kind};
 
 use super::measure::{bench_model, median, peak_rss_mb, reference_curriculum, REFERENCE_ADAMW};
 use super::records::{json_line, DdpRecord, ResultLine};
-use super::BenchArgs;
 
 /// Data-parallel training on the tiny shape: 1 rank at one thread, 2 ranks (`mpirun`) at
 /// one thread each, and 1 rank at 2 threads; prints the tokens-per-second ratios and the
 /// all-reduce's share of the 2-rank step. Skipped (with a line saying so) where `mpirun`
 /// or the `mpi` feature is missing.
-pub(super) fn ddp_ratios(args: &BenchArgs, exe: &Path, out: &mut std::fs::File) -> Result<()> {
+pub(super) fn ddp_ratios(
+    data: &Path,
+    tokenizer: &Path,
+    exe: &Path,
+    out: &mut std::fs::File,
+) -> Result<()> {
     if cfg!(not(feature = "mpi")) || Command::new("mpirun").arg("--version").output().is_err() {
         println!("# ddp: skipped (needs mpirun and a build with the `mpi` feature)");
         return Ok(());
@@ -40,9 +44,9 @@ pub(super) fn ddp_ratios(args: &BenchArgs, exe: &Path, out: &mut std::fs::File) 
         };
         let output = cmd
             .args(["bench", "--only", &format!("ddp:{threads}"), "--data"])
-            .arg(&args.data)
+            .arg(data)
             .arg("--tokenizer")
-            .arg(&args.tokenizer)
+            .arg(tokenizer)
             .output()?;
         if !output.status.success() {
             bail!("ddp {ranks} ranks failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -66,13 +70,13 @@ pub(super) fn ddp_ratios(args: &BenchArgs, exe: &Path, out: &mut std::fs::File) 
 /// One data-parallel measurement, run by every rank (rank 0 prints the line): optimizer
 /// steps of the tiny shape at stage 6, each rank a micro-batch of 8 per step, `threads`
 /// threads per rank.
-pub(super) fn measure_ddp(args: &BenchArgs, threads: usize) -> Result<()> {
+pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Result<()> {
     let ranks = Ranks::from_launcher(Device::Cpu)?;
     let (rank, world) = (ranks.rank(), ranks.world_size());
     tch::set_num_threads(threads as i32);
     tch::manual_seed(0);
-    let tokenizer = Tokenizer::from_file(&args.tokenizer)?;
-    let samples = load_samples(&args.data)?;
+    let tokenizer = Tokenizer::from_file(tokenizer)?;
+    let samples = load_samples(data)?;
     let curriculum = reference_curriculum();
     let vs = VarStore::new(Device::Cpu);
     let model = bench_model(&vs, "tiny", tokenizer.vocab_size());

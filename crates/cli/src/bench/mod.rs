@@ -14,6 +14,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use measure::{Measurement, MEASUREMENTS};
 use records::ResultLine;
 
 /// Arguments of `coconut bench`.
@@ -39,43 +40,6 @@ pub struct BenchArgs {
     only: Option<String>,
 }
 
-/// One measurement of the fixed set.
-struct Measurement {
-    name: &'static str,
-    model: &'static str,
-    batch: usize,
-    stage: usize,
-    steps: usize,
-    /// Train with `train.gradient_checkpointing` (the long passes recomputed in backward).
-    gradient_checkpointing: bool,
-}
-
-const fn measurement(
-    name: &'static str,
-    model: &'static str,
-    batch: usize,
-    stage: usize,
-    steps: usize,
-    gradient_checkpointing: bool,
-) -> Measurement {
-    Measurement { name, model, batch, stage, steps, gradient_checkpointing }
-}
-
-/// The fixed set.
-const MEASUREMENTS: [Measurement; 11] = [
-    measurement("train_step", "tiny", 8, 6, 5, false),
-    measurement("plain_step", "tiny", 8, 6, 5, false),
-    measurement("latent_overhead", "tiny", 8, 6, 7, false),
-    measurement("train_step", "tiny_llama", 8, 6, 5, false),
-    measurement("latent_overhead", "tiny_llama", 8, 6, 7, false),
-    measurement("train_step", "tiny", 8, 0, 2, false),
-    measurement("train_step", "gpt2", 8, 6, 1, false),
-    measurement("train_step", "gpt2", 8, 6, 1, true),
-    measurement("plain_step", "gpt2", 8, 6, 1, false),
-    measurement("generate_reference", "tiny", 1, 6, 2, false),
-    measurement("generate_batched", "tiny", 32, 6, 1, false),
-];
-
 fn key(m: &Measurement) -> String {
     let recompute = if m.gradient_checkpointing { ":gradient_checkpointing" } else { "" };
     format!("{}:{}:{}:{}{recompute}", m.name, m.model, m.batch, m.stage)
@@ -85,21 +49,21 @@ fn key(m: &Measurement) -> String {
 pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(only) = args.only.as_deref().and_then(|o| o.strip_prefix("ddp:")) {
         let threads: usize = only.parse().context("ddp:<threads>")?;
-        return ddp::measure_ddp(args, threads);
+        return ddp::measure_ddp(&args.data, &args.tokenizer, threads);
     }
     if let Some(only) = &args.only {
         let m = MEASUREMENTS
             .iter()
             .find(|m| key(m) == *only)
             .with_context(|| format!("no measurement {only}"))?;
-        println!("{}", measure::measure(args, m)?);
+        println!("{}", measure::measure(&args.data, &args.tokenizer, m)?);
         return Ok(());
     }
     check_inputs(args)?;
     let exe = std::env::current_exe()?;
     let lines = run_measurements(args, &exe)?;
     print_ratios(&lines);
-    ddp::ddp_ratios(args, &exe, &mut out_lines(&args.out)?)?;
+    ddp::ddp_ratios(&args.data, &args.tokenizer, &exe, &mut out_lines(&args.out)?)?;
     if let Some(reference) = &args.reference {
         print_speedups(&lines, reference)?;
     }
