@@ -12,11 +12,11 @@ use super::yaml::Args;
 /// Options of an import.
 #[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
-    /// See [`ImportArgs::model_dir`].
+    /// The HF folder standing for `model_id` (`--model-dir`).
     pub model_dir: Option<PathBuf>,
-    /// See [`ImportArgs::init_checkpoint`].
+    /// The folder `load_model_path` is converted into (`--init-checkpoint`).
     pub init_checkpoint: Option<PathBuf>,
-    /// See [`ImportArgs::gpus`].
+    /// The GPUs of the official run (`--gpus`).
     pub gpus: Option<usize>,
 }
 
