@@ -83,6 +83,9 @@ pub enum DatasetKind {
 }
 
 impl DatasetKind {
+    /// Every kind.
+    pub const ALL: [DatasetKind; 2] = [DatasetKind::ProsQa, DatasetKind::ProntoQa];
+
     /// The paper's split sizes (train, valid, test): ProsQA 17,886/300/500, ProntoQA
     /// 9,000/200/800.
     pub fn paper_sizes(self) -> (usize, usize, usize) {
@@ -114,10 +117,7 @@ impl std::str::FromStr for DatasetKind {
 
     /// The kind of [`DatasetKind::key`] `name`.
     fn from_str(name: &str) -> Result<Self, String> {
-        [DatasetKind::ProsQa, DatasetKind::ProntoQa]
-            .into_iter()
-            .find(|kind| kind.key() == name)
-            .ok_or_else(|| format!("unknown dataset kind {name:?} (prosqa or prontoqa)"))
+        by_key(&Self::ALL, Self::key, "dataset kind", name)
     }
 }
 
@@ -134,6 +134,9 @@ pub enum Preset {
 }
 
 impl Preset {
+    /// Every preset.
+    pub const ALL: [Preset; 2] = [Preset::Small, Preset::Paper];
+
     /// `small` or `paper`: the preset as configuration files and the command line write it.
     pub fn key(self) -> &'static str {
         match self {
@@ -148,11 +151,21 @@ impl std::str::FromStr for Preset {
 
     /// The preset of [`Preset::key`] `name`.
     fn from_str(name: &str) -> Result<Self, String> {
-        [Preset::Small, Preset::Paper]
-            .into_iter()
-            .find(|preset| preset.key() == name)
-            .ok_or_else(|| format!("unknown preset {name:?} (small or paper)"))
+        by_key(&Self::ALL, Self::key, "preset", name)
     }
+}
+
+/// The one of `all` whose `key` is `name`; the error names `what` and lists the keys.
+fn by_key<T: Copy>(
+    all: &[T],
+    key: fn(T) -> &'static str,
+    what: &str,
+    name: &str,
+) -> Result<T, String> {
+    all.iter().copied().find(|&t| key(t) == name).ok_or_else(|| {
+        let keys: Vec<&str> = all.iter().map(|&t| key(t)).collect();
+        format!("unknown {what} {name:?} ({})", keys.join(" or "))
+    })
 }
 
 /// A generator configuration of either kind (`{"prosqa": {...}}` or `{"prontoqa": {...}}`

@@ -38,10 +38,10 @@ pub struct DataArgs {
     #[arg(long, default_value = "datasets")]
     out: PathBuf,
     /// Which generated datasets (default: both, unless GSM8k files are given to convert).
-    #[arg(long = "kind", value_parser = one_of::<DatasetKind>(["prosqa", "prontoqa"]))]
+    #[arg(long = "kind", value_parser = one_of::<DatasetKind>(DatasetKind::ALL.map(DatasetKind::key)))]
     kinds: Vec<DatasetKind>,
     /// `paper` (the paper's difficulty and split sizes) or `small` (fast CPU training).
-    #[arg(long, default_value = "paper", value_parser = one_of::<Preset>(["paper", "small"]))]
+    #[arg(long, default_value = "paper", value_parser = one_of::<Preset>(Preset::ALL.map(Preset::key)))]
     preset: Preset,
     /// Train, valid and test sizes, e.g. `5000,200,300` (default: the paper's).
     #[arg(long)]
@@ -81,7 +81,7 @@ pub fn run(args: &DataArgs) -> Result<()> {
     let kinds = match (args.kinds.is_empty(), converting) {
         (false, _) => args.kinds.clone(),
         (true, true) => Vec::new(),
-        (true, false) => vec![DatasetKind::ProsQa, DatasetKind::ProntoQa],
+        (true, false) => DatasetKind::ALL.to_vec(),
     };
     for kind in kinds {
         let name = kind.key();

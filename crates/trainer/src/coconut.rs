@@ -180,6 +180,15 @@ struct Pass {
     recomputed: bool,
 }
 
+impl Pass {
+    /// The hidden states of the read columns among `hidden`, those of the computed ones;
+    /// none when the caller reads none of the pass's columns.
+    fn read_columns(&self, hidden: &Tensor) -> Option<Tensor> {
+        let offset = self.read.start - self.computed.start;
+        (!self.read.is_empty()).then(|| hidden.narrow(1, offset, width(&self.read)))
+    }
+}
+
 /// The passes over the [`pass_ranges`] of a batch, for a caller that reads the hidden
 /// states of columns `[read_from, seq_len)`. With `recompute`, the two long passes (the
 /// first and the final) are recomputed in the backward pass.
@@ -226,10 +235,7 @@ fn multi_pass(
     for pass in plan {
         let x = splice_thought(batch, &pass, &embeds, thought.as_ref());
         let hidden = run_pass(model, batch, &pass, &x, cache, train, &mut recomputed);
-        if !pass.read.is_empty() {
-            let read_offset = pass.read.start - pass.computed.start;
-            outputs.push(hidden.narrow(1, read_offset, width(&pass.read)));
-        }
+        outputs.extend(pass.read_columns(&hidden));
         thought = Some(hidden.narrow(1, -1, 1));
     }
     (Tensor::cat(&outputs, 1), recomputed)

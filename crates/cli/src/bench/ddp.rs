@@ -16,7 +16,6 @@ use tch::{nn::VarStore, Device, Kind};
 
 use super::measure::{bench_model, median, peak_rss_mb, reference_curriculum, REFERENCE_ADAMW};
 use super::records::{json_line, DdpRecord, ResultLine};
-use super::BenchArgs;
 
 /// The data-parallel figures of the bench's closing lines.
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +32,8 @@ pub(super) struct DdpRatios {
 /// one thread each, and 1 rank at 2 threads. `None` (with a line saying so) where `mpirun`
 /// or the `mpi` feature is missing.
 pub(super) fn ddp_ratios(
-    args: &BenchArgs,
+    data: &Path,
+    tokenizer: &Path,
     exe: &Path,
     out: &mut std::fs::File,
 ) -> Result<Option<DdpRatios>> {
@@ -54,9 +54,9 @@ pub(super) fn ddp_ratios(
         };
         let output = cmd
             .args(["bench", "--only", &format!("ddp:{threads}"), "--data"])
-            .arg(&args.data)
+            .arg(data)
             .arg("--tokenizer")
-            .arg(&args.tokenizer)
+            .arg(tokenizer)
             .output()?;
         if !output.status.success() {
             bail!("ddp {ranks} ranks failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -81,13 +81,13 @@ pub(super) fn ddp_ratios(
 /// One data-parallel measurement, run by every rank (rank 0 prints the line): optimizer
 /// steps of the tiny shape at stage 6, each rank a micro-batch of 8 per step, `threads`
 /// threads per rank.
-pub(super) fn measure_ddp(args: &BenchArgs, threads: usize) -> Result<()> {
+pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Result<()> {
     let ranks = Ranks::from_launcher(Device::Cpu)?;
     let (rank, world) = (ranks.rank(), ranks.world_size());
     tch::set_num_threads(threads as i32);
     tch::manual_seed(0);
-    let tokenizer = Tokenizer::from_file(&args.tokenizer)?;
-    let samples = load_samples(&args.data)?;
+    let tokenizer = Tokenizer::from_file(tokenizer)?;
+    let samples = load_samples(data)?;
     let curriculum = reference_curriculum();
     let vs = VarStore::new(Device::Cpu);
     let model = bench_model(&vs, "tiny", tokenizer.vocab_size());

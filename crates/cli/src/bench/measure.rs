@@ -1,6 +1,7 @@
 //! One measurement of the set, in this process, at one thread: generation, the latent
 //! passes' overhead, or training steps.
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -16,21 +17,61 @@ use coconut_trainer::{training_loss, DeviceBatch};
 use tch::{nn::VarStore, Device, Kind};
 
 use super::records::{json_line, GenerateRecord, OverheadRecord, StepRecord};
-use super::{BenchArgs, Measurement};
+
+/// One measurement of the fixed set.
+pub(super) struct Measurement {
+    pub(super) name: &'static str,
+    pub(super) model: &'static str,
+    pub(super) batch: usize,
+    pub(super) stage: usize,
+    pub(super) steps: usize,
+    /// Train with `train.gradient_checkpointing` (the long passes recomputed in backward).
+    pub(super) gradient_checkpointing: bool,
+    /// Compute in bf16 (f32 master weights); measured only on a CPU with native bf16.
+    pub(super) bf16: bool,
+}
+
+const fn measurement(
+    name: &'static str,
+    model: &'static str,
+    batch: usize,
+    stage: usize,
+    steps: usize,
+    gradient_checkpointing: bool,
+) -> Measurement {
+    Measurement { name, model, batch, stage, steps, gradient_checkpointing, bf16: false }
+}
+
+/// The fixed set.
+pub(super) const MEASUREMENTS: [Measurement; 12] = [
+    measurement("train_step", "tiny", 8, 6, 5, false),
+    measurement("plain_step", "tiny", 8, 6, 5, false),
+    measurement("latent_overhead", "tiny", 8, 6, 7, false),
+    measurement("train_step", "tiny_llama", 8, 6, 5, false),
+    measurement("latent_overhead", "tiny_llama", 8, 6, 7, false),
+    measurement("train_step", "tiny", 8, 0, 2, false),
+    measurement("train_step", "gpt2", 8, 6, 1, false),
+    measurement("train_step", "gpt2", 8, 6, 1, true),
+    measurement("plain_step", "gpt2", 8, 6, 1, false),
+    Measurement { bf16: true, ..measurement("train_step_bf16", "gpt2", 8, 6, 1, false) },
+    measurement("generate_reference", "tiny", 1, 6, 2, false),
+    measurement("generate_batched", "tiny", 32, 6, 1, false),
+];
 
 /// New tokens per prompt in generation, ours and the reference's (no stop token: a fixed
 /// amount of work).
 pub(super) const GENERATED_TOKENS: usize = 64;
 
-/// Runs the measurement `m` and returns its JSON line.
-pub(super) fn measure(args: &BenchArgs, m: &Measurement) -> Result<String> {
+/// Runs the measurement `m` on the ProsQA samples of `data`, tokenized with the GPT-2
+/// `tokenizer.json` at `tokenizer`, and returns its JSON line.
+pub(super) fn measure(data: &Path, tokenizer: &Path, m: &Measurement) -> Result<String> {
     tch::set_num_threads(1);
     tch::manual_seed(0);
-    let tokenizer = Tokenizer::from_file(&args.tokenizer)?;
-    let samples = load_samples(&args.data)?;
+    let tokenizer = Tokenizer::from_file(tokenizer)?;
+    let samples = load_samples(data)?;
     let needed = m.batch.max(m.steps);
     if samples.len() < needed {
-        bail!("{}: {} samples, the benchmark needs {needed}", args.data.display(), samples.len());
+        bail!("{}: {} samples, the benchmark needs {needed}", data.display(), samples.len());
     }
     let curriculum = reference_curriculum();
     let vs = VarStore::new(Device::Cpu);

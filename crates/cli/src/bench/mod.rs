@@ -17,6 +17,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use measure::{Measurement, MEASUREMENTS};
 use records::ResultLine;
 
 /// Arguments of `coconut bench`.
@@ -52,46 +53,6 @@ pub struct BenchArgs {
     only: Option<String>,
 }
 
-/// One measurement of the fixed set.
-struct Measurement {
-    name: &'static str,
-    model: &'static str,
-    batch: usize,
-    stage: usize,
-    steps: usize,
-    /// Train with `train.gradient_checkpointing` (the long passes recomputed in backward).
-    gradient_checkpointing: bool,
-    /// Compute in bf16 (f32 master weights); measured only on a CPU with native bf16.
-    bf16: bool,
-}
-
-const fn measurement(
-    name: &'static str,
-    model: &'static str,
-    batch: usize,
-    stage: usize,
-    steps: usize,
-    gradient_checkpointing: bool,
-) -> Measurement {
-    Measurement { name, model, batch, stage, steps, gradient_checkpointing, bf16: false }
-}
-
-/// The fixed set.
-const MEASUREMENTS: [Measurement; 12] = [
-    measurement("train_step", "tiny", 8, 6, 5, false),
-    measurement("plain_step", "tiny", 8, 6, 5, false),
-    measurement("latent_overhead", "tiny", 8, 6, 7, false),
-    measurement("train_step", "tiny_llama", 8, 6, 5, false),
-    measurement("latent_overhead", "tiny_llama", 8, 6, 7, false),
-    measurement("train_step", "tiny", 8, 0, 2, false),
-    measurement("train_step", "gpt2", 8, 6, 1, false),
-    measurement("train_step", "gpt2", 8, 6, 1, true),
-    measurement("plain_step", "gpt2", 8, 6, 1, false),
-    Measurement { bf16: true, ..measurement("train_step_bf16", "gpt2", 8, 6, 1, false) },
-    measurement("generate_reference", "tiny", 1, 6, 2, false),
-    measurement("generate_batched", "tiny", 32, 6, 1, false),
-];
-
 fn key(m: &Measurement) -> String {
     let recompute = if m.gradient_checkpointing { ":gradient_checkpointing" } else { "" };
     format!("{}:{}:{}:{}{recompute}", m.name, m.model, m.batch, m.stage)
@@ -101,21 +62,21 @@ fn key(m: &Measurement) -> String {
 pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(only) = args.only.as_deref().and_then(|o| o.strip_prefix("ddp:")) {
         let threads: usize = only.parse().context("ddp:<threads>")?;
-        return ddp::measure_ddp(args, threads);
+        return ddp::measure_ddp(&args.data, &args.tokenizer, threads);
     }
     if let Some(only) = &args.only {
         let m = MEASUREMENTS
             .iter()
             .find(|m| key(m) == *only)
             .with_context(|| format!("no measurement {only}"))?;
-        println!("{}", measure::measure(args, m)?);
+        println!("{}", measure::measure(&args.data, &args.tokenizer, m)?);
         return Ok(());
     }
     check_inputs(args)?;
     println!("# {}", cpu_description());
     let exe = std::env::current_exe()?;
     let lines = run_measurements(args, &exe)?;
-    let ddp = ddp::ddp_ratios(args, &exe, &mut out_lines(&args.out)?)?;
+    let ddp = ddp::ddp_ratios(&args.data, &args.tokenizer, &exe, &mut out_lines(&args.out)?)?;
     let theirs = match &args.reference {
         Some(path) => Some(read_reference(path)?),
         None if args.with_reference => reference::run_reference(args)?,

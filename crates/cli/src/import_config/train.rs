@@ -3,8 +3,8 @@
 
 use anyhow::{bail, Result};
 
+use super::sections::{needed_gpus, py_bool, Import};
 use super::toml_out::{int, s};
-use super::{needed_gpus, py_bool, Import};
 
 impl Import<'_> {
     /// `[train]`'s schedule and optimizer; returns the number of GPUs of the official run

@@ -7,7 +7,41 @@ use anyhow::{bail, Result};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-use super::{OFFICIAL_KEYS, OPTIONAL_KEYS};
+/// Every key of the official args files, in their order; they are exactly the arguments
+/// `run.py` and `dataset.py` read.
+pub(super) const OFFICIAL_KEYS: [&str; 28] = [
+    "project",
+    "save_path",
+    "name",
+    "only_eval",
+    "coconut",
+    "cot",
+    "no_thoughts",
+    "no_cot",
+    "c_thought",
+    "epochs_per_stage",
+    "max_latent_stage",
+    "pad_latent_to_max",
+    "save_only_improve",
+    "uniform_prob",
+    "model_id",
+    "load_model_path",
+    "seed",
+    "resume",
+    "bf16",
+    "train_path",
+    "val_path",
+    "reset_optimizer",
+    "batch_size_training",
+    "debug",
+    "gradient_accumulation_steps",
+    "num_epochs",
+    "lr",
+    "weight_decay",
+];
+
+/// Keys `run.py` may do without: `project` is read only when wandb logs.
+const OPTIONAL_KEYS: [&str; 1] = ["project"];
 
 /// One scalar of the YAML mapping, with what decides its type.
 #[derive(Debug)]

@@ -1,10 +1,10 @@
 //! The NCCL engine: a communicator on one CUDA device, and every operation of
 //! [`Collective`] over it. The libraries it calls are loaded by the parent module.
 
-use std::ffi::c_int;
+use std::ffi::{c_char, c_int};
 use std::time::Duration;
 
-use super::*;
+use super::ffi::*;
 use crate::{check_root, Collective, CollectiveError, TorchrunEnv};
 
 /// Every operation of [`Collective`] through NCCL, between the CUDA devices of the ranks:
