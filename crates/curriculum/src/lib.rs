@@ -6,7 +6,7 @@
 //!
 //! Every item is at the crate root; the files split it by concern:
 //! - `data.rs`: [`Sample`] and the Coconut JSON, iCoT line and GSM8k JSONL formats;
-//! - `tokenizer.rs`: a model folder's HF [`Tokenizer`], its BOS, EOS, padding and stop ids
+//! - `tokenizer/`: a model folder's HF [`Tokenizer`], its BOS, EOS, padding and stop ids
 //!   read from the folder, with the latent and pause tokens added; or one trained here;
 //! - `curriculum.rs`: the stage-k training sequence and labels of every [`Mode`], and the
 //!   evaluation prompt;
