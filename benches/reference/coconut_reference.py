@@ -54,8 +54,10 @@ def pass_ranges(latent_columns, seq_len):
     return ranges + [(first + n - 1, seq_len)]
 
 
-def multi_pass(model, input_ids, attention_mask, position_ids, latent_columns):
-    """The official forward: logits of every position, thoughts fed back between passes."""
+def latent_passes(model, input_ids, attention_mask, position_ids, latent_columns):
+    """The official forward: pass by pass on `past_key_values`, each latent column's embedding
+    replaced by the last hidden state of the column before it. Returns every pass's logits,
+    the cache and the embeddings with the thoughts written in."""
     embeds = model.transformer.wte(input_ids)
     cache = DynamicCache()
     logits = []
@@ -79,7 +81,7 @@ def multi_pass(model, input_ids, attention_mask, position_ids, latent_columns):
         hidden = out.hidden_states[-1]  # after ln_f, columns [start, end)
         embeds = embeds.clone()
         embeds[rows, cols] = hidden[rows, [c - 1 - start for c in cols]]
-    return torch.cat(logits, dim=1)
+    return logits, cache, embeds
 
 
 def training_step(model, optimizer, batch, plain):
@@ -89,7 +91,7 @@ def training_step(model, optimizer, batch, plain):
     labels = torch.tensor(batch["labels"])
     latents = [[] for _ in batch["latent_columns"]] if plain else batch["latent_columns"]
     started = time.perf_counter()
-    logits = multi_pass(model, ids, mask, positions, latents)
+    logits = torch.cat(latent_passes(model, ids, mask, positions, latents)[0], dim=1)
     loss = torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
     )
@@ -124,21 +126,8 @@ def generate_one(model, prompt, latent_id, max_new):
     mask = torch.ones_like(ids)
     positions = torch.arange(len(prompt)).unsqueeze(0)
     latents = [[i for i, t in enumerate(prompt) if t == latent_id]]
-    embeds = model.transformer.wte(ids)
-    cache = DynamicCache()
-    passes = pass_ranges(latents, len(prompt))
-    for index, (start, end) in enumerate(passes):
-        out = model(
-            inputs_embeds=embeds[:, start:end], attention_mask=mask[:, :end],
-            position_ids=positions[:, start:end], past_key_values=cache, use_cache=True,
-            output_hidden_states=True,
-        )
-        cache = out.past_key_values
-        if index + 1 < len(passes):
-            col = latents[0][index]
-            embeds = embeds.clone()
-            embeds[0, col] = out.hidden_states[-1][0, col - 1 - start]
-    tokens = [int(out.logits[0, -1].argmax())]
+    logits, _, embeds = latent_passes(model, ids, mask, positions, latents)
+    tokens = [int(logits[-1][0, -1].argmax())]
     for _ in range(max_new - 1):
         new = model.transformer.wte(torch.tensor([[tokens[-1]]]))
         embeds = torch.cat([embeds, new], dim=1)
@@ -150,24 +139,10 @@ def generate_one(model, prompt, latent_id, max_new):
 def generate_batched(model, prompts, latent_id, pad_id, max_new):
     """Left-padded prompts, the latent passes, then greedy decoding on `past_key_values`."""
     ids, mask, positions, latents = left_padded(prompts, latent_id, pad_id)
-    embeds = model.transformer.wte(ids)
-    cache = DynamicCache()
-    passes = pass_ranges(latents, ids.shape[1])
-    for index, (start, end) in enumerate(passes):
-        out = model(
-            inputs_embeds=embeds[:, start:end], attention_mask=mask[:, :end],
-            position_ids=positions[:, start:end], past_key_values=cache, use_cache=True,
-            output_hidden_states=True,
-        )
-        cache = out.past_key_values
-        if index + 1 < len(passes):
-            rows = [r for r, cols in enumerate(latents) if len(cols) > index]
-            cols = [latents[r][index] for r in rows]
-            embeds = embeds.clone()
-            embeds[rows, cols] = out.hidden_states[-1][rows, [c - 1 - start for c in cols]]
+    logits, cache, _ = latent_passes(model, ids, mask, positions, latents)
     # Positions continue after each row's last real token (left padding: the last column).
     next_position = positions[:, -1:] + 1
-    token = out.logits[:, -1].argmax(-1, keepdim=True)
+    token = logits[-1][:, -1].argmax(-1, keepdim=True)
     generated = [token]
     for _ in range(max_new - 1):
         mask = torch.cat([mask, torch.ones_like(token)], dim=1)
