@@ -205,6 +205,26 @@ fn loss_and_gradients(
     (value, grads.take())
 }
 
+/// One architecture's tiny model twice, with the same weights: on the CPU and on the
+/// checked device, and the CPU's loss and gradients on the check batch.
+struct Pair {
+    cpu_vs: VarStore,
+    cpu_loss: f64,
+    cpu_grads: BTreeMap<String, Tensor>,
+    vs: VarStore,
+    model: Box<dyn CausalLm>,
+    device: Device,
+}
+
+/// `Ok(detail)` when `passed`, else `Err(detail)`.
+fn verdict(passed: bool, detail: String) -> Result<String, String> {
+    if passed {
+        Ok(detail)
+    } else {
+        Err(detail)
+    }
+}
+
 /// Every check of one architecture's tiny model on `device` against the same model on the
 /// CPU. Returns whether all passed.
 fn check_architecture(
@@ -213,132 +233,129 @@ fn check_architecture(
     data: &CheckData,
     device: Device,
 ) -> Result<bool> {
-    let batch = &data.batch;
-    let vocab = tokenizer.vocab_size();
-    let positions = batch.seq_len + 64;
+    let (vocab, positions) = (tokenizer.vocab_size(), data.batch.seq_len + 64);
     let find = |models: Vec<(&'static str, VarStore, Box<dyn CausalLm>)>| {
         models.into_iter().find(|(name, _, _)| *name == arch).map(|(_, vs, model)| (vs, model))
     };
     let (cpu_vs, cpu_model) =
         find(tiny_models_on(vocab, positions, 2, 0.0, 0, Device::Cpu)).context("no such model")?;
-    let (dev_vs, mut dev_model) =
+    let (vs, model) =
         find(tiny_models_on(vocab, positions, 2, 0.0, 0, device)).context("no such model")?;
-    let (cpu_loss, cpu_grads) = loss_and_gradients(&cpu_vs, cpu_model.as_ref(), batch);
+    let (cpu_loss, cpu_grads) = loss_and_gradients(&cpu_vs, cpu_model.as_ref(), &data.batch);
+    drop(cpu_model);
+    let mut pair = Pair { cpu_vs, cpu_loss, cpu_grads, vs, model, device };
     let mut passed = check(&format!("loss_and_gradients[{arch}]"), || {
-        let (loss, grads) = loss_and_gradients(&dev_vs, dev_model.as_ref(), batch);
-        let loss_difference = (loss - cpu_loss).abs() / cpu_loss.abs();
-        let (worst, name) = worst_difference(&grads, &cpu_grads, device)?;
-        let detail = format!(
-            "loss {loss:.6} against {cpu_loss:.6}; {} gradients, the worst {name} at a relative \
-             difference of {worst:.1e}",
-            grads.len()
-        );
-        if loss_difference <= F32_TOLERANCE && worst <= 10.0 * F32_TOLERANCE {
-            Ok(detail)
-        } else {
-            Err(detail)
-        }
+        same_loss_and_gradients(&pair, &data.batch)
     });
-    passed &= check(&format!("adamw_step[{arch}]"), || {
-        // Both take the CPU's gradients, so that only the update itself is compared.
-        let mut on_cpu = AdamW::new(cpu_vs.variables(), REFERENCE_ADAMW);
-        let mut on_device = AdamW::new(dev_vs.variables(), REFERENCE_ADAMW);
-        on_cpu.step(cpu_grads.iter().map(|(n, g)| (n.clone(), g.shallow_clone())).collect());
-        on_device.step(cpu_grads.iter().map(|(n, g)| (n.clone(), g.to_device(device))).collect());
-        let moments = |opt: &AdamW| -> BTreeMap<String, Tensor> {
-            opt.state().into_iter().filter(|(n, _)| n != "step").collect()
-        };
-        let (worst_moment, _) = worst_difference(&moments(&on_device), &moments(&on_cpu), device)?;
-        let (worst, name) = worst_difference(
-            &dev_vs.variables().into_iter().collect(),
-            &cpu_vs.variables().into_iter().collect(),
-            device,
-        )?;
-        let detail = format!(
-            "parameters within {worst:.1e} (worst {name}), moments within {worst_moment:.1e}"
-        );
-        if worst <= F32_TOLERANCE && worst_moment <= F32_TOLERANCE {
-            Ok(detail)
-        } else {
-            Err(detail)
-        }
-    });
+    passed &= check(&format!("adamw_step[{arch}]"), || same_adamw_step(&pair));
     passed &= check(&format!("generation[{arch}]"), || {
-        let special = tokenizer.special();
-        let prompts: Vec<Vec<u32>> = data
-            .questions
-            .iter()
-            .map(|s| eval_prompt(&reference_curriculum(), &special, s, CHECK_STAGE))
-            .collect();
-        let batched = generate(dev_model.as_ref(), &prompts, &special, &[], 16, device);
-        let alone: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| {
-                let g = generate(
-                    dev_model.as_ref(),
-                    std::slice::from_ref(p),
-                    &special,
-                    &[],
-                    16,
-                    device,
-                );
-                g[0].tokens.clone()
-            })
-            .collect();
-        let same = batched.iter().zip(&alone).filter(|(b, a)| b.tokens == **a).count();
-        let detail =
-            format!("{same} of {} prompts decode the same batched and alone", prompts.len());
-        if same == prompts.len() {
-            Ok(detail)
-        } else {
-            Err(detail)
-        }
+        batched_generation_as_alone(&pair, tokenizer, data)
     });
-    passed &= check(&format!("checkpoint[{arch}]"), || {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        save_pretrained(&dev_vs, dev_model.as_ref(), dir.path()).map_err(|e| e.to_string())?;
-        let read = VarStore::new(Device::Cpu);
-        load_pretrained(&read, dir.path()).map_err(|e| e.to_string())?;
-        let written = dev_vs.variables();
-        let mut differing = Vec::new();
-        for (name, value) in read.variables() {
-            let original = written.get(&name).ok_or_else(|| format!("{name} was not written"))?;
-            if !value.equal(&original.to_device(Device::Cpu)) {
-                differing.push(name);
-            }
-        }
-        let detail = format!(
-            "{} tensors written on {device:?} and read on the CPU, {} differ {differing:?}",
-            written.len(),
-            differing.len()
-        );
-        if differing.is_empty() && read.variables().len() == written.len() {
-            Ok(detail)
-        } else {
-            Err(detail)
-        }
-    });
-    passed &= check(&format!("bf16_step[{arch}]"), || {
-        let (f32_loss, _) = loss_and_gradients(&dev_vs, dev_model.as_ref(), batch);
-        dev_model.set_compute_kind(Kind::BFloat16);
-        let (bf16_loss, grads) = loss_and_gradients(&dev_vs, dev_model.as_ref(), batch);
-        dev_model.set_compute_kind(Kind::Float);
-        let mut optimizer = AdamW::new(dev_vs.variables(), REFERENCE_ADAMW);
-        let finite = grads.values().all(coconut_model::is_finite);
-        optimizer.step(grads);
-        let difference = (bf16_loss - f32_loss).abs() / f32_loss.abs();
-        let detail = format!(
-            "loss {bf16_loss:.4} against {f32_loss:.4} in f32 ({:.2}%), gradients {}",
-            100.0 * difference,
-            if finite { "finite" } else { "not finite" }
-        );
-        if difference <= BF16_TOLERANCE && finite {
-            Ok(detail)
-        } else {
-            Err(detail)
-        }
-    });
+    passed &= check(&format!("checkpoint[{arch}]"), || checkpoint_read_on_the_cpu(&pair));
+    passed &= check(&format!("bf16_step[{arch}]"), || bf16_step(&mut pair, &data.batch));
     Ok(passed)
+}
+
+/// The multi-pass loss and every gradient on the device against the CPU's.
+fn same_loss_and_gradients(pair: &Pair, batch: &Batch) -> Result<String, String> {
+    let (loss, grads) = loss_and_gradients(&pair.vs, pair.model.as_ref(), batch);
+    let cpu_loss = pair.cpu_loss;
+    let loss_difference = (loss - cpu_loss).abs() / cpu_loss.abs();
+    let (worst, name) = worst_difference(&grads, &pair.cpu_grads, pair.device)?;
+    let detail = format!(
+        "loss {loss:.6} against {cpu_loss:.6}; {} gradients, the worst {name} at a relative \
+         difference of {worst:.1e}",
+        grads.len()
+    );
+    verdict(loss_difference <= F32_TOLERANCE && worst <= 10.0 * F32_TOLERANCE, detail)
+}
+
+/// One AdamW update on each side from the CPU's gradients: parameters and moments agree,
+/// and the device's moments live on the device.
+fn same_adamw_step(pair: &Pair) -> Result<String, String> {
+    let mut on_cpu = AdamW::new(pair.cpu_vs.variables(), REFERENCE_ADAMW);
+    let mut on_device = AdamW::new(pair.vs.variables(), REFERENCE_ADAMW);
+    let grads = &pair.cpu_grads;
+    on_cpu.step(grads.iter().map(|(n, g)| (n.clone(), g.shallow_clone())).collect());
+    on_device.step(grads.iter().map(|(n, g)| (n.clone(), g.to_device(pair.device))).collect());
+    let moments = |opt: &AdamW| -> BTreeMap<String, Tensor> {
+        opt.state().into_iter().filter(|(n, _)| n != "step").collect()
+    };
+    let (worst_moment, _) = worst_difference(&moments(&on_device), &moments(&on_cpu), pair.device)?;
+    let parameters =
+        |vs: &VarStore| -> BTreeMap<String, Tensor> { vs.variables().into_iter().collect() };
+    let (worst, name) =
+        worst_difference(&parameters(&pair.vs), &parameters(&pair.cpu_vs), pair.device)?;
+    let detail =
+        format!("parameters within {worst:.1e} (worst {name}), moments within {worst_moment:.1e}");
+    verdict(worst <= F32_TOLERANCE && worst_moment <= F32_TOLERANCE, detail)
+}
+
+/// Batched cached generation on the device decodes every prompt as it does alone.
+fn batched_generation_as_alone(
+    pair: &Pair,
+    tokenizer: &Tokenizer,
+    data: &CheckData,
+) -> Result<String, String> {
+    let special = tokenizer.special();
+    let prompts: Vec<Vec<u32>> = data
+        .questions
+        .iter()
+        .map(|s| eval_prompt(&reference_curriculum(), &special, s, CHECK_STAGE))
+        .collect();
+    let model = pair.model.as_ref();
+    let batched = generate(model, &prompts, &special, &[], 16, pair.device);
+    let same = prompts
+        .iter()
+        .zip(&batched)
+        .filter(|(p, b)| {
+            let alone = generate(model, std::slice::from_ref(*p), &special, &[], 16, pair.device);
+            alone[0].tokens == b.tokens
+        })
+        .count();
+    let detail = format!("{same} of {} prompts decode the same batched and alone", prompts.len());
+    verdict(same == prompts.len(), detail)
+}
+
+/// A checkpoint written from the device reads back on the CPU bit for bit.
+fn checkpoint_read_on_the_cpu(pair: &Pair) -> Result<String, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    save_pretrained(&pair.vs, pair.model.as_ref(), dir.path()).map_err(|e| e.to_string())?;
+    let read = VarStore::new(Device::Cpu);
+    load_pretrained(&read, dir.path()).map_err(|e| e.to_string())?;
+    let written = pair.vs.variables();
+    let mut differing = Vec::new();
+    for (name, value) in read.variables() {
+        let original = written.get(&name).ok_or_else(|| format!("{name} was not written"))?;
+        if !value.equal(&original.to_device(Device::Cpu)) {
+            differing.push(name);
+        }
+    }
+    let detail = format!(
+        "{} tensors written on {:?} and read on the CPU, {} differ {differing:?}",
+        written.len(),
+        pair.device,
+        differing.len()
+    );
+    verdict(differing.is_empty() && read.variables().len() == written.len(), detail)
+}
+
+/// A training step computed in bf16: the loss within [`BF16_TOLERANCE`] of f32's, finite
+/// gradients, an AdamW update on the f32 master weights.
+fn bf16_step(pair: &mut Pair, batch: &Batch) -> Result<String, String> {
+    let (f32_loss, _) = loss_and_gradients(&pair.vs, pair.model.as_ref(), batch);
+    pair.model.set_compute_kind(Kind::BFloat16);
+    let (bf16_loss, grads) = loss_and_gradients(&pair.vs, pair.model.as_ref(), batch);
+    pair.model.set_compute_kind(Kind::Float);
+    let finite = grads.values().all(coconut_model::is_finite);
+    AdamW::new(pair.vs.variables(), REFERENCE_ADAMW).step(grads);
+    let difference = (bf16_loss - f32_loss).abs() / f32_loss.abs();
+    let detail = format!(
+        "loss {bf16_loss:.4} against {f32_loss:.4} in f32 ({:.2}%), gradients {}",
+        100.0 * difference,
+        if finite { "finite" } else { "not finite" }
+    );
+    verdict(difference <= BF16_TOLERANCE && finite, detail)
 }
 
 /// One timed measurement of the GPT-2 shape, run in a child process: `train:f32:6`,
