@@ -31,6 +31,13 @@ pub(super) struct Measurement {
     pub(super) bf16: bool,
 }
 
+impl Measurement {
+    /// The prompts a generation measurement decodes: the first max(batch, steps) samples'.
+    pub(super) fn prompts_decoded(&self) -> usize {
+        self.batch.max(self.steps)
+    }
+}
+
 const fn measurement(
     name: &'static str,
     model: &'static str,
@@ -105,7 +112,7 @@ fn measure_generation(
     m: &Measurement,
 ) -> GenerateRecord {
     let special = inputs.tokenizer.special();
-    let n = m.batch.max(m.steps);
+    let n = m.prompts_decoded();
     let started = Instant::now();
     let tokenized = tokenize_samples(inputs.tokenizer, &inputs.samples[..n]);
     let prompts: Vec<Vec<u32>> =

@@ -14,7 +14,7 @@ use coconut_curriculum::{
 };
 use serde_json::{json, Value};
 
-use super::measure::{reference_curriculum, GENERATED_TOKENS};
+use super::measure::{reference_curriculum, GENERATED_TOKENS, MEASUREMENTS};
 use super::records::ResultLine;
 use super::BenchArgs;
 
@@ -105,8 +105,15 @@ fn reference_inputs(args: &BenchArgs) -> Result<Value> {
     let mut measurements = serde_json::Map::new();
     for (name, model, batch, stage, warmup, steps) in REFERENCE_MEASUREMENTS {
         let key = format!("{name}:{model}:{batch}:{stage}");
-        // Our generation decodes max(batch, steps) prompts (see `measure_generation`).
-        let n = if name.starts_with("generate") { batch.max(steps) } else { batch };
+        // The same prompts as our measurement of this key decodes.
+        let ours = MEASUREMENTS.iter().find(|m| {
+            (m.name, m.model, m.batch, m.stage) == (name, model, batch, stage)
+                && !m.gradient_checkpointing
+        });
+        let n = match ours {
+            Some(m) if name.starts_with("generate") => m.prompts_decoded(),
+            _ => batch,
+        };
         if samples.len() < n {
             bail!("{}: {} samples, the benchmark needs {n}", args.data.display(), samples.len());
         }
