@@ -2,6 +2,8 @@
 //! padding, and softmax attention over keys and values held in one chunk or several, with
 //! as many query heads per key-value head as the architecture groups (GQA).
 
+use std::ffi::c_void;
+
 use tch::{Kind, Tensor};
 
 use crate::kv_cache::KeysValues;
@@ -28,6 +30,9 @@ pub fn padding_bias(attention_mask: &Tensor, kind: Kind) -> Tensor {
     Tensor::zeros(masked.size(), (kind, attention_mask.device())).masked_fill(&masked, NEG_INF)
 }
 
+/// Whether [`attend`] has switched cuDNN attention off (see [`disable_cudnn_attention`]).
+static CUDNN_ATTENTION_OFF: std::sync::Once = std::sync::Once::new();
+
 /// Large enough to zero a softmax weight, small enough not to overflow f32 or bf16.
 const NEG_INF: f64 = -1e9;
 
@@ -37,6 +42,13 @@ const NEG_INF: f64 = -1e9;
 /// the kind of `q`. Returns (B, nh, Tq, hs).
 pub fn attend(q: &Tensor, chunks: &[KeysValues], bias: &Tensor, dropout: f64) -> Tensor {
     let (b, nh, tq, hs) = q.size4().expect("queries must be (B, nh, T, hs)");
+    if q.device().is_cuda() {
+        CUDNN_ATTENTION_OFF.call_once(|| {
+            if !disable_cudnn_attention() {
+                eprintln!("warning: cuDNN attention stays on: bf16 attention will be slow");
+            }
+        });
+    }
     let n_kv = chunks.first().expect("at least one chunk").0.size()[1];
     if let [(k, v)] = chunks {
         return Tensor::scaled_dot_product_attention(
@@ -89,6 +101,50 @@ pub fn attend(q: &Tensor, chunks: &[KeysValues], bias: &Tensor, dropout: f64) ->
     y.expect("at least one chunk").view([b, nh, tq, hs])
 }
 
+/// Switches off LibTorch's cuDNN attention kernel; returns whether it could. On recent GPUs
+/// `scaled_dot_product_attention` prefers cuDNN for bf16, and cuDNN builds an execution plan
+/// for every new sequence length: measured on an H200 with PyTorch 2.11, 61 ms per call when
+/// the length changes at every call, as it does at every decode step and every latent pass,
+/// against 0.08 ms for the memory-efficient kernel chosen without it. [`attend`] calls this
+/// before its first attention on a GPU.
+pub fn disable_cudnn_attention() -> bool {
+    type SetFlag = unsafe extern "C" fn(*mut c_void, bool);
+    let Some((linked, context)) = libtorch_context() else { return false };
+    // SAFETY: `void at::Context::setSDPUseCuDNN(bool)` takes the context as its first
+    // (`this`) argument, as C++ member functions do on every Itanium-ABI platform.
+    unsafe {
+        let Ok(set) = linked.get::<SetFlag>(b"_ZN2at7Context14setSDPUseCuDNNEb") else {
+            return false;
+        };
+        set(context, false);
+    }
+    true
+}
+
+/// Whether LibTorch may choose cuDNN's attention kernel (see [`disable_cudnn_attention`]);
+/// `None` when the setting cannot be read.
+pub fn cudnn_attention_enabled() -> Option<bool> {
+    type GetFlag = unsafe extern "C" fn(*mut c_void) -> bool;
+    let (linked, context) = libtorch_context()?;
+    // SAFETY: `bool at::Context::userEnabledCuDNNSDP() const` only reads the context.
+    unsafe {
+        let get = linked.get::<GetFlag>(b"_ZNK2at7Context19userEnabledCuDNNSDPEv").ok()?;
+        Some(get(context))
+    }
+}
+
+/// LibTorch's global context (`at::Context& at::globalContext()`), and the handle on the
+/// linked libraries that its settings are looked up in. tch has no call for the attention
+/// settings, so they are called by their (Itanium C++) names.
+fn libtorch_context() -> Option<(libloading::os::unix::Library, *mut c_void)> {
+    type GlobalContext = unsafe extern "C" fn() -> *mut c_void;
+    let linked = libloading::os::unix::Library::this();
+    // SAFETY: `at::globalContext()` takes nothing and returns a reference (a pointer) to the
+    // process's context, which lives as long as the process.
+    let context = unsafe { linked.get::<GlobalContext>(b"_ZN2at13globalContextEv").ok()?() };
+    Some((linked, context))
+}
+
 /// One layer's attention step shared by every architecture: the new keys and values `k`,
 /// `v` (B, n_kv, T, hs) of all T columns join the layer's cache, and the queries `q`
 /// (B, nh, Tq, hs) of the last Tq columns attend to everything held. `bias` is the pass's
@@ -113,4 +169,16 @@ pub(crate) fn cached_attention(
     let bias = if tq < rows { bias.narrow(2, rows - tq, tq) } else { bias.shallow_clone() };
     let y = attend(q, &chunks, &bias.to_kind(q.kind()), dropout); // (B, nh, Tq, hs)
     crate::causal_lm::merge_heads(&y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cudnn_attention_is_switched_off_through_libtorch_by_name() {
+        assert!(cudnn_attention_enabled().is_some(), "the setting is found and read");
+        assert!(disable_cudnn_attention());
+        assert_eq!(cudnn_attention_enabled(), Some(false));
+    }
 }

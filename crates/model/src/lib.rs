@@ -36,7 +36,7 @@ pub mod testing;
 
 use std::path::PathBuf;
 
-pub use attention::{causal_bias, padding_bias};
+pub use attention::{causal_bias, cudnn_attention_enabled, disable_cudnn_attention, padding_bias};
 pub use causal_lm::{draw_seed, CausalLm, ModelShape, PassInputs};
 pub use checkpoint::{
     is_finite, load_pretrained, model_from_config, pretrained_files, save_pretrained,

@@ -123,10 +123,12 @@ impl DeviceBatch {
 
 /// `host` on `device`. To a GPU the copy goes from pinned memory without waiting: a copy
 /// from ordinary memory first waits for every kernel queued, which would stall the device
-/// at every micro-batch while the host collates the next one.
+/// at every micro-batch while the host collates the next one. (`_pin_memory` rather than
+/// `pin_memory`: tch passes the latter a device, which LibTorch 2.11 warns about at every
+/// call.)
 fn upload(host: Tensor, device: Device) -> Tensor {
     if device.is_cuda() {
-        host.pin_memory(device).to_device_(device, host.kind(), true, false)
+        host.internal_pin_memory(device).to_device_(device, host.kind(), true, false)
     } else {
         host
     }
