@@ -23,7 +23,7 @@ Commands of the coconut binary (cargo xtask <command> [args], after setup):
   train-all-stages  Run a config's whole staged schedule and write the run folder
   eval              Evaluate checkpoints (one comparison table for several)
   ask               Ask a trained checkpoint a question of your own, with its thoughts
-  compare           Train Coconut, CoT and No-CoT on the same data and budget
+  compare           Coconut, CoT, No-CoT and ablations over seeds: table and plot
   data              Generate ProsQA / ProntoQA splits, or convert GSM8k files
   stats             Print a dataset file's statistics, beside a reference file's
   bench             Benchmarks at one thread; prints JSON lines and ratios

@@ -4,6 +4,7 @@ mod analyze_cmd;
 mod ask_cmd;
 mod bench;
 mod check_device;
+mod compare;
 mod data;
 mod eval_cmd;
 mod import_config;
@@ -119,12 +120,10 @@ enum Command {
         #[arg(long)]
         reference: Option<PathBuf>,
     },
-    /// Train Coconut, CoT and No-CoT on the same data and budget and print the table.
-    Compare {
-        /// Run config (TOML); the embedded default when absent.
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    /// Train Coconut, CoT, No-CoT and the paper's ablations on the same data, model and
+    /// epochs, over seeds; a table of means and deviations, a bar plot, and the Coconut
+    /// model with fewer thoughts.
+    Compare(compare::CompareArgs),
     /// Check a device against the CPU (loss, gradients, AdamW, generation, checkpoints,
     /// bf16) and time the GPT-2 shape on it; the last line is `device_check=pass|fail`.
     CheckDevice(check_device::CheckDeviceArgs),
@@ -216,12 +215,7 @@ fn dispatch(command: Command) -> Result<()> {
         }),
         Command::Data(args) => data::run(&args),
         Command::Stats { file, reference } => data::stats(&file, reference.as_deref()),
-        Command::Compare { config } => {
-            let (mut config, path) = run::load_config(config.as_deref(), &[])?;
-            let ranks = Arc::new(Ranks::from_launcher(config.device())?);
-            config.train.device = ranks.device(config.device());
-            run::compare(config, &path, &ranks)
-        }
+        Command::Compare(args) => compare::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::CheckDevice(args) => check_device::run(&args),
         Command::Analyze(args) => {

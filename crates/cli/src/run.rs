@@ -1,11 +1,11 @@
-//! `train-all-stages` and `compare`: a config's whole schedule, its evaluations and report.
+//! `train-all-stages`: a config's whole schedule, its evaluations and report.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use coconut_curriculum::{load_samples, tokenize_samples, Mode};
+use coconut_curriculum::{load_samples, tokenize_samples};
 use coconut_eval::{
     comparison_table, evaluate, inspect_samples, thoughts_report, EvalMetrics, EvalOptions,
     Prediction, TableRow,
@@ -174,27 +174,4 @@ pub fn write_predictions(path: &Path, predictions: &[Prediction]) -> Result<()> 
         text.push('\n');
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Trains Coconut, CoT and No-CoT on the data and budget of `config` and prints the table.
-pub fn compare(config: RunConfig, config_path: &Path, ranks: &Arc<Ranks>) -> Result<()> {
-    let mut rows = Vec::new();
-    for mode in [Mode::Cot, Mode::NoCot, Mode::Coconut] {
-        let mut c = config.clone();
-        c.curriculum.mode = mode;
-        c.name =
-            format!("{}-{}", config.name, serde_json::to_value(mode)?.as_str().unwrap_or("mode"));
-        let dir = train_all_stages(c.clone(), config_path, ranks)?;
-        if !ranks.is_main() {
-            continue;
-        }
-        let summary: report::Summary =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
-        rows.push(TableRow { method: format!("{mode:?}"), metrics: summary.final_metrics });
-    }
-    let table = comparison_table(&rows);
-    let path = config.output_dir.join(format!("{}-comparison.md", config.name));
-    std::fs::write(&path, &table)?;
-    println!("\n{table}\nwritten to {}", path.display());
-    Ok(())
 }

@@ -1,0 +1,457 @@
+//! `compare`: Coconut against chain of thought, answering directly and the paper's ablations,
+//! each trained on the same data, model and epochs, over several seeds; and the Coconut
+//! model evaluated with fewer thoughts than it was trained with.
+//!
+//! Writes `<output_dir>/<name>-comparison/`: `comparison.md` (mean and standard deviation
+//! per method, every seed's figure, the thought-count ablation), `comparison.json` and
+//! `accuracy.svg`. A run whose folder already holds its summary under the same config is
+//! read, not trained again, so an interrupted comparison continues where it stopped.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use coconut_curriculum::{load_samples, tokenize_samples, Mode};
+use coconut_eval::{evaluate, EvalMetrics, EvalOptions};
+use coconut_trainer::checkpoint::list_checkpoints;
+use coconut_trainer::{load_model_dir, Ranks, RunConfig};
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::report::Summary;
+use crate::run;
+
+/// The methods `compare` trains unless `--methods` names others: the method, its two
+/// baselines and the paper's two ablations of the thoughts.
+const DEFAULT_METHODS: &str = "coconut,cot,no-cot,no-thoughts,pause-as-thought";
+
+/// `coconut compare`.
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    /// Run config (TOML); the embedded default when absent.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Train every method with seeds 0..N: seed s sets `train.seed` and, for generated
+    /// data, the generator's seed (its files then go to `<folder>-seed<s>/`). Without it,
+    /// one run each with the config's own seeds.
+    #[arg(long)]
+    pub seeds: Option<u64>,
+    /// The methods, comma-separated (curriculum modes).
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_METHODS)]
+    pub methods: Vec<String>,
+    /// Override a config key for every run, for example `--set train.num_epochs=4`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// One trained run of the comparison.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The seed of `train.seed` (and of the data, when generated).
+    pub seed: u64,
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// The final model's figures on the test split (valid when there is none).
+    pub metrics: EvalMetrics,
+    /// Seconds of training and evaluation.
+    pub wall_seconds: f64,
+}
+
+/// Every run of one method, and their mean.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MethodResult {
+    /// The curriculum mode.
+    pub method: Mode,
+    /// One run per seed.
+    pub runs: Vec<RunResult>,
+    /// Mean accuracy over the seeds, in [0, 1].
+    pub mean_accuracy: f64,
+    /// Sample standard deviation of the accuracy (none with one seed).
+    pub sd_accuracy: Option<f64>,
+}
+
+/// The Coconut model of one seed evaluated at every stage's number of thoughts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ThoughtAblation {
+    /// The seed of the run.
+    pub seed: u64,
+    /// The checkpoint evaluated.
+    pub checkpoint: PathBuf,
+    /// The figures at stage 0, 1, ..., `max_latent_stage`.
+    pub by_stage: Vec<EvalMetrics>,
+}
+
+/// `comparison.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The config's name.
+    pub name: String,
+    /// The split every final model was evaluated on.
+    pub split: String,
+    /// Thoughts per stage of the Coconut runs.
+    pub c_thought: usize,
+    /// Per method, in the order asked.
+    pub methods: Vec<MethodResult>,
+    /// The thought-count ablation of every Coconut run.
+    pub thought_ablation: Vec<ThoughtAblation>,
+}
+
+/// Trains every method of `args` for every seed, then writes and prints the comparison.
+pub fn run(args: &CompareArgs) -> Result<()> {
+    let (mut config, config_path) = run::load_config(args.config.as_deref(), &args.overrides)?;
+    let methods = parse_methods(&args.methods)?;
+    let ranks = Arc::new(Ranks::from_launcher(config.device())?);
+    config.train.device = ranks.device(config.device());
+    let seeds: Vec<Option<u64>> = match args.seeds {
+        Some(n) if n == 0 => bail!("--seeds must be at least 1"),
+        Some(n) => (0..n).map(Some).collect(),
+        None => vec![None],
+    };
+    // The output folder is checked writable before hours of training.
+    let out = config.output_dir.join(format!("{}-comparison", config.name));
+    if ranks.is_main() {
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        tempfile::NamedTempFile::new_in(&out)
+            .with_context(|| format!("{} is not writable", out.display()))?;
+    }
+
+    let mut results: Vec<MethodResult> = Vec::new();
+    let mut ablations = Vec::new();
+    for &seed in &seeds {
+        for &method in &methods {
+            let c = run_config(&config, method, seed);
+            let Some(run) = trained(c.clone(), &config_path, &ranks)? else { continue };
+            if method == Mode::Coconut {
+                ablations.push(thought_ablation(&c, &run)?);
+            }
+            match results.iter_mut().find(|m| m.method == method) {
+                Some(m) => m.runs.push(run),
+                None => results.push(MethodResult {
+                    method,
+                    runs: vec![run],
+                    mean_accuracy: 0.0,
+                    sd_accuracy: None,
+                }),
+            }
+        }
+    }
+    if !ranks.is_main() {
+        return Ok(());
+    }
+    for m in &mut results {
+        let accuracies: Vec<f64> = m.runs.iter().map(|r| r.metrics.accuracy).collect();
+        (m.mean_accuracy, m.sd_accuracy) = mean_and_sd(&accuracies);
+    }
+    let split = if config.data.test.is_some() { "test" } else { "valid" };
+    let comparison = Comparison {
+        name: config.name.clone(),
+        split: split.to_string(),
+        c_thought: config.curriculum.c_thought,
+        methods: results,
+        thought_ablation: ablations,
+    };
+    let table = comparison_markdown(&comparison);
+    std::fs::write(out.join("comparison.md"), &table)?;
+    std::fs::write(out.join("comparison.json"), serde_json::to_string_pretty(&comparison)?)?;
+    plot_accuracy(&out.join("accuracy.svg"), &comparison)?;
+    println!("\n{table}\nwritten to {}", out.display());
+    Ok(())
+}
+
+/// The curriculum modes named on the command line.
+fn parse_methods(names: &[String]) -> Result<Vec<Mode>> {
+    let mut methods = Vec::new();
+    for name in names {
+        let value = serde_json::Value::String(name.trim().to_string());
+        let Ok(mode) = serde_json::from_value::<Mode>(value) else {
+            bail!("--methods: unknown method `{name}` (known: {DEFAULT_METHODS}, pause-token, no-curriculum)")
+        };
+        if !methods.contains(&mode) {
+            methods.push(mode);
+        }
+    }
+    Ok(methods)
+}
+
+/// The config of one run: `config` with `method`'s mode and, when a seed is given, that
+/// seed for training and for generated data (written beside the config's own data, in a
+/// folder of its own, unless it is the config's seed).
+pub fn run_config(config: &RunConfig, method: Mode, seed: Option<u64>) -> RunConfig {
+    let mut c = config.clone();
+    c.curriculum.mode = method;
+    let mode_name = serde_json::to_value(method).ok().and_then(|v| v.as_str().map(String::from));
+    let mode_name = mode_name.unwrap_or_else(|| format!("{method:?}"));
+    let Some(seed) = seed else {
+        c.name = format!("{}-{mode_name}", config.name);
+        return c;
+    };
+    c.name = format!("{}-seed{seed}-{mode_name}", config.name);
+    c.train.seed = seed;
+    if let Some(generate) = &mut c.data.generate {
+        if generate.seed != seed {
+            generate.seed = seed;
+            let data = &mut c.data;
+            for path in [&mut data.train, &mut data.valid].into_iter().chain(data.test.as_mut()) {
+                *path = in_seed_folder(path, seed);
+            }
+        }
+    }
+    c
+}
+
+/// `dir/file` as `dir-seed<s>/file`.
+fn in_seed_folder(path: &Path, seed: u64) -> PathBuf {
+    let file = path.file_name().unwrap_or_default();
+    match path.parent().and_then(|dir| dir.file_name().map(|name| (dir, name))) {
+        Some((dir, name)) => {
+            dir.with_file_name(format!("{}-seed{seed}", name.to_string_lossy())).join(file)
+        }
+        None => PathBuf::from(format!("seed{seed}")).join(file),
+    }
+}
+
+/// Trains the run of `config`, or reads it when its folder holds a summary written under
+/// the same config. `None` on ranks other than the first, which write nothing.
+fn trained(config: RunConfig, config_path: &Path, ranks: &Arc<Ranks>) -> Result<Option<RunResult>> {
+    let seed = config.train.seed;
+    let run_dir = config.run_dir();
+    // Rank 0 decides, so that every rank trains or none does.
+    let mut finished = vec![u8::from(ranks.is_main() && is_finished(&config))];
+    ranks.broadcast(&mut finished)?;
+    if finished[0] == 1 {
+        println!("{}: already trained, its summary is read", run_dir.display());
+    } else {
+        run::train_all_stages(config, config_path, ranks)?;
+    }
+    if !ranks.is_main() {
+        return Ok(None);
+    }
+    let path = run_dir.join("summary.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let summary: Summary =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(RunResult {
+        seed,
+        run_dir,
+        metrics: summary.final_metrics,
+        wall_seconds: summary.wall_seconds,
+    }))
+}
+
+/// Whether the run folder of `config` holds a finished run of this very config.
+fn is_finished(config: &RunConfig) -> bool {
+    let dir = config.run_dir();
+    let written = std::fs::read_to_string(dir.join("config.toml")).ok();
+    let ours = toml::to_string_pretty(config).ok();
+    dir.join("summary.json").exists() && written.is_some() && written == ours
+}
+
+/// The newest checkpoint of a Coconut run evaluated at stages 0..=`max_latent_stage`, on
+/// the split of its final evaluation; kept in `<run>/thought_ablation.json` and read from
+/// there while the checkpoint is the same.
+fn thought_ablation(config: &RunConfig, run: &RunResult) -> Result<ThoughtAblation> {
+    let Some(checkpoint) = list_checkpoints(&run.run_dir.join("checkpoints")).pop() else {
+        bail!("{} holds no checkpoint to evaluate with fewer thoughts", run.run_dir.display())
+    };
+    let kept = run.run_dir.join("thought_ablation.json");
+    let earlier: Option<ThoughtAblation> =
+        std::fs::read_to_string(&kept).ok().and_then(|text| serde_json::from_str(&text).ok());
+    if let Some(earlier) = earlier.filter(|e| e.checkpoint == checkpoint) {
+        return Ok(earlier);
+    }
+    let data = config.data.test.as_ref().unwrap_or(&config.data.valid);
+    let samples = load_samples(data)?;
+    let loaded = load_model_dir(&checkpoint, config.device(), &config.model.latent_init_token)?;
+    let tokenized = tokenize_samples(&loaded.tokenizer, &samples);
+    let mut by_stage = Vec::new();
+    for stage in 0..=config.curriculum.max_latent_stage {
+        let options = EvalOptions::for_run(config, stage);
+        let model = loaded.model.as_ref();
+        let (metrics, _) =
+            evaluate(model, &loaded.tokenizer, &config.curriculum, &samples, &tokenized, &options);
+        by_stage.push(metrics);
+    }
+    let ablation = ThoughtAblation { seed: run.seed, checkpoint, by_stage };
+    std::fs::write(&kept, serde_json::to_string_pretty(&ablation)?)
+        .with_context(|| format!("writing {}", kept.display()))?;
+    Ok(ablation)
+}
+
+/// The mean and the sample standard deviation (none for fewer than two values).
+pub fn mean_and_sd(values: &[f64]) -> (f64, Option<f64>) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n.max(1.0);
+    let sd = (values.len() > 1)
+        .then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
+    (mean, sd)
+}
+
+/// `comparison.md`: the methods' table and the thought-count ablation.
+fn comparison_markdown(c: &Comparison) -> String {
+    let seeds: Vec<u64> =
+        c.methods.first().map_or(Vec::new(), |m| m.runs.iter().map(|r| r.seed).collect());
+    let seed_columns: String = seeds.iter().map(|s| format!(" seed {s} |")).collect();
+    let mut out = format!(
+        "Final accuracy % on the {} split (mean ± sample sd over seeds).\n\n\
+         | method | accuracy % |{seed_columns} # tokens | minutes per run |\n\
+         |---|---|{}---|---|\n",
+        c.split,
+        "---|".repeat(seeds.len())
+    );
+    for m in &c.methods {
+        let n = m.runs.len().max(1) as f64;
+        let tokens = m.runs.iter().map(|r| r.metrics.mean_tokens).sum::<f64>() / n;
+        let minutes = m.runs.iter().map(|r| r.wall_seconds).sum::<f64>() / n / 60.0;
+        let per_seed: String =
+            m.runs.iter().map(|r| format!(" {:.1} |", 100.0 * r.metrics.accuracy)).collect();
+        out.push_str(&format!(
+            "| {} | {} |{per_seed} {tokens:.1} | {minutes:.1} |\n",
+            method_label(m.method),
+            percent_with_sd(m.mean_accuracy, m.sd_accuracy),
+        ));
+    }
+    if let Some(first) = c.thought_ablation.first() {
+        let stages = first.by_stage.len();
+        let header: String = (0..stages).map(|k| format!(" {} |", k * c.c_thought)).collect();
+        out.push_str(&format!(
+            "\nThe Coconut model evaluated with fewer thoughts (accuracy %).\n\n\
+             | thoughts |{header}\n|---|{}\n",
+            "---|".repeat(stages)
+        ));
+        for a in &c.thought_ablation {
+            let cells: String =
+                a.by_stage.iter().map(|m| format!(" {:.1} |", 100.0 * m.accuracy)).collect();
+            out.push_str(&format!("| seed {} |{cells}\n", a.seed));
+        }
+        if c.thought_ablation.len() > 1 {
+            let cells: String = (0..stages)
+                .map(|k| {
+                    let values: Vec<f64> = c
+                        .thought_ablation
+                        .iter()
+                        .filter_map(|a| a.by_stage.get(k).map(|m| m.accuracy))
+                        .collect();
+                    let (mean, sd) = mean_and_sd(&values);
+                    format!(" {} |", percent_with_sd(mean, sd))
+                })
+                .collect();
+            out.push_str(&format!("| mean |{cells}\n"));
+        }
+    }
+    out
+}
+
+/// `81.3 ± 1.2`, or `81.3` without a deviation.
+fn percent_with_sd(mean: f64, sd: Option<f64>) -> String {
+    match sd {
+        Some(sd) => format!("{:.1} ± {:.1}", 100.0 * mean, 100.0 * sd),
+        None => format!("{:.1}", 100.0 * mean),
+    }
+}
+
+/// The paper's name of a method.
+fn method_label(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Coconut => "Coconut",
+        Mode::Cot => "CoT",
+        Mode::NoCot => "No-CoT",
+        Mode::NoThoughts => "w/o thought",
+        Mode::PauseAsThought => "pause as thought",
+        Mode::PauseToken => "pause token",
+        Mode::NoCurriculum => "w/o curriculum",
+    }
+}
+
+/// `accuracy.svg`: one bar per method at its mean accuracy, the standard deviation as an
+/// error bar and every seed's accuracy as a dot.
+fn plot_accuracy(path: &Path, c: &Comparison) -> Result<()> {
+    let root = SVGBackend::new(path, (140 + 110 * c.methods.len() as u32, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let labels: Vec<&str> = c.methods.iter().map(|m| method_label(m.method)).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{}: {} accuracy %", c.name, c.split), ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(40)
+        .build_cartesian_2d((0..c.methods.len()).into_segmented(), 0.0..100.0)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i).copied().unwrap_or_default().to_string(),
+            _ => String::new(),
+        })
+        .draw()?;
+    let colour = |i: usize| Palette99::pick(i).mix(0.8);
+    chart.draw_series(c.methods.iter().enumerate().map(|(i, m)| {
+        let (from, to) = (SegmentValue::Exact(i), SegmentValue::Exact(i + 1));
+        let mut bar =
+            Rectangle::new([(from, 0.0), (to, 100.0 * m.mean_accuracy)], colour(i).filled());
+        bar.set_margin(0, 0, 12, 12);
+        bar
+    }))?;
+    chart.draw_series(c.methods.iter().enumerate().filter_map(|(i, m)| {
+        let (mean, sd) = (100.0 * m.mean_accuracy, 100.0 * m.sd_accuracy?);
+        Some(ErrorBar::new_vertical(
+            SegmentValue::CenterOf(i),
+            mean - sd,
+            mean,
+            mean + sd,
+            BLACK.stroke_width(2),
+            12,
+        ))
+    }))?;
+    chart.draw_series(c.methods.iter().enumerate().flat_map(|(i, m)| {
+        m.runs.iter().map(move |r| {
+            Circle::new((SegmentValue::CenterOf(i), 100.0 * r.metrics.accuracy), 3, BLACK.filled())
+        })
+    }))?;
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_standard_deviation_divides_by_n_minus_one() {
+        let (mean, sd) = mean_and_sd(&[0.80, 0.84, 0.88]);
+        assert!((mean - 0.84).abs() < 1e-12);
+        assert!((sd.unwrap() - 0.04).abs() < 1e-12);
+        assert_eq!(mean_and_sd(&[0.5]), (0.5, None));
+    }
+
+    #[test]
+    fn a_seed_moves_generated_data_into_a_folder_of_its_own() {
+        let text = crate::DEFAULT_CONFIG;
+        let config = RunConfig::parse(text, Path::new("configs/default.toml")).unwrap();
+        let generated_seed = config.data.generate.as_ref().unwrap().seed;
+        let own = run_config(&config, Mode::Cot, Some(generated_seed));
+        assert_eq!(own.data.train, config.data.train);
+        assert_eq!(own.train.seed, generated_seed);
+        assert_eq!(own.curriculum.mode, Mode::Cot);
+
+        let other = run_config(&config, Mode::Coconut, Some(generated_seed + 1));
+        let folder = |p: &Path| p.parent().unwrap().to_path_buf();
+        let expected =
+            format!("{}-seed{}", folder(&config.data.train).display(), generated_seed + 1);
+        assert_eq!(folder(&other.data.train), PathBuf::from(&expected));
+        assert_eq!(folder(&other.data.valid), PathBuf::from(&expected));
+        assert_eq!(other.data.train.file_name(), config.data.train.file_name());
+        assert_eq!(other.data.generate.as_ref().unwrap().seed, generated_seed + 1);
+        assert_eq!(other.train.seed, generated_seed + 1);
+        assert_ne!(other.name, own.name);
+    }
+
+    #[test]
+    fn methods_are_read_by_their_config_names() {
+        let names = DEFAULT_METHODS.split(',').map(String::from).collect::<Vec<_>>();
+        let modes = parse_methods(&names).unwrap();
+        assert_eq!(modes[0], Mode::Coconut);
+        assert_eq!(modes.len(), 5);
+        let err = parse_methods(&["latent".to_string()]).unwrap_err().to_string();
+        assert!(err.contains("unknown method `latent`"), "{err}");
+    }
+}
