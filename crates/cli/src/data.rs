@@ -176,7 +176,7 @@ pub fn ensure_generated(config: &RunConfig) -> Result<()> {
 
     let started = std::time::Instant::now();
     let sizes = (g.sizes[0], g.sizes[1], g.sizes[2]);
-    let splits = generate_splits(&DatasetConfig::preset(g.kind, g.preset), sizes, g.seed)?;
+    let splits = generate_splits(&g.dataset_config().map_err(anyhow::Error::msg)?, sizes, g.seed)?;
     let texts: Vec<String> =
         [&splits.train, &splits.valid, &splits.test].map(|s| samples_json(s)).to_vec();
     if recorded.is_none() {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use coconut_curriculum::CurriculumConfig;
-use coconut_datasets::{DatasetKind, Preset};
+use coconut_datasets::{DatasetConfig, DatasetKind, Preset};
 use serde::{Deserialize, Serialize};
 
 use crate::precision::Precision;
@@ -74,6 +74,43 @@ pub struct GenerateConfig {
     /// Generator seed.
     #[serde(default)]
     pub seed: u64,
+    /// Generator settings that replace the preset's, by name: for ProsQA `min_steps`,
+    /// `max_steps`, `min_nodes`, `max_nodes`, `mean_parents`, ...; for ProntoQA `min_hops`,
+    /// `max_hops`, `side_branches`, ... (the fields of `ProsQaConfig` / `ProntoQaConfig`).
+    /// For example `shape = { min_steps = 3, max_steps = 4 }`.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub shape: serde_json::Map<String, serde_json::Value>,
+}
+
+impl GenerateConfig {
+    /// The generator's settings: the preset's, with `shape` put over them.
+    pub fn dataset_config(&self) -> Result<DatasetConfig, String> {
+        let preset = DatasetConfig::preset(self.kind, self.preset);
+        if self.shape.is_empty() {
+            return Ok(preset);
+        }
+        let overlaid = |base: serde_json::Value| -> serde_json::Value {
+            let mut fields = match base {
+                serde_json::Value::Object(fields) => fields,
+                _ => unreachable!("a generator config serialises to an object"),
+            };
+            fields.extend(self.shape.clone());
+            serde_json::Value::Object(fields)
+        };
+        let err = |e: serde_json::Error| format!("data.generate.shape: {e}");
+        let config = match preset {
+            DatasetConfig::ProsQa(c) => DatasetConfig::ProsQa(
+                serde_json::from_value(overlaid(serde_json::to_value(c).map_err(err)?))
+                    .map_err(err)?,
+            ),
+            DatasetConfig::ProntoQa(c) => DatasetConfig::ProntoQa(
+                serde_json::from_value(overlaid(serde_json::to_value(c).map_err(err)?))
+                    .map_err(err)?,
+            ),
+        };
+        config.validate().map_err(|e| format!("data.generate.shape: {e}"))?;
+        Ok(config)
+    }
 }
 
 /// A pretrained HF model folder (GPT-2, Llama or Qwen2), or the architecture and shape of a
@@ -439,6 +476,7 @@ fn validate_data(data: &DataConfig) -> Result<(), String> {
         if g.seed > i64::MAX as u64 {
             return Err(format!("data.generate.seed ({}) must be at most {}", g.seed, i64::MAX));
         }
+        g.dataset_config()?;
     }
     at_least("data.max_train_samples", data.max_train_samples, 0, LIMIT_SAMPLES)?;
     at_least("data.max_valid_samples", data.max_valid_samples, 0, LIMIT_SAMPLES)?;
@@ -651,6 +689,31 @@ lr = 1e-3
         assert_eq!(parse(&[]).unwrap().train.lr, 1e-3);
     }
 
+    #[test]
+    fn a_generator_shape_replaces_the_presets_fields_by_name() {
+        let generate = r#"data.generate={ kind = "prosqa", preset = "small", sizes = [8, 2, 2], shape = { min_steps = 3, max_steps = 4, max_nodes = 13 } }"#;
+        let c = parse(&[generate]).unwrap();
+        let g = c.data.generate.as_ref().unwrap();
+        let DatasetConfig::ProsQa(shape) = g.dataset_config().unwrap() else { panic!("ProsQA") };
+        let small = coconut_datasets::ProsQaConfig::small();
+        assert_eq!((shape.min_steps, shape.max_steps, shape.max_nodes), (3, 4, 13));
+        assert_eq!((shape.min_nodes, shape.mean_parents), (small.min_nodes, small.mean_parents));
+        // Through the resolved config.toml and back.
+        let toml = toml::to_string_pretty(&c).unwrap();
+        assert_eq!(RunConfig::parse(&toml, Path::new("config.toml")).unwrap(), c);
+
+        for (bad, expected) in [
+            ("shape = { min_hops = 3 }", "unknown field `min_hops`"),
+            ("shape = { min_steps = 5, max_steps = 4 }", "max_steps"),
+        ] {
+            let text =
+                generate.replace("shape = { min_steps = 3, max_steps = 4, max_nodes = 13 }", bad);
+            let err = parse(&[&text]).unwrap_err().to_string();
+            assert!(err.contains("data.generate.shape") && err.contains(expected), "{err}");
+            assert!(err.contains("run.toml"), "the error names the file: {err}");
+        }
+    }
+
     /// Sets `field` to a value from a pool of ordinary and extreme values (zero, the limits
     /// of the type, NaN, infinities) one time in six; otherwise it keeps its valid value.
     fn pick<T: Copy>(rng: &mut impl rand::Rng, field: &mut T, pool: &[T]) {
@@ -659,9 +722,6 @@ lr = 1e-3
         }
     }
 
-    /// Every config that validates survives a checkpoint: its training state (JSON) and the
-    /// resolved `config.toml` read back equal. Values that cannot (NaN in JSON, integers
-    /// above `i64::MAX` in TOML) must be rejected by validation instead.
     /// Every run config the repository ships parses and validates.
     #[test]
     fn every_shipped_config_is_valid() {
@@ -677,6 +737,9 @@ lr = 1e-3
         assert!(count >= 20, "{count} configs");
     }
 
+    /// Every config that validates survives a checkpoint: its training state (JSON) and the
+    /// resolved `config.toml` read back equal. Values that cannot (NaN in JSON, integers
+    /// above `i64::MAX` in TOML) must be rejected by validation instead.
     #[test]
     fn every_valid_config_round_trips_through_a_checkpoint() {
         use rand::SeedableRng;
