@@ -103,7 +103,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     let ranks = Arc::new(Ranks::from_launcher(config.device())?);
     config.train.device = ranks.device(config.device());
     let seeds: Vec<Option<u64>> = match args.seeds {
-        Some(n) if n == 0 => bail!("--seeds must be at least 1"),
+        Some(0) => bail!("--seeds must be at least 1"),
         Some(n) => (0..n).map(Some).collect(),
         None => vec![None],
     };
