@@ -105,8 +105,8 @@ pub fn attend(q: &Tensor, chunks: &[KeysValues], bias: &Tensor, dropout: f64) ->
 /// `scaled_dot_product_attention` prefers cuDNN for bf16, and cuDNN builds an execution plan
 /// for every new sequence length: measured on an H200 with PyTorch 2.11, 61 ms per call when
 /// the length changes at every call, as it does at every decode step and every latent pass,
-/// against 0.08 ms for the memory-efficient kernel chosen without it. [`attend`] calls this
-/// before its first attention on a GPU.
+/// against 0.08 ms for the memory-efficient kernel chosen without it. The first attention on a
+/// GPU calls this (once per process).
 pub fn disable_cudnn_attention() -> bool {
     type SetFlag = unsafe extern "C" fn(*mut c_void, bool);
     let Some((linked, context)) = libtorch_context() else { return false };
