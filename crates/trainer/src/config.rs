@@ -85,31 +85,23 @@ pub struct GenerateConfig {
 impl GenerateConfig {
     /// The generator's settings: the preset's, with `shape` put over them.
     pub fn dataset_config(&self) -> Result<DatasetConfig, String> {
-        let preset = DatasetConfig::preset(self.kind, self.preset);
-        if self.shape.is_empty() {
-            return Ok(preset);
-        }
-        let overlaid = |base: serde_json::Value| -> serde_json::Value {
-            let mut fields = match base {
-                serde_json::Value::Object(fields) => fields,
-                _ => unreachable!("a generator config serialises to an object"),
-            };
-            fields.extend(self.shape.clone());
-            serde_json::Value::Object(fields)
-        };
-        let err = |e: serde_json::Error| format!("data.generate.shape: {e}");
-        let config = match preset {
-            DatasetConfig::ProsQa(c) => DatasetConfig::ProsQa(
-                serde_json::from_value(overlaid(serde_json::to_value(c).map_err(err)?))
-                    .map_err(err)?,
-            ),
-            DatasetConfig::ProntoQa(c) => DatasetConfig::ProntoQa(
-                serde_json::from_value(overlaid(serde_json::to_value(c).map_err(err)?))
-                    .map_err(err)?,
-            ),
+        let config = match DatasetConfig::preset(self.kind, self.preset) {
+            DatasetConfig::ProsQa(c) => DatasetConfig::ProsQa(self.overlaid(c)?),
+            DatasetConfig::ProntoQa(c) => DatasetConfig::ProntoQa(self.overlaid(c)?),
         };
         config.validate().map_err(|e| format!("data.generate.shape: {e}"))?;
         Ok(config)
+    }
+
+    /// `preset` with the fields of `shape` replaced (an unknown one is an error).
+    fn overlaid<T: Serialize + serde::de::DeserializeOwned>(&self, preset: T) -> Result<T, String> {
+        let err = |e: serde_json::Error| format!("data.generate.shape: {e}");
+        let serde_json::Value::Object(mut fields) = serde_json::to_value(preset).map_err(err)?
+        else {
+            unreachable!("a generator config serialises to an object")
+        };
+        fields.extend(self.shape.clone());
+        serde_json::from_value(serde_json::Value::Object(fields)).map_err(err)
     }
 }
 
