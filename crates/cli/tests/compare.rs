@@ -133,3 +133,67 @@ fn an_unknown_method_is_refused_before_any_training() {
     assert!(err.contains("unknown method `latent`"), "{err}");
     assert!(!dir.path().join("data").exists(), "nothing was generated");
 }
+
+#[test]
+fn runs_trained_side_by_side_are_the_runs_a_serial_comparison_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let args = ["compare", "--config", config.to_str().unwrap(), "--methods", "coconut,no-cot"];
+    let mut side_by_side = coconut(&args);
+    side_by_side.args(["--jobs", "2"]);
+    let first = succeed(side_by_side);
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert_eq!(stdout.matches(": started").count(), 2, "{stdout}");
+
+    // Each ran in its own process on the cores shared out, its output in a log.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let logs = dir.path().join("cmp-comparison/runs");
+    for mode in ["coconut", "no-cot"] {
+        let run = dir.path().join(format!("cmp-{mode}"));
+        assert!(run.join("summary.json").exists(), "{}", run.display());
+        let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        let threads = format!("threads = {}", (cores / 2).max(1));
+        assert!(config.contains(&threads), "{threads} in {config}");
+        let log = std::fs::read_to_string(logs.join(format!("cmp-{mode}.log"))).unwrap();
+        assert!(log.contains(&format!("cmp-{mode} (test)")), "its final table: {log}");
+    }
+
+    // A comparison one run at a time takes them as its own: the thread count is not part
+    // of a run's identity.
+    let again = succeed(coconut(&args));
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert_eq!(stdout.matches("already trained").count(), 2, "{stdout}");
+
+    // And trains the same run: No-CoT trained alone elsewhere ends at the same loss (up to
+    // the rounding of another thread count).
+    let alone = dir.path().join("alone");
+    let mut serial = coconut(&args[..3]);
+    serial.args(["--methods", "no-cot", "--set", &format!("output_dir=\"{}\"", alone.display())]);
+    succeed(serial);
+    let final_loss = |run: &Path| {
+        let summary = read_json(&run.join("summary.json"));
+        let stages = summary["per_stage"].as_array().unwrap();
+        stages.last().unwrap()["valid_loss"].as_f64().unwrap()
+    };
+    let (parallel, serial) =
+        (final_loss(&dir.path().join("cmp-no-cot")), final_loss(&alone.join("cmp-no-cot")));
+    assert!((parallel - serial).abs() <= 1e-4 * serial.abs(), "{parallel} against {serial}");
+}
+
+#[test]
+fn a_run_that_fails_side_by_side_is_named_with_its_log_and_the_others_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    // A file where the No-CoT run's folder would go.
+    std::fs::write(dir.path().join("cmp-no-cot"), "not a folder").unwrap();
+    let out = coconut(&["compare", "--config", config.to_str().unwrap()])
+        .args(["--methods", "coconut,no-cot", "--jobs", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("runs failed: cmp-no-cot"), "{err}");
+    assert!(err.contains("cmp-comparison/runs/cmp-no-cot.log"), "{err}");
+    assert!(dir.path().join("cmp-coconut/summary.json").exists(), "the other run finished");
+    assert_eq!(std::fs::read_to_string(dir.path().join("cmp-no-cot")).unwrap(), "not a folder");
+}
