@@ -285,22 +285,18 @@ fn is_finished(config: &RunConfig) -> bool {
 /// runs of one seed never write the same files at once. Fails, naming each failed run and
 /// its log, once the runs under way have ended (none is started after a failure).
 fn train_side_by_side(configs: &[RunConfig], jobs: usize, logs_dir: &Path) -> Result<()> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / jobs).max(1);
     for config in configs {
         data::ensure_generated(config)?;
     }
-    let pending: Vec<RunConfig> = configs
-        .iter()
-        .filter(|c| !is_finished(c))
-        .map(|c| {
-            let mut c = c.clone();
-            c.train.threads = threads;
-            c
-        })
-        .collect();
+    let mut pending: Vec<RunConfig> = configs.iter().filter(|c| !is_finished(c)).cloned().collect();
     if pending.is_empty() {
         return Ok(());
+    }
+    let jobs = jobs.min(pending.len());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / jobs).max(1);
+    for config in &mut pending {
+        config.train.threads = threads;
     }
     std::fs::create_dir_all(logs_dir)
         .with_context(|| format!("creating {}", logs_dir.display()))?;
