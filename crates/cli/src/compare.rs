@@ -301,7 +301,10 @@ fn train_side_by_side(configs: &[RunConfig], jobs: usize, logs_dir: &Path) -> Re
     std::fs::create_dir_all(logs_dir)
         .with_context(|| format!("creating {}", logs_dir.display()))?;
     let exe = std::env::current_exe().context("finding the coconut binary to start runs with")?;
-    println!("training {} runs, {jobs} at a time at {threads} threads each", pending.len());
+    println!(
+        "training {} runs, {jobs} at a time, each with train.threads = {threads}",
+        pending.len()
+    );
 
     struct Running {
         name: String,
