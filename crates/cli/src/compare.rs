@@ -11,7 +11,7 @@
 //! out. A small model does not keep many cores busy: on 2 cores, two runs at one thread each
 //! finish about 1.3 times sooner than one after the other at two threads.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -283,7 +283,8 @@ fn is_finished(config: &RunConfig) -> bool {
 /// `coconut train-all-stages` in a process of its own with the cores shared out; their
 /// configs and logs go to `logs_dir`. Every generated dataset is written first, so that two
 /// runs of one seed never write the same files at once. Fails, naming each failed run and
-/// its log, once the runs under way have ended (none is started after a failure).
+/// its log, once the runs under way have ended (none is started after a failure). A log is
+/// appended to, never replaced.
 fn train_side_by_side(configs: &[RunConfig], jobs: usize, logs_dir: &Path) -> Result<()> {
     for config in configs {
         data::ensure_generated(config)?;
@@ -322,7 +323,12 @@ fn train_side_by_side(configs: &[RunConfig], jobs: usize, logs_dir: &Path) -> Re
             std::fs::write(&config_file, toml::to_string_pretty(&config)?)
                 .with_context(|| format!("writing {}", config_file.display()))?;
             let log = logs_dir.join(format!("{}.log", config.name));
-            let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+            // Appended to: a resumed run keeps the log of its interrupted start.
+            let out = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .with_context(|| format!("opening {}", log.display()))?;
             let child = Command::new(&exe)
                 .arg("train-all-stages")
                 .arg("--config")
