@@ -15,6 +15,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::kv_cache::KvCache;
+use crate::packing::Packing;
 
 /// The sizes every caller of a model needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,14 +40,49 @@ pub struct PassInputs<'a> {
     pub bias: &'a Tensor,
     /// Train mode: dropout applies.
     pub train: bool,
+    /// The pass's real tokens, when its blocks skip the padding (see [`Packing`]).
+    packing: Option<&'a Packing>,
     /// What an architecture derives from the positions, made once per pass.
     from_positions: std::cell::OnceCell<Vec<Tensor>>,
 }
 
 impl<'a> PassInputs<'a> {
-    /// The inputs of one pass.
-    pub fn new(position_ids: &'a Tensor, bias: &'a Tensor, train: bool) -> Self {
-        Self { position_ids, bias, train, from_positions: std::cell::OnceCell::new() }
+    /// The inputs of one pass; with a `packing`, its blocks hold the real tokens alone.
+    pub fn new(
+        position_ids: &'a Tensor,
+        bias: &'a Tensor,
+        train: bool,
+        packing: Option<&'a Packing>,
+    ) -> Self {
+        Self { position_ids, bias, train, packing, from_positions: std::cell::OnceCell::new() }
+    }
+
+    /// The tokens of a block's input or output: with a packing, (n, W) real tokens of the
+    /// columns `[from, T)`; otherwise (B, T - from, W). Of a block's input (`from` 0 or the
+    /// pass's `outputs_from`), those of the columns `[from, T)`.
+    pub fn columns_from(&self, x: &Tensor, from: i64) -> Tensor {
+        match self.packing {
+            Some(packing) => packing.columns_from(x, from),
+            None => columns_from(x, from),
+        }
+    }
+
+    /// Tokens of the columns `[from, T)` (see [`PassInputs::columns_from`]) in their grid,
+    /// (B, T - from, W), for attention; zero at padding.
+    pub fn grid(&self, tokens: &Tensor, from: i64) -> Tensor {
+        match self.packing {
+            Some(packing) => packing.grid(tokens, from),
+            None => tokens.shallow_clone(),
+        }
+    }
+
+    /// The tokens of a grid (B, T - from, W) of the columns `[from, T)`: the inverse of
+    /// [`PassInputs::grid`] on real tokens.
+    pub fn tokens(&self, grid: &Tensor, from: i64) -> Tensor {
+        match self.packing {
+            Some(packing) => packing.tokens(grid, from),
+            None => grid.shallow_clone(),
+        }
     }
 
     /// Tensors an architecture derives from the positions (a rotary model's cosines and
@@ -106,7 +142,10 @@ pub trait CausalLm: std::fmt::Debug + Send {
 
     /// Block `layer` over `x` (B, T, C): returns its output for columns `[outputs_from, T)`,
     /// (B, T - outputs_from, C). The keys and values of all T columns enter `cache` (when
-    /// given) before attention reads everything the cache holds for this layer.
+    /// given) before attention reads everything the cache holds for this layer. When the
+    /// pass is packed, `x` and the output hold real tokens alone (see
+    /// [`PassInputs::columns_from`]): position-wise work goes through those, attention
+    /// through [`PassInputs::grid`] and [`PassInputs::tokens`].
     fn block(
         &self,
         layer: usize,
@@ -138,7 +177,7 @@ impl dyn CausalLm + '_ {
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Tensor {
-        self.forward_embeds_from(embeds, position_ids, bias, cache, train, 0)
+        self.forward_embeds_from(embeds, position_ids, bias, cache, train, 0, None)
     }
 
     /// [`forward_embeds`](#method.forward_embeds) when only the hidden states of columns
@@ -150,6 +189,10 @@ impl dyn CausalLm + '_ {
     /// With two layers and a loss on the answer alone that skips about a third of the work
     /// of a training step; a prompt's forward before decoding needs one column. Every
     /// column's keys and values still enter the cache.
+    ///
+    /// With a `packing` (made for this `outputs_from`), the blocks run over the real tokens
+    /// alone; the result is the same at real tokens and zero at padding.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_embeds_from(
         &self,
         embeds: &Tensor,
@@ -158,8 +201,9 @@ impl dyn CausalLm + '_ {
         cache: Option<&mut KvCache>,
         train: bool,
         outputs_from: i64,
+        packing: Option<&Packing>,
     ) -> Tensor {
-        let pass = PassInputs::new(position_ids, bias, train);
+        let pass = PassInputs::new(position_ids, bias, train, packing);
         let seed = self.dropout_seed(train);
         self.run_blocks(embeds, &pass, cache, outputs_from, seed, &mut |_, _| {})
     }
@@ -191,14 +235,14 @@ impl dyn CausalLm + '_ {
         let t = embeds.size()[1];
         assert!((0..t).contains(&outputs_from), "outputs_from {outputs_from} outside 0..{t}");
         reseed(seed, 0);
-        let mut x = self.block_input(embeds, pass);
+        let mut x = pass.tokens(&self.block_input(embeds, pass), 0);
         for layer in 0..self.shape().n_layer {
             reseed(seed, layer + 1);
             let from = self.block_outputs_from(layer, outputs_from);
             x = self.block(layer, &x, pass, cache.as_deref_mut(), from);
             on_block_output(layer, &x);
         }
-        self.final_norm(&x) // (B, T - outputs_from, C)
+        pass.grid(&self.final_norm(&x), outputs_from) // (B, T - outputs_from, C)
     }
 
     /// The first column whose output block `layer` computes: every column but in the last

@@ -195,12 +195,13 @@ impl Attention {
         cache: Option<&mut KvCache>,
         queries_from: i64,
     ) -> Tensor {
-        let c = x.size()[2];
-        let qkv = self.c_attn.forward(x).split(c, 2); // 3 x (B, T, C)
+        let qkv = pass.grid(&self.c_attn.forward(x), 0); // (B, T, 3C)
+        let qkv = qkv.split(qkv.size()[2] / 3, 2); // 3 x (B, T, C)
         let q = split_heads(&columns_from(&qkv[0], queries_from), self.n_head); // (B, nh, tq, hs)
         let (k, v) = (split_heads(&qkv[1], self.n_head), split_heads(&qkv[2], self.n_head));
         let dropout = if pass.train { self.attn_pdrop } else { 0.0 };
         let y = cached_attention(&q, (k, v), layer, cache, pass.bias, dropout); // (B, tq, C)
+        let y = pass.tokens(&y, queries_from);
         self.c_proj.forward(&y).dropout(self.resid_pdrop, pass.train)
     }
 }
@@ -254,8 +255,9 @@ impl Block {
         }
     }
 
-    /// The block's output for columns `[outputs_from, T)`, (B, T - outputs_from, C); the
-    /// keys and values of every column still enter the cache.
+    /// The block's output for columns `[outputs_from, T)`, (B, T - outputs_from, C) (real
+    /// tokens alone when the pass is packed); the keys and values of every column still
+    /// enter the cache.
     fn forward(
         &self,
         x: &Tensor,
@@ -265,7 +267,7 @@ impl Block {
         outputs_from: i64,
     ) -> Tensor {
         let attn = self.attn.forward(&self.ln_1.forward(x), pass, layer, cache, outputs_from);
-        let x = columns_from(x, outputs_from) + attn;
+        let x = pass.columns_from(x, outputs_from) + attn;
         &x + self.mlp.forward(&self.ln_2.forward(&x), pass.train)
     }
 }

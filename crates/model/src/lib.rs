@@ -31,6 +31,7 @@ mod embedding;
 mod gpt2;
 mod kv_cache;
 mod llama;
+mod packing;
 mod recompute;
 pub mod testing;
 
@@ -45,6 +46,7 @@ pub use checkpoint::{
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use kv_cache::{KeysValues, KvCache};
 pub use llama::{Llama, Llama3Scaling, LlamaConfig, Rope};
+pub use packing::{upload, Packing};
 pub use recompute::{gradient_root, RecomputedPass};
 
 /// What can go wrong when reading or writing a checkpoint. Every variant names the file.

@@ -12,7 +12,7 @@ use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
 use crate::attention::cached_attention;
-use crate::causal_lm::{columns_from, split_heads, CausalLm, ModelShape, PassInputs};
+use crate::causal_lm::{split_heads, CausalLm, ModelShape, PassInputs};
 use crate::embedding::{copy_rows, grow_rows};
 use crate::KvCache;
 
@@ -396,13 +396,14 @@ impl Attention {
         cache: Option<&mut KvCache>,
         queries_from: i64,
     ) -> Tensor {
-        let q = split_heads(&self.q_proj.forward(&columns_from(x, queries_from)), self.n_head);
-        let k = split_heads(&self.k_proj.forward(x), self.n_kv_head); // (B, n_kv, T, hd)
-        let v = split_heads(&self.v_proj.forward(x), self.n_kv_head);
+        let q = self.q_proj.forward(&pass.columns_from(x, queries_from));
+        let q = split_heads(&pass.grid(&q, queries_from), self.n_head); // (B, nh, tq, hd)
+        let k = split_heads(&pass.grid(&self.k_proj.forward(x), 0), self.n_kv_head); // (B, n_kv, T, hd)
+        let v = split_heads(&pass.grid(&self.v_proj.forward(x), 0), self.n_kv_head);
         let (q, k) = (rotation.apply(&q, queries_from), rotation.apply(&k, 0));
         let dropout = if pass.train { self.dropout } else { 0.0 };
         let y = cached_attention(&q, (k, v), layer, cache, pass.bias, dropout); // (B, tq, nh*hd)
-        self.o_proj.forward(&y)
+        self.o_proj.forward(&pass.tokens(&y, queries_from))
     }
 }
 
@@ -449,8 +450,9 @@ impl Block {
         }
     }
 
-    /// The block's output for columns `[outputs_from, T)`, (B, T - outputs_from, C); the
-    /// keys and values of every column still enter the cache.
+    /// The block's output for columns `[outputs_from, T)`, (B, T - outputs_from, C) (real
+    /// tokens alone when the pass is packed); the keys and values of every column still
+    /// enter the cache.
     fn forward(
         &self,
         x: &Tensor,
@@ -462,7 +464,7 @@ impl Block {
     ) -> Tensor {
         let normed = self.input_layernorm.forward(x);
         let attn = self.self_attn.forward(&normed, rotation, pass, layer, cache, outputs_from);
-        let x = columns_from(x, outputs_from) + attn;
+        let x = pass.columns_from(x, outputs_from) + attn;
         &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x))
     }
 }

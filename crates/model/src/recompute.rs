@@ -7,6 +7,7 @@ use tch::{Kind, Tensor};
 
 use crate::causal_lm::{reseed, CausalLm, PassInputs};
 use crate::kv_cache::{shallow_clones, KeysValues, KvCache};
+use crate::packing::Packing;
 
 impl dyn CausalLm + '_ {
     /// [`forward_embeds_from`](#method.forward_embeds_from) with gradient checkpointing: the
@@ -18,6 +19,7 @@ impl dyn CausalLm + '_ {
     /// require gradients: the backward pass of whatever reads them stops there and yields the
     /// gradients `RecomputedPass::backward` starts from. It ends with the gradients of the
     /// pass's own inputs, `embeds` and the keys and values `cache` held before the call.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_recomputed(
         &self,
         embeds: &Tensor,
@@ -26,6 +28,7 @@ impl dyn CausalLm + '_ {
         cache: &mut KvCache,
         train: bool,
         outputs_from: i64,
+        packing: Option<&Packing>,
     ) -> (Tensor, RecomputedPass) {
         let n_layer = self.shape().n_layer;
         let past = cache.chunks_per_layer(n_layer);
@@ -37,7 +40,7 @@ impl dyn CausalLm + '_ {
                 block_inputs.push(x.shallow_clone());
             }
         };
-        let pass = PassInputs::new(position_ids, bias, train);
+        let pass = PassInputs::new(position_ids, bias, train, packing);
         let hidden = tch::no_grad(|| {
             self.run_blocks(
                 embeds,
@@ -63,6 +66,7 @@ impl dyn CausalLm + '_ {
             bias: bias.shallow_clone(),
             train,
             outputs_from,
+            packing: packing.cloned(),
             seed,
             past,
             block_inputs,
@@ -101,6 +105,7 @@ pub struct RecomputedPass {
     bias: Tensor,
     train: bool,
     outputs_from: i64,
+    packing: Option<Packing>,
     seed: Option<i64>,
     past: Vec<Vec<KeysValues>>, // every layer's earlier keys and values, as the cache held them
     block_inputs: Vec<Tensor>,  // the input of every block but the first, without autograd
@@ -146,7 +151,8 @@ impl RecomputedPass {
         let n_layer = model.shape().n_layer;
         assert_eq!(n_layer, self.block_inputs.len() + 1, "a pass of another model");
         assert_eq!(output_grads.len(), 1 + 2 * n_layer, "one gradient per output");
-        let pass = PassInputs::new(&self.position_ids, &self.bias, self.train);
+        let pass =
+            PassInputs::new(&self.position_ids, &self.bias, self.train, self.packing.as_ref());
         let mut past_grads: Vec<Vec<Tensor>> = (0..n_layer).map(|_| Vec::new()).collect();
         let mut grad_out = output_grads[0].shallow_clone(); // of the last block's output
         for layer in (0..n_layer).rev() {
@@ -156,7 +162,7 @@ impl RecomputedPass {
                 self.past[layer].iter().map(|(k, v)| (leaf(k), leaf(v))).collect();
             let x = if layer == 0 {
                 reseed(self.seed, 0);
-                model.block_input(&input, &pass)
+                pass.tokens(&model.block_input(&input, &pass), 0)
             } else {
                 input.shallow_clone()
             };
@@ -169,7 +175,7 @@ impl RecomputedPass {
             let from = model.block_outputs_from(layer, self.outputs_from);
             let mut y = model.block(layer, &x, &pass, Some(&mut scratch), from);
             if layer + 1 == n_layer {
-                y = model.final_norm(&y);
+                y = pass.grid(&model.final_norm(&y), from);
             }
             let (k, v) = scratch.last_chunk(layer);
             let (grad_k, grad_v) = (&output_grads[1 + 2 * layer], &output_grads[2 + 2 * layer]);

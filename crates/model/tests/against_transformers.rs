@@ -8,7 +8,7 @@ use std::path::Path;
 
 use coconut_model::testing::{assert_close, tiny_models};
 use coconut_model::{
-    causal_bias, load_pretrained, padding_bias, save_pretrained, KvCache, ModelError,
+    causal_bias, load_pretrained, padding_bias, save_pretrained, KvCache, ModelError, Packing,
 };
 use common::{fixtures, gpt2, Fixture, HF, SAME};
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -137,7 +137,7 @@ fn reading_only_the_last_columns_changes_neither_them_nor_the_cache() {
             let mut cache = KvCache::new();
             let embeds = model.embed(ids);
             let part =
-                model.forward_embeds_from(&embeds, pos, &bias, Some(&mut cache), false, from);
+                model.forward_embeds_from(&embeds, pos, &bias, Some(&mut cache), false, from, None);
             assert_eq!(part.size(), [ids.size()[0], t - from, full.size()[2]]);
             assert_close(&part, &full.narrow(1, from, t - from), SAME, &case);
             // One more decoded column sees the same keys and values either way.
@@ -185,11 +185,68 @@ fn reading_only_the_last_columns_gives_the_same_gradients() {
         let embeds = || model.embed(ids);
         let full =
             grads(model.forward_embeds(&embeds(), pos, &bias, None, false).narrow(1, t - 2, 2));
-        let part = grads(model.forward_embeds_from(&embeds(), pos, &bias, None, false, t - 2));
+        let part =
+            grads(model.forward_embeds_from(&embeds(), pos, &bias, None, false, t - 2, None));
         for ((name, a), (_, b)) in full.iter().zip(&part) {
             assert_close(b, a, SAME, &format!("{}: gradient of {name}", f.name));
         }
         assert!(full.iter().any(|(_, g)| g.abs().sum(Kind::Float).double_value(&[]) > 0.0));
+    }
+}
+
+/// A pass over the real tokens alone (left-padded rows): the same hidden states at every
+/// real token (zero at padding), the same keys and values in the cache, the same gradients
+/// of a loss over real tokens, whichever columns are read.
+#[test]
+fn packing_the_real_tokens_changes_no_output_cache_or_gradient() {
+    for f in fixtures() {
+        let (vs, model) = f.model();
+        let (ids, mask, pos) = f.decode_inputs();
+        let bias = causal_bias(mask, Kind::Float);
+        let (b, t) = ids.size2().unwrap();
+        let real: Vec<bool> =
+            Vec::<i64>::try_from(mask.view([-1])).unwrap().iter().map(|&m| m != 0).collect();
+        assert!(real.iter().any(|r| !r), "{}: the rows are padded", f.name);
+        let params: Vec<Tensor> = vs.trainable_variables();
+        for from in [0, 1, t - 2] {
+            let case = format!("{}: from {from}", f.name);
+            let real_read = mask.narrow(1, from, t - from).unsqueeze(-1).to_kind(Kind::Float);
+            let run = |packing: Option<&Packing>| {
+                let mut cache = KvCache::new();
+                let hidden = model.forward_embeds_from(
+                    &model.embed(ids),
+                    pos,
+                    &bias,
+                    Some(&mut cache),
+                    false,
+                    from,
+                    packing,
+                );
+                let weights = hidden.ones_like().cumsum(2, Kind::Float) * &real_read;
+                let loss = (&hidden * weights).sum(Kind::Float);
+                let grads = Tensor::run_backward(&[&loss], &params, false, false);
+                (hidden, cache, grads)
+            };
+            let packing = Packing::new(&real, b as usize, t as usize, from as usize, Device::Cpu);
+            let (padded, padded_cache, padded_grads) = run(None);
+            let (packed, packed_cache, packed_grads) = run(Some(&packing));
+            assert_close(&packed, &(padded * &real_read), SAME, &format!("{case}: hidden"));
+            // One more decoded column sees the same keys and values either way.
+            let next_pos = pos.narrow(1, -1, 1) + 1;
+            let next_mask = Tensor::cat(&[mask, &mask.narrow(1, 0, 1).ones_like()], 1);
+            let step_bias = padding_bias(&next_mask, Kind::Float);
+            let next_embeds = model.embed(&ids.narrow(1, 0, 1));
+            let decoded = |mut cache: KvCache| {
+                model.forward_embeds(&next_embeds, &next_pos, &step_bias, Some(&mut cache), false)
+            };
+            let (a, p) = (decoded(padded_cache), decoded(packed_cache));
+            assert_close(&p, &a, SAME, &format!("{case}: decoding after"));
+            for (i, (a, p)) in padded_grads.iter().zip(&packed_grads).enumerate() {
+                if a.defined() || p.defined() {
+                    assert_close(p, a, SAME, &format!("{case}: gradient {i}"));
+                }
+            }
+        }
     }
 }
 

@@ -4,10 +4,10 @@
 mod common;
 
 use coconut_model::testing::{assert_close, tiny_models};
-use coconut_model::{causal_bias, CausalLm, KvCache, RecomputedPass};
+use coconut_model::{causal_bias, CausalLm, KvCache, Packing, RecomputedPass};
 use coconut_testing::{assert_close as assert_scalar_close, Tolerance};
 use common::gpt2;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Adds `grads` to `sums`, skipping undefined gradients.
 fn accumulate(sums: &mut [Tensor], grads: Vec<Tensor>) {
@@ -65,16 +65,28 @@ fn a_recomputed_pass_gives_the_same_values_and_gradients() {
     for (arch, vs, model) in tiny_models(256, 2, 0.1, 11) {
         let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        recompute_against_kept(arch, model.as_ref(), &named);
+        recompute_against_kept(arch, model.as_ref(), &named, false);
+        recompute_against_kept(arch, model.as_ref(), &named, true);
     }
 }
 
-fn recompute_against_kept(arch: &str, model: &dyn CausalLm, named: &[(String, Tensor)]) {
+/// With `packed`, the first pass runs over its real tokens alone (see [`Packing`]).
+fn recompute_against_kept(
+    arch: &str,
+    model: &dyn CausalLm,
+    named: &[(String, Tensor)],
+    packed: bool,
+) {
     let params: Vec<&Tensor> = named.iter().map(|(_, p)| p).collect();
     let fixture = gpt2();
     let (ids, mask, pos) = fixture.decode_inputs();
     let bias = causal_bias(mask, Kind::Float);
-    let t = ids.size()[1];
+    let (b, t) = ids.size2().unwrap();
+    let real: Vec<bool> =
+        Vec::<i64>::try_from(mask.view([-1])).unwrap().iter().map(|&m| m != 0).collect();
+    assert!(real.iter().any(|r| !r), "the rows are padded");
+    let packing = Packing::new(&real, b as usize, t as usize, t as usize - 2, Device::Cpu);
+    let packing = packed.then_some(&packing);
     let next = ids.narrow(1, 0, 2);
     let next_pos = Tensor::cat(&[pos.narrow(1, -1, 1) + 1, pos.narrow(1, -1, 1) + 2], 1);
     let next_bias = Tensor::cat(&[mask, &mask.narrow(1, 0, 2).ones_like()], 1);
@@ -87,7 +99,7 @@ fn recompute_against_kept(arch: &str, model: &dyn CausalLm, named: &[(String, Te
         (first * weights).sum(Kind::Float) + (second * second).sum(Kind::Float)
     };
     let first_kept = |cache: &mut KvCache| {
-        model.forward_embeds_from(&model.embed(ids), pos, &bias, Some(cache), true, t - 2)
+        model.forward_embeds_from(&model.embed(ids), pos, &bias, Some(cache), true, t - 2, packing)
     };
     let second_kept = |cache: &mut KvCache| {
         model.forward_embeds(&model.embed(&next), &next_pos, &next_bias, Some(cache), true)
@@ -103,8 +115,15 @@ fn recompute_against_kept(arch: &str, model: &dyn CausalLm, named: &[(String, Te
         tch::manual_seed(5);
         let mut cache = KvCache::new();
         let (recomputed_loss, pass) = if recompute_first {
-            let (first, pass) =
-                model.forward_recomputed(&model.embed(ids), pos, &bias, &mut cache, true, t - 2);
+            let (first, pass) = model.forward_recomputed(
+                &model.embed(ids),
+                pos,
+                &bias,
+                &mut cache,
+                true,
+                t - 2,
+                packing,
+            );
             (loss(&first, &second_kept(&mut cache)), pass)
         } else {
             let first = first_kept(&mut cache);
@@ -115,13 +134,14 @@ fn recompute_against_kept(arch: &str, model: &dyn CausalLm, named: &[(String, Te
                 &mut cache,
                 true,
                 0,
+                None,
             );
             (loss(&first, &second), pass)
         };
         let grads = gradients_through(&recomputed_loss, &pass, model, &params);
         let (a, b) = (kept_loss.double_value(&[]), recomputed_loss.double_value(&[]));
         let tol = Tolerance::scaled(1e-4);
-        let case = format!("{arch}, first recomputed {recompute_first}");
+        let case = format!("{arch}, first recomputed {recompute_first}, packed {packed}");
         assert_scalar_close(b, a, tol, &format!("{case}: loss"));
         for ((name, _), (a, b)) in named.iter().zip(kept.iter().zip(&grads)) {
             // An untied head takes no part in the hidden states the loss reads.

@@ -34,7 +34,9 @@
 use std::ops::Range;
 
 use coconut_curriculum::{Batch, IGNORE_INDEX};
-use coconut_model::{causal_bias, draw_seed, gradient_root, CausalLm, KvCache, RecomputedPass};
+use coconut_model::{
+    causal_bias, draw_seed, gradient_root, upload, CausalLm, KvCache, Packing, RecomputedPass,
+};
 use tch::{Device, Kind, Tensor};
 
 use crate::gradients::Gradients;
@@ -62,6 +64,8 @@ pub struct DeviceBatch {
     pub supervised_positions: Tensor,
     /// The supervised next tokens, aligned with `supervised_positions`.
     pub targets: Tensor,
+    /// (B * T) on the host: whether each cell holds a real token (to pack the passes).
+    real_tokens: Vec<bool>,
 }
 
 impl DeviceBatch {
@@ -107,6 +111,7 @@ impl DeviceBatch {
             first_loss_column: first_loss_column as i64,
             supervised_positions: upload(Tensor::from_slice(&positions), device),
             targets: upload(Tensor::from_slice(&targets), device),
+            real_tokens: batch.attention_mask.iter().map(|&m| m != 0).collect(),
         }
     }
 
@@ -119,18 +124,22 @@ impl DeviceBatch {
     pub fn supervised_tokens(&self) -> i64 {
         self.targets.size()[0]
     }
-}
-
-/// `host` on `device`. To a GPU the copy goes from pinned memory without waiting: a copy
-/// from ordinary memory first waits for every kernel queued, which would stall the device
-/// at every micro-batch while the host collates the next one. (`_pin_memory` rather than
-/// `pin_memory`: tch passes the latter a device, which LibTorch 2.11 warns about at every
-/// call.)
-fn upload(host: Tensor, device: Device) -> Tensor {
-    if device.is_cuda() {
-        host.internal_pin_memory(device).to_device_(device, host.kind(), true, false)
-    } else {
-        host
+    /// The real tokens of the columns `columns` when at least an eighth of them is padding,
+    /// for a pass computing the outputs of columns `[outputs_from, columns.end)`: its blocks
+    /// then skip the padding (see [`Packing`]). Below that, gathering the tokens and
+    /// scattering them back for attention would cost about what it saves.
+    fn packing(&self, columns: &Range<i64>, outputs_from: i64) -> Option<Packing> {
+        let (b, t) = self.input_ids.size2().expect("(B, T) ids");
+        let (start, len) = (columns.start as usize, width(columns) as usize);
+        let real: Vec<bool> = (0..b as usize)
+            .flat_map(|row| &self.real_tokens[row * t as usize..][start..start + len])
+            .copied()
+            .collect();
+        let padding = real.iter().filter(|&&r| !r).count();
+        (len > 1 && padding * 8 >= real.len()).then(|| {
+            let from = (outputs_from - columns.start) as usize;
+            Packing::new(&real, b as usize, len, from, self.input_ids.device())
+        })
     }
 }
 
@@ -275,12 +284,14 @@ fn run_pass(
     let bias = batch.bias.narrow(2, start, len).narrow(3, 0, pass.columns.end);
     let pos = batch.position_ids.narrow(1, start, len);
     let from = pass.computed.start - start;
+    let packing = batch.packing(&pass.columns, pass.computed.start);
+    let packing = packing.as_ref();
     if pass.recomputed {
-        let (hidden, kept) = model.forward_recomputed(x, &pos, &bias, cache, train, from);
+        let (hidden, kept) = model.forward_recomputed(x, &pos, &bias, cache, train, from, packing);
         recomputed.push(kept);
         hidden
     } else {
-        model.forward_embeds_from(x, &pos, &bias, Some(cache), train, from)
+        model.forward_embeds_from(x, &pos, &bias, Some(cache), train, from, packing)
     }
 }
 
