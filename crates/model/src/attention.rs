@@ -50,7 +50,10 @@ pub fn attend(q: &Tensor, chunks: &[KeysValues], bias: &Tensor, dropout: f64) ->
         });
     }
     let n_kv = chunks.first().expect("at least one chunk").0.size()[1];
-    if let [(k, v)] = chunks {
+    // With dropout on a CPU, LibTorch's kernel falls back to the same products as below,
+    // with its slower dropout (see [`dropout`]).
+    let fused = dropout == 0.0 || q.device().is_cuda();
+    if let ([(k, v)], true) = (chunks, fused) {
         return Tensor::scaled_dot_product_attention(
             q,
             k,
@@ -85,7 +88,7 @@ pub fn attend(q: &Tensor, chunks: &[KeysValues], bias: &Tensor, dropout: f64) ->
     let q = q.reshape([b, n_kv, groups * tq, hs]);
     let scores: Vec<Tensor> = chunks.iter().map(|(k, _)| q.matmul(&k.transpose(-2, -1))).collect(); // (B, n_kv, g*Tq, T_chunk) each
     let scores = Tensor::cat(&scores, -1).view([b, nh, tq, -1]) / (hs as f64).sqrt() + bias;
-    let probs = scores.softmax(-1, scores.kind()).dropout(dropout, dropout > 0.0);
+    let probs = crate::dropout(&scores.softmax(-1, scores.kind()), dropout, dropout > 0.0);
     let probs = probs.view([b, n_kv, groups * tq, -1]);
     let mut start = 0;
     let mut y: Option<Tensor> = None;

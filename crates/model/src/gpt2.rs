@@ -202,7 +202,7 @@ impl Attention {
         let dropout = if pass.train { self.attn_pdrop } else { 0.0 };
         let y = cached_attention(&q, (k, v), layer, cache, pass.bias, dropout); // (B, tq, C)
         let y = pass.tokens(&y, queries_from);
-        self.c_proj.forward(&y).dropout(self.resid_pdrop, pass.train)
+        crate::dropout(&self.c_proj.forward(&y), self.resid_pdrop, pass.train)
     }
 }
 
@@ -229,7 +229,7 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let h = self.c_fc.forward(x).gelu(self.approximate);
-        self.c_proj.forward(&h).dropout(self.resid_pdrop, train)
+        crate::dropout(&self.c_proj.forward(&h), self.resid_pdrop, train)
     }
 }
 
@@ -368,7 +368,7 @@ impl CausalLm for Gpt2 {
     /// Token plus position embeddings, in the compute kind, with embedding dropout.
     fn block_input(&self, embeds: &Tensor, pass: &PassInputs) -> Tensor {
         let pos = Tensor::embedding(&self.wpe, pass.position_ids, -1, false, false); // (B, T, C)
-        (embeds + pos).to_kind(self.compute).dropout(self.config.embd_pdrop, pass.train)
+        crate::dropout(&(embeds + pos).to_kind(self.compute), self.config.embd_pdrop, pass.train)
     }
 
     fn block(

@@ -27,6 +27,7 @@
 mod attention;
 mod causal_lm;
 mod checkpoint;
+mod dropout;
 mod embedding;
 mod gpt2;
 mod kv_cache;
@@ -43,6 +44,7 @@ pub use checkpoint::{
     is_finite, load_pretrained, model_from_config, pretrained_files, save_pretrained,
     serialize_tensors, CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
 };
+pub use dropout::dropout;
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use kv_cache::{KeysValues, KvCache};
 pub use llama::{Llama, Llama3Scaling, LlamaConfig, Rope};
