@@ -138,6 +138,7 @@ enum Command {
 }
 
 fn main() {
+    coconut_model::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

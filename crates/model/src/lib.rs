@@ -32,6 +32,7 @@ mod embedding;
 mod gpt2;
 mod kv_cache;
 mod llama;
+mod memory;
 mod packing;
 mod recompute;
 pub mod testing;
@@ -48,6 +49,7 @@ pub use dropout::dropout;
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use kv_cache::{KeysValues, KvCache};
 pub use llama::{Llama, Llama3Scaling, LlamaConfig, Rope};
+pub use memory::keep_freed_memory;
 pub use packing::{upload, Packing};
 pub use recompute::{gradient_root, RecomputedPass};
 
