@@ -126,8 +126,9 @@ impl DeviceBatch {
     }
     /// The real tokens of the columns `columns` when at least an eighth of them is padding,
     /// for a pass computing the outputs of columns `[outputs_from, columns.end)`: its blocks
-    /// then skip the padding (see [`Packing`]). Below that, gathering the tokens and
-    /// scattering them back for attention would cost about what it saves.
+    /// then skip the padding (see [`Packing`]). With less padding the saving is small, and
+    /// the gathers and scatters around attention are not free (a length-grouped batch, as in
+    /// the default run, is left as it is).
     fn packing(&self, columns: &Range<i64>, outputs_from: i64) -> Option<Packing> {
         let (b, t) = self.input_ids.size2().expect("(B, T) ids");
         let (start, len) = (columns.start as usize, width(columns) as usize);
