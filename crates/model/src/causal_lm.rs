@@ -57,9 +57,9 @@ impl<'a> PassInputs<'a> {
         Self { position_ids, bias, train, packing, from_positions: std::cell::OnceCell::new() }
     }
 
-    /// The tokens of a block's input or output: with a packing, (n, W) real tokens of the
-    /// columns `[from, T)`; otherwise (B, T - from, W). Of a block's input (`from` 0 or the
-    /// pass's `outputs_from`), those of the columns `[from, T)`.
+    /// Of a block's input `x` (every token of the pass), those of the columns `[from, T)`,
+    /// where `from` is 0 or the pass's `outputs_from`: (n, W) real tokens when the pass is
+    /// packed, (B, T - from, W) otherwise.
     pub fn columns_from(&self, x: &Tensor, from: i64) -> Tensor {
         match self.packing {
             Some(packing) => packing.columns_from(x, from),

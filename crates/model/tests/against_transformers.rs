@@ -195,8 +195,8 @@ fn reading_only_the_last_columns_gives_the_same_gradients() {
 }
 
 /// A pass over the real tokens alone (left-padded rows): the same hidden states at every
-/// real token (zero at padding), the same keys and values in the cache, the same gradients
-/// of a loss over real tokens, whichever columns are read.
+/// real token (zero at padding), the same decoding from its cache afterwards, the same
+/// gradients of a loss over real tokens, whichever columns are read.
 #[test]
 fn packing_the_real_tokens_changes_no_output_cache_or_gradient() {
     for f in fixtures() {
