@@ -125,7 +125,7 @@ impl DeviceBatch {
         self.targets.size()[0]
     }
     /// The real tokens of the columns `columns` when at least an eighth of them is padding,
-    /// for a pass computing the outputs of columns `[outputs_from, columns.end)`: its blocks
+    /// for a pass computing the outputs of its columns from `outputs_from` on: its blocks
     /// then skip the padding (see [`Packing`]). With less padding the saving is small, and
     /// the gathers and scatters around attention are not free (a length-grouped batch, as in
     /// the default run, is left as it is).
@@ -138,8 +138,7 @@ impl DeviceBatch {
             .collect();
         let padding = real.iter().filter(|&&r| !r).count();
         (len > 1 && padding * 8 >= real.len()).then(|| {
-            let from = (outputs_from - columns.start) as usize;
-            Packing::new(&real, b as usize, len, from, self.input_ids.device())
+            Packing::new(&real, b as usize, len, outputs_from as usize, self.input_ids.device())
         })
     }
 }
@@ -285,7 +284,7 @@ fn run_pass(
     let bias = batch.bias.narrow(2, start, len).narrow(3, 0, pass.columns.end);
     let pos = batch.position_ids.narrow(1, start, len);
     let from = pass.computed.start - start;
-    let packing = batch.packing(&pass.columns, pass.computed.start);
+    let packing = batch.packing(&pass.columns, from);
     let packing = packing.as_ref();
     if pass.recomputed {
         let (hidden, kept) = model.forward_recomputed(x, &pos, &bias, cache, train, from, packing);
