@@ -96,7 +96,8 @@ pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Resu
     let mut grads = Gradients::new(vs.variables());
     let special = tokenizer.special();
     let (batch, warmup, steps) = (8, 2, 6);
-    let (mut step_s, mut reduce_s, mut tokens) = (Vec::new(), Vec::new(), 0.0);
+    let (mut step_s, mut reduce_s, mut wait_s, mut tokens) =
+        (Vec::new(), Vec::new(), Vec::new(), 0.0);
     for step in 0..warmup + steps {
         ranks.barrier()?;
         let started = Instant::now();
@@ -110,6 +111,11 @@ pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Resu
         let device_batch = DeviceBatch::new(&collated, Device::Cpu, Kind::Float);
         let loss = training_loss(model.as_ref(), &device_batch, false);
         loss.backward(model.as_ref(), &mut grads, 1.0 / world as f64);
+        // The ranks meet before the all-reduce, so that its time is the reduction's own and
+        // not the wait of a rank whose micro-batch was shorter (timed apart).
+        let wait_started = Instant::now();
+        ranks.barrier()?;
+        let waited = wait_started.elapsed().as_secs_f64();
         let reduce_started = Instant::now();
         let mut scalars = [real];
         ranks.sum_gradients(&mut grads, &mut scalars)?;
@@ -119,6 +125,7 @@ pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Resu
         if step >= warmup {
             step_s.push(started.elapsed().as_secs_f64());
             reduce_s.push(reduced);
+            wait_s.push(waited);
             tokens += scalars[0];
         }
     }
@@ -135,6 +142,7 @@ pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Resu
             median_step_s: median(&step_s),
             tokens_per_s: tokens / total,
             allreduce_share: reduce_s.iter().sum::<f64>() / total,
+            rank_wait_share: wait_s.iter().sum::<f64>() / total,
             peak_rss_mb: peak_rss_mb(),
         };
         println!("{}", json_line(&record));

@@ -87,7 +87,11 @@ pub(super) struct DdpRecord {
     pub steps: usize,
     pub median_step_s: f64,
     pub tokens_per_s: f64,
+    /// The all-reduce's share of the step, timed from when the ranks have met.
     pub allreduce_share: f64,
+    /// Rank 0's share of the step spent waiting for the other ranks to finish their
+    /// backward pass (micro-batches of different lengths), before the all-reduce.
+    pub rank_wait_share: f64,
     pub peak_rss_mb: f64,
 }
 
