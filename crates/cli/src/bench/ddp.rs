@@ -20,7 +20,8 @@ use super::records::{json_line, DdpRecord, ResultLine};
 /// The data-parallel figures of the bench's closing lines.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct DdpRatios {
-    /// Tokens per second of 2 ranks at one thread each over 1 rank at one thread.
+    /// Tokens per second of 2 ranks at one thread each over 1 rank at one thread (the
+    /// same samples in every step: 1 rank runs both micro-batches).
     pub speedup_2ranks: f64,
     /// 2 ranks at one thread each over 1 rank at 2 threads.
     pub vs_threads_2: f64,
@@ -78,9 +79,14 @@ pub(super) fn ddp_ratios(
     }))
 }
 
+/// Micro-batches in every optimizer step of the data-parallel measurement, whatever the
+/// number of ranks: 1 rank runs both (accumulating), 2 ranks one each, so that every
+/// configuration trains the same samples step by step and only the time differs.
+const MICRO_BATCHES_PER_STEP: usize = 2;
+
 /// One data-parallel measurement, run by every rank (rank 0 prints the line): optimizer
-/// steps of the tiny shape at stage 6, each rank a micro-batch of 8 per step, `threads`
-/// threads per rank.
+/// steps of the tiny shape at stage 6 over [`MICRO_BATCHES_PER_STEP`] micro-batches of 8,
+/// shared out among the ranks, `threads` threads per rank.
 pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Result<()> {
     let ranks = Ranks::from_launcher(Device::Cpu)?;
     let (rank, world) = (ranks.rank(), ranks.world_size());
@@ -95,22 +101,29 @@ pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Resu
     let mut optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW);
     let mut grads = Gradients::new(vs.variables());
     let special = tokenizer.special();
+    if !MICRO_BATCHES_PER_STEP.is_multiple_of(world) {
+        bail!("{world} ranks do not share {MICRO_BATCHES_PER_STEP} micro-batches evenly");
+    }
     let (batch, warmup, steps) = (8, 2, 6);
     let (mut step_s, mut reduce_s, mut wait_s, mut tokens) =
         (Vec::new(), Vec::new(), Vec::new(), 0.0);
     for step in 0..warmup + steps {
         ranks.barrier()?;
         let started = Instant::now();
-        // This rank's micro-batch of the step: the (step * W + rank)-th 8 samples.
-        let first = ((step * world + rank) * batch) % (samples.len() - batch);
-        let tokenized = tokenize_samples(&tokenizer, &samples[first..first + batch]);
-        let staged: Vec<StagedSample> =
-            tokenized.iter().map(|s| training_sample(&curriculum, &special, s, 6)).collect();
-        let collated = collate_training(&staged, &special);
-        let real = collated.attention_mask.iter().filter(|&&m| m == 1).count() as f64;
-        let device_batch = DeviceBatch::new(&collated, Device::Cpu, Kind::Float);
-        let loss = training_loss(model.as_ref(), &device_batch, false);
-        loss.backward(model.as_ref(), &mut grads, 1.0 / world as f64);
+        let mut real = 0.0;
+        // This rank's micro-batches of the step: the (step * M + m)-th 8 samples for
+        // m = rank, rank + W, ...
+        for m in (rank..MICRO_BATCHES_PER_STEP).step_by(world) {
+            let first = ((step * MICRO_BATCHES_PER_STEP + m) * batch) % (samples.len() - batch);
+            let tokenized = tokenize_samples(&tokenizer, &samples[first..first + batch]);
+            let staged: Vec<StagedSample> =
+                tokenized.iter().map(|s| training_sample(&curriculum, &special, s, 6)).collect();
+            let collated = collate_training(&staged, &special);
+            real += collated.attention_mask.iter().filter(|&&m| m == 1).count() as f64;
+            let device_batch = DeviceBatch::new(&collated, Device::Cpu, Kind::Float);
+            let loss = training_loss(model.as_ref(), &device_batch, false);
+            loss.backward(model.as_ref(), &mut grads, 1.0 / MICRO_BATCHES_PER_STEP as f64);
+        }
         // The ranks meet before the all-reduce, so that its time is the reduction's own and
         // not the wait of a rank whose micro-batch was shorter (timed apart).
         let wait_started = Instant::now();
@@ -135,7 +148,8 @@ pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Resu
             name: "ddp_step",
             model: "tiny",
             stage: 6,
-            batch_per_rank: batch,
+            micro_batch: batch,
+            micro_batches_per_step: MICRO_BATCHES_PER_STEP,
             ranks: world,
             threads_per_rank: threads,
             steps,

@@ -81,7 +81,10 @@ pub(super) struct DdpRecord {
     pub name: &'static str,
     pub model: &'static str,
     pub stage: usize,
-    pub batch_per_rank: usize,
+    /// Samples per micro-batch.
+    pub micro_batch: usize,
+    /// Micro-batches per optimizer step, shared out among the ranks.
+    pub micro_batches_per_step: usize,
     pub ranks: usize,
     pub threads_per_rank: usize,
     pub steps: usize,
