@@ -111,10 +111,11 @@ pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Resu
         ranks.barrier()?;
         let started = Instant::now();
         let mut real = 0.0;
-        // This rank's micro-batches of the step: the (step * M + m)-th 8 samples for
-        // m = rank, rank + W, ...
-        for m in (rank..MICRO_BATCHES_PER_STEP).step_by(world) {
-            let first = ((step * MICRO_BATCHES_PER_STEP + m) * batch) % (samples.len() - batch);
+        // This rank's micro-batches of the step: the (step * M + micro)-th 8 samples for
+        // micro = rank, rank + W, ...
+        for micro in (rank..MICRO_BATCHES_PER_STEP).step_by(world) {
+            let index = step * MICRO_BATCHES_PER_STEP + micro;
+            let first = (index * batch) % (samples.len() - batch);
             let tokenized = tokenize_samples(&tokenizer, &samples[first..first + batch]);
             let staged: Vec<StagedSample> =
                 tokenized.iter().map(|s| training_sample(&curriculum, &special, s, 6)).collect();
