@@ -2,8 +2,7 @@
 //! padding, and softmax attention over keys and values held in one chunk or several, with
 //! as many query heads per key-value head as the architecture groups (GQA).
 
-use std::ffi::c_void;
-
+use coconut_torch_ext::SdpBackend;
 use tch::{Kind, Tensor};
 
 use crate::kv_cache::KeysValues;
@@ -106,46 +105,17 @@ pub fn attend(q: &Tensor, chunks: &[KeysValues], bias: &Tensor, dropout: f64) ->
 
 /// Switches off LibTorch's cuDNN attention kernel; returns whether it could. On recent GPUs
 /// `scaled_dot_product_attention` prefers cuDNN for bf16, and cuDNN builds an execution plan
-/// for every new sequence length: measured on an H200 with PyTorch 2.11, 61 ms per call when
-/// the length changes at every call, as it does at every decode step and every latent pass,
-/// against 0.08 ms for the memory-efficient kernel chosen without it. The first attention on a
-/// GPU calls this (once per process).
+/// for every new sequence length, as at every decode step and every latent pass (see
+/// docs/BENCHMARKS.md for the H200 figures); the memory-efficient kernel chosen without it
+/// needs no plan. The first attention on a GPU calls this (once per process).
 pub fn disable_cudnn_attention() -> bool {
-    type SetFlag = unsafe extern "C" fn(*mut c_void, bool);
-    let Some((linked, context)) = libtorch_context() else { return false };
-    // SAFETY: `void at::Context::setSDPUseCuDNN(bool)` takes the context as its first
-    // (`this`) argument, as C++ member functions do on every Itanium-ABI platform.
-    unsafe {
-        let Ok(set) = linked.get::<SetFlag>(b"_ZN2at7Context14setSDPUseCuDNNEb") else {
-            return false;
-        };
-        set(context, false);
-    }
-    true
+    coconut_torch_ext::set_sdp_backend(SdpBackend::CuDnn, false).is_ok()
 }
 
 /// Whether LibTorch may choose cuDNN's attention kernel (see [`disable_cudnn_attention`]);
 /// `None` when the setting cannot be read.
 pub fn cudnn_attention_enabled() -> Option<bool> {
-    type GetFlag = unsafe extern "C" fn(*mut c_void) -> bool;
-    let (linked, context) = libtorch_context()?;
-    // SAFETY: `bool at::Context::userEnabledCuDNNSDP() const` only reads the context.
-    unsafe {
-        let get = linked.get::<GetFlag>(b"_ZNK2at7Context19userEnabledCuDNNSDPEv").ok()?;
-        Some(get(context))
-    }
-}
-
-/// LibTorch's global context (`at::Context& at::globalContext()`), and the handle on the
-/// linked libraries that its settings are looked up in. tch has no call for the attention
-/// settings, so they are called by their (Itanium C++) names.
-fn libtorch_context() -> Option<(libloading::os::unix::Library, *mut c_void)> {
-    type GlobalContext = unsafe extern "C" fn() -> *mut c_void;
-    let linked = libloading::os::unix::Library::this();
-    // SAFETY: `at::globalContext()` takes nothing and returns a reference (a pointer) to the
-    // process's context, which lives as long as the process.
-    let context = unsafe { linked.get::<GlobalContext>(b"_ZN2at13globalContextEv").ok()?() };
-    Some((linked, context))
+    coconut_torch_ext::sdp_backend_enabled(SdpBackend::CuDnn).ok()
 }
 
 /// One layer's attention step shared by every architecture: the new keys and values `k`,
@@ -179,7 +149,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cudnn_attention_is_switched_off_through_libtorch_by_name() {
+    fn cudnn_attention_is_switched_off() {
         assert!(cudnn_attention_enabled().is_some(), "the setting is found and read");
         assert!(disable_cudnn_attention());
         assert_eq!(cudnn_attention_enabled(), Some(false));
