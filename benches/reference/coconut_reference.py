@@ -14,11 +14,15 @@ What is measured, the official way:
 - generation one question at a time: the latent passes over the prompt, then every new token
   recomputes the whole prefix without a cache;
 - batched generation: left-padded prompts, the latent passes, then greedy decoding on HF's
-  `past_key_values`.
+  `past_key_values`;
+- operator counts: the `aten::` events the torch profiler lists (nested ones included) for a
+  training step's forward and backward at stage k and at stage 0 on the same samples, in f32
+  or under bf16 autocast; their difference over k is what one thought pass costs.
 
 Every run prints one JSON line. Usage (normally started by the bench):
 
-    python3 coconut_reference.py --inputs bench-inputs.json --measurement train_step:tiny:8:6
+    python3 coconut_reference.py --inputs bench-inputs.json --measurement train_step:tiny:8:6 \
+        [--device cuda:0]
 """
 
 import argparse
@@ -84,27 +88,61 @@ def latent_passes(model, input_ids, attention_mask, position_ids, latent_columns
     return logits, cache, embeds
 
 
-def training_step(model, optimizer, batch, plain):
-    ids = torch.tensor(batch["input_ids"])
-    mask = torch.tensor(batch["attention_mask"])
-    positions = torch.tensor(batch["position_ids"])
-    labels = torch.tensor(batch["labels"])
+def batch_loss(model, batch, plain, device):
+    ids = torch.tensor(batch["input_ids"], device=device)
+    mask = torch.tensor(batch["attention_mask"], device=device)
+    positions = torch.tensor(batch["position_ids"], device=device)
+    labels = torch.tensor(batch["labels"], device=device)
     latents = [[] for _ in batch["latent_columns"]] if plain else batch["latent_columns"]
-    started = time.perf_counter()
     logits = torch.cat(latent_passes(model, ids, mask, positions, latents)[0], dim=1)
-    loss = torch.nn.functional.cross_entropy(
+    return torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
     )
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def training_step(model, optimizer, batch, plain, device):
+    synchronize(device)
+    started = time.perf_counter()
+    loss = batch_loss(model, batch, plain, device)
+    synchronize(device)
     forward = time.perf_counter()
     loss.backward()
+    synchronize(device)
     backward = time.perf_counter()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
     done = time.perf_counter()
     return loss.item(), forward - started, backward - forward, done - backward, done - started
 
 
-def left_padded(prompts, latent_id, pad_id):
+def count_ops(model, m, bf16, device):
+    """The `aten::` events of a training step's forward and backward at stage k and at stage
+    0 (the profiler's count, nested operators included), after one uncounted step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def step(batch):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = batch_loss(model, batch, False, device)
+        loss.backward()
+
+    step(m["batch"])
+    counts = []
+    for batch in (m["batch0"], m["batch"]):
+        torch.manual_seed(0)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(batch)
+        counts.append(sum(1 for e in prof.events() if e.name.startswith("aten::")))
+    return counts
+
+
+def left_padded(prompts, latent_id, pad_id, device):
     """Prompts left-padded so that every row's first latent sits in one column."""
     firsts = [p.index(latent_id) if latent_id in p else len(p) for p in prompts]
     shift = [max(firsts) - f for f in firsts]
@@ -117,28 +155,33 @@ def left_padded(prompts, latent_id, pad_id):
         mask.append([0] * pad + [1] * len(p) + [0] * right)
         positions.append([0] * pad + list(range(len(p))) + [0] * right)
         latents.append([pad + i for i, t in enumerate(p) if t == latent_id])
-    return torch.tensor(ids), torch.tensor(mask), torch.tensor(positions), latents
+    return (
+        torch.tensor(ids, device=device),
+        torch.tensor(mask, device=device),
+        torch.tensor(positions, device=device),
+        latents,
+    )
 
 
-def generate_one(model, prompt, latent_id, max_new):
+def generate_one(model, prompt, latent_id, max_new, device):
     """One prompt the official way: latent passes, then the whole prefix for every token."""
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=device)
     mask = torch.ones_like(ids)
-    positions = torch.arange(len(prompt)).unsqueeze(0)
+    positions = torch.arange(len(prompt), device=device).unsqueeze(0)
     latents = [[i for i, t in enumerate(prompt) if t == latent_id]]
     logits, _, embeds = latent_passes(model, ids, mask, positions, latents)
     tokens = [int(logits[-1][0, -1].argmax())]
     for _ in range(max_new - 1):
-        new = model.transformer.wte(torch.tensor([[tokens[-1]]]))
+        new = model.transformer.wte(torch.tensor([[tokens[-1]]], device=device))
         embeds = torch.cat([embeds, new], dim=1)
         logits = model(inputs_embeds=embeds).logits  # no cache: the whole prefix again
         tokens.append(int(logits[0, -1].argmax()))
     return tokens
 
 
-def generate_batched(model, prompts, latent_id, pad_id, max_new):
+def generate_batched(model, prompts, latent_id, pad_id, max_new, device):
     """Left-padded prompts, the latent passes, then greedy decoding on `past_key_values`."""
-    ids, mask, positions, latents = left_padded(prompts, latent_id, pad_id)
+    ids, mask, positions, latents = left_padded(prompts, latent_id, pad_id, device)
     logits, cache, _ = latent_passes(model, ids, mask, positions, latents)
     # Positions continue after each row's last real token (left padding: the last column).
     next_position = positions[:, -1:] + 1
@@ -166,29 +209,41 @@ def main():
     parser.add_argument("--inputs", required=True, help="the JSON file the bench wrote")
     parser.add_argument("--measurement", required=True, help="name:model:batch:stage")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
     with open(args.inputs) as f:
         inputs = json.load(f)
     m = inputs["measurements"][args.measurement]
     name, shape, batch_size, stage = args.measurement.split(":")[:4]
-    model = build_model(shape, inputs["vocab_size"])
+    model = build_model(shape, inputs["vocab_size"]).to(device)
     line = {
         "name": name, "model": shape, "batch": int(batch_size), "stage": int(stage),
         "torch": torch.__version__, "transformers": transformers.__version__,
-        "python": platform.python_version(), "threads": args.threads,
+        "python": platform.python_version(), "threads": args.threads, "device": str(device),
     }
-    if name.startswith("generate"):
+    if name.startswith("ops_per_latent_pass"):
+        model.train()
+        stage0, stage_k = count_ops(model, m, name.endswith("_bf16"), device)
+        line.update({
+            "ops_stage0": stage0, "ops_stage_k": stage_k,
+            "ops_per_latent_pass": (stage_k - stage0) / int(stage),
+        })
+    elif name.startswith("generate"):
         model.eval()
         prompts = m["prompts"]
         started = time.perf_counter()
         with torch.no_grad():
             if name == "generate_batched":
-                generate_batched(model, prompts, inputs["latent_id"], inputs["pad_id"], m["max_new"])
+                generate_batched(
+                    model, prompts, inputs["latent_id"], inputs["pad_id"], m["max_new"], device
+                )
             else:
                 for prompt in prompts:
-                    generate_one(model, prompt, inputs["latent_id"], m["max_new"])
+                    generate_one(model, prompt, inputs["latent_id"], m["max_new"], device)
+        synchronize(device)
         total = time.perf_counter() - started
         line.update({
             "n_samples": len(prompts), "max_new": m["max_new"], "total_s": total,
@@ -200,7 +255,7 @@ def main():
         plain = name == "plain_step"
         times, losses = [], []
         for step in range(m["warmup"] + m["steps"]):
-            loss, fwd, bwd, opt, total = training_step(model, optimizer, m["batch"], plain)
+            loss, fwd, bwd, opt, total = training_step(model, optimizer, m["batch"], plain, device)
             if step >= m["warmup"]:
                 times.append(total)
                 losses.append(loss)

@@ -11,12 +11,13 @@ use coconut_curriculum::{
 };
 use coconut_eval::{generate, generate_without_cache};
 use coconut_model::{CausalLm, Gpt2, Gpt2Config, Llama, LlamaConfig};
+use coconut_torch_ext::OpCounter;
 use coconut_trainer::adamw::{AdamW, AdamWConfig};
 use coconut_trainer::gradients::Gradients;
 use coconut_trainer::{training_loss, DeviceBatch};
 use tch::{nn::VarStore, Device, Kind};
 
-use super::records::{json_line, GenerateRecord, OverheadRecord, StepRecord};
+use super::records::{json_line, GenerateRecord, OpCountRecord, OverheadRecord, StepRecord};
 
 /// One measurement of the fixed set.
 pub(super) struct Measurement {
@@ -27,11 +28,22 @@ pub(super) struct Measurement {
     pub(super) steps: usize,
     /// Train with `train.gradient_checkpointing` (the long passes recomputed in backward).
     pub(super) gradient_checkpointing: bool,
-    /// Compute in bf16 (f32 master weights); measured only on a CPU with native bf16.
+    /// Compute in bf16 (f32 master weights); timed only on a CPU with native bf16.
     pub(super) bf16: bool,
 }
 
 impl Measurement {
+    /// Whether it is skipped on a CPU without native bf16: a bf16 timing means nothing
+    /// there, a bf16 op count does.
+    pub(super) fn needs_native_bf16(&self) -> bool {
+        self.bf16 && !self.counts_ops()
+    }
+
+    /// Whether it counts operators rather than timing them.
+    pub(super) fn counts_ops(&self) -> bool {
+        self.name.starts_with("ops_")
+    }
+
     /// The prompts a generation measurement decodes: the first max(batch, steps) samples'.
     pub(super) fn prompts_decoded(&self) -> usize {
         self.batch.max(self.steps)
@@ -50,7 +62,7 @@ const fn measurement(
 }
 
 /// The fixed set.
-pub(super) const MEASUREMENTS: [Measurement; 12] = [
+pub(super) const MEASUREMENTS: [Measurement; 14] = [
     measurement("train_step", "tiny", 8, 6, 5, false),
     measurement("plain_step", "tiny", 8, 6, 5, false),
     measurement("latent_overhead", "tiny", 8, 6, 7, false),
@@ -63,7 +75,16 @@ pub(super) const MEASUREMENTS: [Measurement; 12] = [
     Measurement { bf16: true, ..measurement("train_step_bf16", "gpt2", 8, 6, 1, false) },
     measurement("generate_reference", "tiny", 1, 6, 2, false),
     measurement("generate_batched", "tiny", 32, 6, 1, false),
+    measurement("ops_per_latent_pass", "gpt2", 8, OPS_STAGE, 1, false),
+    Measurement {
+        bf16: true,
+        ..measurement("ops_per_latent_pass_bf16", "gpt2", 8, OPS_STAGE, 1, false)
+    },
 ];
+
+/// The stage whose training step the op counts compare with stage 0's: its thought passes
+/// are the difference (the reference counts the same way).
+pub(super) const OPS_STAGE: usize = 4;
 
 /// New tokens per prompt in generation, ours and the reference's (no stop token: a fixed
 /// amount of work).
@@ -95,6 +116,9 @@ pub(super) fn measure(data: &Path, tokenizer: &Path, m: &Measurement) -> Result<
     };
     if m.name.starts_with("generate") {
         return Ok(json_line(&measure_generation(model.as_ref(), &inputs, m)));
+    }
+    if m.counts_ops() {
+        return Ok(json_line(&count_ops(model.as_ref(), &vs, &inputs, m)?));
     }
     let mut steps = Steps::new(model.as_ref(), &vs, &inputs, m);
     Ok(if m.name == "latent_overhead" {
@@ -280,6 +304,81 @@ impl<'a> Steps<'a> {
             threads: 1,
             gradient_checkpointing: m.gradient_checkpointing,
         })
+    }
+}
+
+/// The dispatcher operators of one thought pass, forward and backward, counted as the torch
+/// profiler counts them (every `aten::` event, nested ones included): a stage-k training
+/// step's count minus the stage-0 step's on the same samples, divided by k. Then the
+/// operators of an optimizer update after the last backward pass, gradient clipping
+/// included.
+fn count_ops(
+    model: &dyn CausalLm,
+    vs: &VarStore,
+    inputs: &StepInputs,
+    m: &Measurement,
+) -> Result<OpCountRecord> {
+    let mut optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW);
+    let mut grads = Gradients::new(vs.variables());
+    let special = inputs.tokenizer.special();
+    let tokenized = tokenize_samples(inputs.tokenizer, &inputs.samples[..inputs.batch]);
+    let batch_at = |stage: usize| {
+        let staged: Vec<StagedSample> = tokenized
+            .iter()
+            .map(|s| training_sample(inputs.curriculum, &special, s, stage))
+            .collect();
+        DeviceBatch::new(&collate_training(&staged, &special), Device::Cpu, Kind::Float)
+    };
+    let (plain, latent) = (batch_at(0), batch_at(inputs.stage));
+    let step = |batch: &DeviceBatch, grads: &mut Gradients| -> Result<Vec<(String, u64)>> {
+        tch::manual_seed(0);
+        let counter = OpCounter::start_by_name()?;
+        training_loss(model, batch, false).backward(model, grads, 1.0);
+        Ok(counter.by_name())
+    };
+    step(&latent, &mut grads)?; // a first step may set things up once
+    grads.clear();
+    let stage0 = step(&plain, &mut grads)?;
+    grads.clear();
+    let stage_k = step(&latent, &mut grads)?;
+    print_ops_per_pass(&stage0, &stage_k, inputs.stage);
+    let total = |counts: &[(String, u64)]| counts.iter().map(|(_, c)| c).sum::<u64>();
+    let (stage0, stage_k) = (total(&stage0), total(&stage_k));
+    let counter = OpCounter::start()?;
+    grads.clip_norm(1.0);
+    optimizer.step(grads.take());
+    let optimizer_ops = counter.count();
+    Ok(OpCountRecord {
+        name: m.name,
+        model: m.model,
+        batch: m.batch,
+        stage: m.stage,
+        latent_passes: latent.max_latents(),
+        ops_stage0: stage0,
+        ops_stage_k: stage_k,
+        ops_per_latent_pass: (stage_k as f64 - stage0 as f64) / inputs.stage as f64,
+        optimizer_ops_per_step: optimizer_ops,
+    })
+}
+
+/// The operators of one thought pass by name, most frequent first, on stderr (`--only`
+/// shows them): where the count comes from.
+fn print_ops_per_pass(stage0: &[(String, u64)], stage_k: &[(String, u64)], k: usize) {
+    let before: std::collections::HashMap<&str, u64> =
+        stage0.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    let mut per_pass: Vec<(f64, &str)> = stage_k
+        .iter()
+        .map(|(n, c)| {
+            (
+                (*c as f64 - before.get(n.as_str()).copied().unwrap_or(0) as f64) / k as f64,
+                n.as_str(),
+            )
+        })
+        .filter(|(c, _)| *c != 0.0)
+        .collect();
+    per_pass.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (count, name) in per_pass {
+        eprintln!("# per thought pass: {count:7.1} {name}");
     }
 }
 

@@ -17,7 +17,14 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use measure::{Measurement, MEASUREMENTS};
+use measure::{Measurement, MEASUREMENTS, OPS_STAGE};
+
+/// Operators of one GPT-2-shape thought pass, forward and backward (batch 8, dropout 0.1,
+/// [`OPS_STAGE`] against stage 0), as commit a3f3124 runs it: the base the op-count targets
+/// divide (docs/BENCHMARKS.md, "Op counts").
+const BASELINE_OPS_PER_PASS_F32: f64 = 6132.5;
+/// [`BASELINE_OPS_PER_PASS_F32`] computing in bf16.
+const BASELINE_OPS_PER_PASS_BF16: f64 = 7831.5;
 use records::ResultLine;
 
 /// Arguments of `coconut bench`.
@@ -45,11 +52,16 @@ pub struct BenchArgs {
     /// Saved reference results (JSON lines) to print speedups against, instead of running it.
     #[arg(long)]
     reference: Option<PathBuf>,
-    /// Skip the GPT-2-shape training steps (about 2 minutes each).
+    /// Skip the GPT-2-shape measurements (training steps of about 2 minutes each, the op
+    /// counts).
     #[arg(long)]
     skip_gpt2: bool,
-    /// Run one measurement in this process (used by the parent run).
-    #[arg(long, hide = true)]
+    /// The device the reference runs on (`cpu`, `cuda`, `cuda:N`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Run one measurement in this process (`name:model:batch:stage`, as the JSON lines
+    /// name them), or the reference's (`reference:name:model:batch:stage`), and print its line.
+    #[arg(long)]
     only: Option<String>,
 }
 
@@ -63,6 +75,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(only) = args.only.as_deref().and_then(|o| o.strip_prefix("ddp:")) {
         let threads: usize = only.parse().context("ddp:<threads>")?;
         return ddp::measure_ddp(&args.data, &args.tokenizer, threads);
+    }
+    if let Some(key) = args.only.as_deref().and_then(|o| o.strip_prefix("reference:")) {
+        return reference::run_one(args, key);
     }
     if let Some(only) = &args.only {
         let m = MEASUREMENTS
@@ -139,8 +154,9 @@ fn run_measurements(args: &BenchArgs, exe: &Path) -> Result<Vec<ResultLine>> {
         .with_context(|| format!("creating {}", partial.display()))?;
     let mut lines = Vec::new();
     let native_bf16 = coconut_trainer::native_bf16(tch::Device::Cpu);
-    let wanted =
-        |m: &&Measurement| !(args.skip_gpt2 && m.model == "gpt2") && (!m.bf16 || native_bf16);
+    let wanted = |m: &&Measurement| {
+        !(args.skip_gpt2 && m.model == "gpt2") && (!m.needs_native_bf16() || native_bf16)
+    };
     for m in MEASUREMENTS.iter().filter(wanted) {
         let output = Command::new(exe)
             .args(["bench", "--only", &key(m), "--data"])
@@ -194,6 +210,42 @@ fn print_contract(ours: &[ResultLine], theirs: Option<&[ResultLine]>, ddp: Optio
     };
     let overhead = |model: &str| ours_of("latent_overhead", model, 6)?.ratio;
     let collate = ours_of("train_step", "tiny", 6).and_then(|l| l.collate_share);
+    let ops = |lines: Option<&[ResultLine]>, name: &str| {
+        find(lines?, name, "gpt2", OPS_STAGE as u64)?.ops_per_latent_pass
+    };
+    let optimizer_ops = ours_of("ops_per_latent_pass", "gpt2", OPS_STAGE as u64)
+        .and_then(|l| l.optimizer_ops_per_step);
+    let ops_target = |baseline: f64, reference: Option<f64>| {
+        let half = reference.map_or("n/a".to_string(), |r| format!("{:.0}", r / 2.0));
+        format!("<= {:.0}, a third of {baseline}; <= {half}, half the reference's", baseline / 3.0)
+    };
+    let (ops_f32, ops_bf16) =
+        (ops(theirs, "ops_per_latent_pass"), ops(theirs, "ops_per_latent_pass_bf16"));
+    let ops_lines = [
+        (
+            "ops_per_latent_pass_gpt2_f32",
+            ops(Some(ours), "ops_per_latent_pass"),
+            ops_target(BASELINE_OPS_PER_PASS_F32, ops_f32),
+        ),
+        (
+            "ops_per_latent_pass_gpt2_bf16",
+            ops(Some(ours), "ops_per_latent_pass_bf16"),
+            ops_target(BASELINE_OPS_PER_PASS_BF16, ops_bf16),
+        ),
+        ("ops_per_latent_pass_reference_f32", ops_f32, "the reference, f32".to_string()),
+        (
+            "ops_per_latent_pass_reference_bf16",
+            ops_bf16,
+            "the reference, bf16 autocast".to_string(),
+        ),
+        ("optimizer_ops_per_step", optimizer_ops, "<= 20".to_string()),
+    ];
+    for (name, value, target) in ops_lines {
+        match value {
+            Some(v) => println!("{name}={v:.0} [{target}]"),
+            None => println!("{name}=n/a [{target}]"),
+        }
+    }
     let contract: [(&str, Option<f64>, usize, &str); 10] = [
         ("speedup_tiny_stage6", step_speedup("tiny"), 2, ">= 6"),
         ("speedup_gpt2_stage6", step_speedup("gpt2"), 2, ">= 2.5"),

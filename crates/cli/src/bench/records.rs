@@ -75,6 +75,25 @@ pub(super) struct StepRecord {
     pub gradient_checkpointing: bool,
 }
 
+/// Operator counts (`ops_per_latent_pass`, `ops_per_latent_pass_bf16`).
+#[derive(Debug, Serialize)]
+pub(super) struct OpCountRecord {
+    pub name: &'static str,
+    pub model: &'static str,
+    pub batch: usize,
+    pub stage: usize,
+    /// Thought passes of the stage-k step (the stage-0 step has none).
+    pub latent_passes: usize,
+    /// Operators of a stage-0 training step, forward and backward.
+    pub ops_stage0: u64,
+    /// Operators of the stage-k training step on the same samples.
+    pub ops_stage_k: u64,
+    /// `(ops_stage_k - ops_stage0) / k`.
+    pub ops_per_latent_pass: f64,
+    /// Operators of an update after the last backward pass, gradient clipping included.
+    pub optimizer_ops_per_step: u64,
+}
+
 /// Data-parallel optimizer steps (`ddp_step`).
 #[derive(Debug, Serialize)]
 pub(super) struct DdpRecord {
@@ -129,4 +148,8 @@ pub(super) struct ResultLine {
     pub allreduce_share: Option<f64>,
     #[serde(default)]
     pub peak_rss_mb: Option<f64>,
+    #[serde(default)]
+    pub ops_per_latent_pass: Option<f64>,
+    #[serde(default)]
+    pub optimizer_ops_per_step: Option<f64>,
 }

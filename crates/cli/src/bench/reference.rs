@@ -14,13 +14,14 @@ use coconut_curriculum::{
 };
 use serde_json::{json, Value};
 
-use super::measure::{reference_curriculum, GENERATED_TOKENS, MEASUREMENTS};
+use super::measure::{reference_curriculum, GENERATED_TOKENS, MEASUREMENTS, OPS_STAGE};
 use super::records::ResultLine;
 use super::BenchArgs;
 
 /// What the reference runs: (name, model, batch, stage, warmup steps, measured steps). The
-/// same work as our measurements of these names, fewer steps (its steps are slower).
-const REFERENCE_MEASUREMENTS: [(&str, &str, usize, usize, usize, usize); 7] = [
+/// same work as our measurements of these names, fewer steps (its steps are slower). The
+/// op counts run one uncounted step, then count a stage-0 and a stage-k step.
+const REFERENCE_MEASUREMENTS: [(&str, &str, usize, usize, usize, usize); 9] = [
     ("train_step", "tiny", 8, 6, 1, 3),
     ("plain_step", "tiny", 8, 6, 1, 3),
     ("train_step", "tiny", 8, 0, 1, 2),
@@ -28,6 +29,8 @@ const REFERENCE_MEASUREMENTS: [(&str, &str, usize, usize, usize, usize); 7] = [
     ("plain_step", "gpt2", 8, 6, 0, 1),
     ("generate_reference", "tiny", 1, 6, 0, 2),
     ("generate_batched", "tiny", 32, 6, 0, 1),
+    ("ops_per_latent_pass", "gpt2", 8, OPS_STAGE, 1, 2),
+    ("ops_per_latent_pass_bf16", "gpt2", 8, OPS_STAGE, 1, 2),
 ];
 
 /// Whether `python` imports torch and transformers; the reason when it does not.
@@ -53,40 +56,69 @@ fn python_ready(python: &str) -> Result<(), String> {
 pub(super) fn run_reference(args: &BenchArgs) -> Result<Option<Vec<ResultLine>>> {
     if let Err(why) = python_ready(&args.python) {
         println!(
-            "# reference: not run: {why}. Install them (README, Benchmarks) or pass --python \
+            "# reference: not run: {why}. Install them (docs/BENCHMARKS.md) or pass --python \
              or --reference FILE"
         );
         return Ok(None);
     }
-    if !args.reference_script.exists() {
-        bail!("{}: the reference implementation is not there", args.reference_script.display());
-    }
-    let inputs = tempfile::NamedTempFile::new()?;
-    serde_json::to_writer(inputs.as_file(), &reference_inputs(args)?)?;
+    let inputs = write_inputs(args)?;
     let out_path = reference_out(&args.out);
     let mut out = std::fs::File::create(&out_path)
         .with_context(|| format!("creating {}", out_path.display()))?;
     let mut lines = Vec::new();
     let skip = |model: &str| args.skip_gpt2 && model == "gpt2";
     for (name, model, batch, stage, ..) in REFERENCE_MEASUREMENTS.iter().filter(|m| !skip(m.1)) {
-        let key = format!("{name}:{model}:{batch}:{stage}");
-        let output = Command::new(&args.python)
-            .arg(&args.reference_script)
-            .arg("--inputs")
-            .arg(inputs.path())
-            .args(["--measurement", &key, "--threads", "1"])
-            .output()?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            bail!("reference measurement {key} failed: {stderr}");
-        }
-        let text = String::from_utf8(output.stdout)?;
-        let line = text.lines().rfind(|l| l.starts_with('{')).context("no output")?;
+        let line =
+            run_measurement(args, inputs.path(), &format!("{name}:{model}:{batch}:{stage}"))?;
         println!("{line}");
         writeln!(out, "{line}")?;
-        lines.push(serde_json::from_str(line)?);
+        lines.push(serde_json::from_str(&line)?);
     }
     Ok(Some(lines))
+}
+
+/// Runs the reference's measurement `key` alone and prints its line (`--only reference:KEY`).
+pub(super) fn run_one(args: &BenchArgs, key: &str) -> Result<()> {
+    if let Err(why) = python_ready(&args.python) {
+        bail!("the reference cannot run: {why}");
+    }
+    let known = REFERENCE_MEASUREMENTS
+        .iter()
+        .any(|(name, model, batch, stage, ..)| format!("{name}:{model}:{batch}:{stage}") == key);
+    if !known {
+        bail!("the reference has no measurement {key}");
+    }
+    let inputs = write_inputs(args)?;
+    println!("{}", run_measurement(args, inputs.path(), key)?);
+    Ok(())
+}
+
+/// The reference's inputs in a temporary file, removed when dropped.
+fn write_inputs(args: &BenchArgs) -> Result<tempfile::NamedTempFile> {
+    if !args.reference_script.exists() {
+        bail!("{}: the reference implementation is not there", args.reference_script.display());
+    }
+    let inputs = tempfile::NamedTempFile::new()?;
+    serde_json::to_writer(inputs.as_file(), &reference_inputs(args)?)?;
+    Ok(inputs)
+}
+
+/// One reference measurement in its own Python process; returns its JSON line.
+fn run_measurement(args: &BenchArgs, inputs: &Path, key: &str) -> Result<String> {
+    let output = Command::new(&args.python)
+        .arg(&args.reference_script)
+        .arg("--inputs")
+        .arg(inputs)
+        .args(["--measurement", key, "--threads", "1", "--device", &args.device])
+        .output()
+        .with_context(|| format!("starting {}", args.python))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        bail!("reference measurement {key} failed: {stderr}");
+    }
+    let text = String::from_utf8(output.stdout)?;
+    let line = text.lines().rfind(|l| l.starts_with('{')).context("no output")?;
+    Ok(line.to_string())
 }
 
 /// `bench-results.jsonl` -> `bench-results-reference.jsonl`.
@@ -123,12 +155,14 @@ fn reference_inputs(args: &BenchArgs) -> Result<Value> {
                 tokenized.iter().map(|s| eval_prompt(&curriculum, &special, s, stage)).collect();
             json!({"prompts": prompts, "max_new": GENERATED_TOKENS})
         } else {
-            let staged: Vec<StagedSample> = tokenized
-                .iter()
-                .map(|s| training_sample(&curriculum, &special, s, stage))
-                .collect();
-            let batch = collate_training(&staged, &special);
-            json!({"batch": batch_json(&batch), "warmup": warmup, "steps": steps})
+            let batch_at = |stage: usize| {
+                let staged: Vec<StagedSample> = tokenized
+                    .iter()
+                    .map(|s| training_sample(&curriculum, &special, s, stage))
+                    .collect();
+                batch_json(&collate_training(&staged, &special))
+            };
+            json!({"batch": batch_at(stage), "batch0": batch_at(0), "warmup": warmup, "steps": steps})
         };
         measurements.insert(key, value);
     }
