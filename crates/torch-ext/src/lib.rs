@@ -39,6 +39,20 @@ mod ffi {
         pub fn torch_ext_op_counter_stop(handle: u64) -> *mut c_char;
         pub fn torch_ext_op_count() -> u64;
         pub fn torch_ext_op_names() -> *mut c_char;
+        pub fn torch_ext_dropout_mask(
+            like: TensorPtr,
+            p: f64,
+            out: *mut *mut torch_sys::C_tensor,
+        ) -> *mut c_char;
+        pub fn torch_ext_chunked_attention(
+            q: TensorPtr,
+            keys: *const TensorPtr,
+            values: *const TensorPtr,
+            n: usize,
+            bias: TensorPtr,
+            dropout: f64,
+            out: *mut *mut torch_sys::C_tensor,
+        ) -> *mut c_char;
     }
 }
 
@@ -122,6 +136,57 @@ pub fn fused_adamw(
             step.eps,
         )
     })
+}
+
+/// A dropout mask shaped and typed like `like`: each element `1 / (1 - p)` with probability
+/// `1 - p`, else 0, drawn from torch's generator as one f32 uniform per element. On a CPU the
+/// draw becomes the mask in one loop (three operators in all, where comparing, casting and
+/// scaling with tensor operators takes about fifteen).
+pub fn dropout_mask(like: &Tensor, p: f64) -> Result<Tensor, TchError> {
+    let mut out = std::ptr::null_mut();
+    // SAFETY: `like` is a live tensor; `out` receives a tensor allocated with `new`, which
+    // tch takes over and frees.
+    check(unsafe { ffi::torch_ext_dropout_mask(like.as_ptr().cast(), p, &mut out) })?;
+    // SAFETY: on success `out` is a new tensor owned by nobody else.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// softmax(q K^T / sqrt(hs) + bias) V for queries `q` (B, nh, Tq, hs) over keys and values
+/// held in `chunks` ((B, n_kv, T_j, hs) each, read side by side, never concatenated), where
+/// query head h reads key-value head h / (nh / n_kv), with dropout `p` on the probabilities
+/// (the mask drawn from torch's generator). `bias` is (B, 1, Tq, T), T the chunks' total, in
+/// `q`'s kind. Returns the heads merged, (B, Tq, nh * hs).
+///
+/// One autograd function in C++ (`csrc/torch_ext.cpp`): its backward pass computes the
+/// gradients of `q` and of every chunk with the few batched products they need, where the
+/// same attention written with tensor operations records a dozen nodes and their views.
+pub fn chunked_attention(
+    q: &Tensor,
+    chunks: &[(Tensor, Tensor)],
+    bias: &Tensor,
+    dropout: f64,
+) -> Result<Tensor, TchError> {
+    if chunks.is_empty() {
+        return Err(TchError::Shape("chunked_attention: no chunk of keys and values".into()));
+    }
+    let keys: Vec<ffi::TensorPtr> = chunks.iter().map(|(k, _)| k.as_ptr().cast()).collect();
+    let values: Vec<ffi::TensorPtr> = chunks.iter().map(|(_, v)| v.as_ptr().cast()).collect();
+    let mut out = std::ptr::null_mut();
+    // SAFETY: every pointer is a live tensor of tch's for the duration of the call; `out`
+    // receives a tensor allocated with `new`, which tch takes over and frees.
+    check(unsafe {
+        ffi::torch_ext_chunked_attention(
+            q.as_ptr().cast(),
+            keys.as_ptr(),
+            values.as_ptr(),
+            chunks.len(),
+            bias.as_ptr().cast(),
+            dropout,
+            &mut out,
+        )
+    })?;
+    // SAFETY: on success `out` is a new tensor owned by nobody else.
+    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 /// The kernels `scaled_dot_product_attention` chooses among.
@@ -281,6 +346,78 @@ mod tests {
         for (g, e) in got.iter().zip(p) {
             assert!((*g as f64 - e).abs() <= 1e-6 * e.abs(), "{got:?} against {p:?}");
         }
+    }
+
+    /// Attention over chunks against LibTorch's attention over the concatenated keys and
+    /// values (grouped query heads, a padding bias), in output and in every gradient; with
+    /// dropout, the dropped fraction of the probabilities.
+    #[test]
+    fn chunked_attention_is_attention_over_the_concatenated_chunks() {
+        tch::manual_seed(1);
+        let (b, nh, n_kv, tq, hs) = (2, 4, 2, 3, 8);
+        let leaf = |shape: &[i64]| {
+            Tensor::randn(shape, (Kind::Float, Device::Cpu)).set_requires_grad(true)
+        };
+        let q = leaf(&[b, nh, tq, hs]);
+        let chunks = vec![
+            (leaf(&[b, n_kv, 5, hs]), leaf(&[b, n_kv, 5, hs])),
+            (leaf(&[b, n_kv, 1, hs]), leaf(&[b, n_kv, 1, hs])),
+            (leaf(&[b, n_kv, 3, hs]), leaf(&[b, n_kv, 3, hs])),
+        ];
+        // The first key of row 1 is padding.
+        let bias = Tensor::zeros([b, 1, tq, 9], (Kind::Float, Device::Cpu));
+        let _ = bias.get(1).narrow(2, 0, 1).fill_(-1e9);
+        let y = chunked_attention(&q, &chunks, &bias, 0.0).unwrap();
+        assert_eq!(y.size(), [b, tq, nh * hs]);
+        let k = Tensor::cat(&chunks.iter().map(|(k, _)| k).collect::<Vec<_>>(), 2);
+        let v = Tensor::cat(&chunks.iter().map(|(_, v)| v).collect::<Vec<_>>(), 2);
+        let expected =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, None, true)
+                .transpose(1, 2)
+                .reshape([b, tq, nh * hs]);
+        let close = |a: &Tensor, e: &Tensor, what: &str| {
+            let error = (a - e).abs().max().double_value(&[]);
+            let size = e.abs().max().double_value(&[]);
+            assert!(error <= 1e-5 * size.max(1e-6), "{what}: {error} off (size {size})");
+        };
+        close(&y, &expected, "output");
+        let weights = Tensor::randn([b, tq, nh * hs], (Kind::Float, Device::Cpu));
+        let mut inputs = vec![&q];
+        inputs.extend(chunks.iter().flat_map(|(k, v)| [k, v]));
+        let ours = Tensor::run_backward(&[(&y * &weights).sum(Kind::Float)], &inputs, false, false);
+        let theirs =
+            Tensor::run_backward(&[(&expected * &weights).sum(Kind::Float)], &inputs, false, false);
+        for (i, (a, e)) in ours.iter().zip(&theirs).enumerate() {
+            close(a, e, &format!("gradient of input {i}"));
+        }
+        // Dropout 0.5 on uniform probabilities over 9 keys: each kept one becomes 2/9.
+        let flat = Tensor::zeros([1, 1, 4000, 9], (Kind::Float, Device::Cpu));
+        let ones = Tensor::ones([1, 1, 9, 1], (Kind::Float, Device::Cpu));
+        let q = Tensor::zeros([1, 1, 4000, 1], (Kind::Float, Device::Cpu));
+        let y = chunked_attention(&q, &[(ones.copy(), ones)], &flat, 0.5).unwrap();
+        let mean = y.mean(Kind::Float).double_value(&[]);
+        assert!((mean - 1.0).abs() < 0.03, "the expectation is kept: {mean}");
+    }
+
+    #[test]
+    fn dropout_masks_keep_one_minus_p_scaled_up() {
+        tch::manual_seed(3);
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let like = Tensor::zeros([1000, 1000], (kind, Device::Cpu));
+            let mask = dropout_mask(&like, 0.1).unwrap();
+            assert_eq!((mask.size(), mask.kind()), (like.size(), kind));
+            let dropped = mask.eq(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+            assert!((dropped - 0.1).abs() < 0.002, "{kind:?}: dropped {dropped}");
+            let kept = mask.masked_select(&mask.ne(0.0)).to_kind(Kind::Float);
+            let scale = (1.0f32 / 0.9) as f64;
+            let off = (kept - scale).abs().max().double_value(&[]);
+            assert!(off <= scale * 4e-3, "{kind:?}: kept values are 1 / (1 - p): {off}");
+        }
+        tch::manual_seed(5);
+        let a = dropout_mask(&Tensor::zeros([64], (Kind::Float, Device::Cpu)), 0.5).unwrap();
+        tch::manual_seed(5);
+        let b = dropout_mask(&Tensor::zeros([64], (Kind::Float, Device::Cpu)), 0.5).unwrap();
+        assert!(a.equal(&b), "torch's seed decides the mask");
     }
 
     #[test]
