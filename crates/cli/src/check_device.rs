@@ -3,11 +3,12 @@
 //! First the plumbing, on small random models of every architecture and a fixed batch of
 //! ProsQA questions: the multi-pass loss and every gradient, an AdamW step, batched cached
 //! generation against one prompt at a time, a checkpoint written on the device and read on
-//! the CPU, and a bf16 step. Then, unless `--skip-timings`, the GPT-2 124M shape at the
-//! paper's batch of 32 per device: the training step at stages 0, 3 and 6 in f32 and bf16,
-//! and batched generation, each in a child process so that the device memory it leaves in
-//! use (the caching allocator keeps its high-water mark) is its own; and the paper's ProsQA
-//! schedule projected from them. One line per check; the last reads `device_check=pass` or
+//! the CPU, and a bf16 step; on a GPU, an optimizer step whose gradients go through NCCL at
+//! one rank against the same step without it. Then, unless `--skip-timings`, the GPT-2 124M
+//! shape at the paper's batch of 32 per device: the training step at stages 0, 3 and 6 in
+//! f32 and bf16, and batched generation, each in a child process so that the device memory
+//! it leaves in use (the caching allocator keeps its high-water mark) is its own; and the
+//! paper's ProsQA schedule projected from them. One line per check; the last reads `device_check=pass` or
 //! `device_check=fail`.
 //!
 //! With `--device cpu` the CPU is compared with itself, which proves the plumbing only.
@@ -20,6 +21,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use coconut_collective::{Collective, Nccl};
 use coconut_curriculum::{
     collate_training, eval_prompt, load_samples, tokenize_samples, training_sample, Batch,
     StagedSample, TokenizedSample, Tokenizer,
@@ -106,6 +108,14 @@ pub fn run(args: &CheckDeviceArgs) -> Result<()> {
     let mut passed = true;
     for arch in ["gpt2", "llama", "qwen2"] {
         passed &= check_architecture(arch, &tokenizer, &data, device)?;
+    }
+    match device {
+        Device::Cuda(index) => {
+            passed &= check("nccl_one_rank[gpt2]", || {
+                nccl_one_rank_step(tokenizer.vocab_size(), &data, index)
+            });
+        }
+        _ => println!("nccl_one_rank[gpt2]: skipped (NCCL needs a CUDA device)"),
     }
     if !args.skip_timings {
         passed &= timings(args)?;
@@ -197,12 +207,12 @@ fn loss_and_gradients(
     model: &dyn CausalLm,
     batch: &Batch,
 ) -> (f64, BTreeMap<String, Tensor>) {
-    let device_batch = DeviceBatch::new(batch, vs.device(), Kind::Float);
+    let device_batch = DeviceBatch::new(batch, vs.device(), model.kind());
     let loss = training_loss(model, &device_batch, false);
     let value = loss.value.double_value(&[]);
     let mut grads = Gradients::new(vs.variables());
     loss.backward(model, &mut grads, 1.0);
-    (value, grads.take())
+    (value, grads.sums())
 }
 
 /// One architecture's tiny model twice, with the same weights: on the CPU and on the
@@ -273,11 +283,16 @@ fn same_loss_and_gradients(pair: &Pair, batch: &Batch) -> Result<String, String>
 /// One AdamW update on each side from the CPU's gradients: parameters and moments agree,
 /// and the device's moments live on the device.
 fn same_adamw_step(pair: &Pair) -> Result<String, String> {
-    let mut on_cpu = AdamW::new(pair.cpu_vs.variables(), REFERENCE_ADAMW);
-    let mut on_device = AdamW::new(pair.vs.variables(), REFERENCE_ADAMW);
-    let grads = &pair.cpu_grads;
-    on_cpu.step(grads.iter().map(|(n, g)| (n.clone(), g.shallow_clone())).collect());
-    on_device.step(grads.iter().map(|(n, g)| (n.clone(), g.to_device(pair.device))).collect());
+    let mut on_cpu = AdamW::new(pair.cpu_vs.variables(), REFERENCE_ADAMW, Kind::Float);
+    let mut on_device = AdamW::new(pair.vs.variables(), REFERENCE_ADAMW, Kind::Float);
+    let mut cpu_grads = Gradients::new(pair.cpu_vs.variables());
+    let mut device_grads = Gradients::new(pair.vs.variables());
+    for (name, g) in &pair.cpu_grads {
+        cpu_grads.accumulate(name, g);
+        device_grads.accumulate(name, &g.to_device(pair.device));
+    }
+    on_cpu.step(&mut cpu_grads);
+    on_device.step(&mut device_grads);
     let moments = |opt: &AdamW| -> BTreeMap<String, Tensor> {
         opt.state().into_iter().filter(|(n, _)| n != "step").collect()
     };
@@ -289,6 +304,47 @@ fn same_adamw_step(pair: &Pair) -> Result<String, String> {
     let detail =
         format!("parameters within {worst:.1e} (worst {name}), moments within {worst_moment:.1e}");
     verdict(worst <= F32_TOLERANCE && worst_moment <= F32_TOLERANCE, detail)
+}
+
+/// An optimizer step whose gradients went through NCCL's all-reduce in a world of one rank
+/// (the call a data-parallel rank makes, on the same flat buffer) against the same step
+/// without it, from the same weights and batch: the weights must come out bit-equal.
+fn nccl_one_rank_step(vocab: usize, data: &CheckData, index: usize) -> Result<String, String> {
+    let device = Device::Cuda(index);
+    let id = Nccl::unique_id().map_err(|e| e.to_string())?;
+    let mut nccl = Nccl::new(0, 1, id, index).map_err(|e| e.to_string())?;
+    let mut step = |through_nccl: bool| -> Result<Vec<(String, Tensor)>, String> {
+        let positions = data.batch.seq_len + 64;
+        let models = tiny_models_on(vocab, positions, 2, 0.0, 0, device);
+        let (_, vs, model) = models.into_iter().find(|(name, _, _)| *name == "gpt2").expect("gpt2");
+        let mut optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW, Kind::Float);
+        let mut grads = Gradients::new(vs.variables());
+        let batch = DeviceBatch::new(&data.batch, device, model.kind());
+        training_loss(model.as_ref(), &batch, false).backward(model.as_ref(), &mut grads, 1.0);
+        if through_nccl {
+            let flat = grads.flat();
+            // SAFETY: `flat` is a contiguous f32 tensor on the device, alive and written by
+            // nothing else until the sum has run (the step below reads it on the same stream).
+            unsafe { nccl.all_reduce_sum_device(flat.data_ptr() as u64, flat.numel()) }
+                .map_err(|e| e.to_string())?;
+        }
+        optimizer.step(&mut grads);
+        Ok(optimizer.masters().into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect())
+    };
+    let (alone, reduced) = (step(false)?, step(true)?);
+    let differing: Vec<&str> = alone
+        .iter()
+        .zip(&reduced)
+        .filter(|((_, a), (_, b))| !a.equal(b))
+        .map(|((name, _), _)| name.as_str())
+        .collect();
+    let detail = format!(
+        "{} parameters after one step through NCCL {} at one rank, {} differ {differing:?}",
+        alone.len(),
+        nccl.nccl_version(),
+        differing.len()
+    );
+    verdict(differing.is_empty(), detail)
 }
 
 /// Batched cached generation on the device decodes every prompt as it does alone.
@@ -344,11 +400,16 @@ fn checkpoint_read_on_the_cpu(pair: &Pair) -> Result<String, String> {
 /// gradients, an AdamW update on the f32 master weights.
 fn bf16_step(pair: &mut Pair, batch: &Batch) -> Result<String, String> {
     let (f32_loss, _) = loss_and_gradients(&pair.vs, pair.model.as_ref(), batch);
-    pair.model.set_compute_kind(Kind::BFloat16);
-    let (bf16_loss, grads) = loss_and_gradients(&pair.vs, pair.model.as_ref(), batch);
-    pair.model.set_compute_kind(Kind::Float);
-    let finite = grads.values().all(coconut_model::is_finite);
-    AdamW::new(pair.vs.variables(), REFERENCE_ADAMW).step(grads);
+    // From here the model computes in bf16: its variables are copies of f32 masters.
+    let mut optimizer = AdamW::new(pair.vs.variables(), REFERENCE_ADAMW, Kind::BFloat16);
+    let device_batch = DeviceBatch::new(batch, pair.vs.device(), pair.model.kind());
+    let loss = training_loss(pair.model.as_ref(), &device_batch, false);
+    let bf16_loss = loss.value.double_value(&[]);
+    let mut grads = Gradients::new(pair.vs.variables());
+    loss.backward(pair.model.as_ref(), &mut grads, 1.0);
+    let finite = coconut_model::is_finite(grads.flat());
+    optimizer.step(&mut grads);
+    pair.vs.float();
     let difference = (bf16_loss - f32_loss).abs() / f32_loss.abs();
     let detail = format!(
         "loss {bf16_loss:.4} against {f32_loss:.4} in f32 ({:.2}%), gradients {}",
@@ -494,10 +555,8 @@ fn timing_in_this_process(args: &CheckDeviceArgs, job: TimingJob) -> Result<Timi
     let questions = tokenize_samples(&tokenizer, &samples);
     let curriculum = reference_curriculum();
     let vs = VarStore::new(device);
-    let mut model = bench_model(&vs, &args.timed_model, tokenizer.vocab_size());
-    if job.bf16 {
-        model.set_compute_kind(Kind::BFloat16);
-    }
+    let model = bench_model(&vs, &args.timed_model, tokenizer.vocab_size());
+    let kind = if job.bf16 { Kind::BFloat16 } else { Kind::Float };
     let synchronize = || {
         if let Device::Cuda(index) = device {
             tch::Cuda::synchronize(index as i64);
@@ -528,16 +587,18 @@ fn timing_in_this_process(args: &CheckDeviceArgs, job: TimingJob) -> Result<Timi
         .map(|s| training_sample(&curriculum, &special, s, stage))
         .collect();
     let batch = collate_training(&staged, &special);
-    let mut optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW);
+    // The model computes in `kind` from here on.
+    let mut optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW, kind);
     let mut grads = Gradients::new(vs.variables());
     let mut times = Vec::new();
     for step in 0..6 {
         let started = Instant::now();
-        let device_batch = DeviceBatch::new(&batch, device, Kind::Float);
+        let device_batch = DeviceBatch::new(&batch, device, kind);
         let loss = training_loss(model.as_ref(), &device_batch, false);
         let _ = loss.value.double_value(&[]); // the one host read of a training step
+        grads.clear();
         loss.backward(model.as_ref(), &mut grads, 1.0);
-        optimizer.step(grads.take());
+        optimizer.step(&mut grads);
         synchronize();
         if step >= 2 {
             times.push(started.elapsed().as_secs_f64());

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{last_checkpoint, succeed, train, write_config};
+use common::{last_checkpoint, succeed, train, write_config, write_config_with_model};
 
 /// `train-all-stages` on `config` for `n` epochs.
 fn epochs(config: &Path, n: usize) -> Command {
@@ -58,11 +58,20 @@ fn the_old_bf16_key_is_read_and_both_keys_are_an_error() {
     assert!(err.contains("both.toml"), "the error names the file: {err}");
 }
 
+/// `auto` takes bf16 on a CPU with native bf16 for a model at least
+/// `MIN_CPU_BF16_WIDTH` wide, f32 otherwise: a narrower model is faster in f32 there.
 #[test]
-fn auto_resolves_by_the_cpu() {
+fn auto_resolves_by_the_cpu_and_the_width() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "auto", "");
-    succeed(epochs(&config, 1));
-    let expected = if coconut_trainer::native_bf16(tch::Device::Cpu) { "bf16" } else { "f32" };
-    assert_eq!(recorded(&last_checkpoint(&dir.path().join("auto"))), expected);
+    let native = coconut_trainer::native_bf16(tch::Device::Cpu);
+    let wide = coconut_trainer::MIN_CPU_BF16_WIDTH;
+    for (name, width, bf16) in [("narrow", 32, false), ("wide", wide, native)] {
+        let model = format!(
+            "n_layer = 1\nn_embd = {width}\nn_head = 2\nn_positions = 1024\nvocab_size = 300"
+        );
+        let config = write_config_with_model(dir.path(), name, &model, "");
+        succeed(epochs(&config, 1));
+        let expected = if bf16 { "bf16" } else { "f32" };
+        assert_eq!(recorded(&last_checkpoint(&dir.path().join(name))), expected, "{name}");
+    }
 }

@@ -104,7 +104,7 @@ impl Decoding {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for rows in order.chunks(PROMPT_CHUNK_ROWS) {
             let chunk: Vec<Vec<u32>> = rows.iter().map(|&i| prompts[i].clone()).collect();
-            let batch = DeviceBatch::new(&collate_prompts(&chunk, special), device, Kind::Float);
+            let batch = DeviceBatch::new(&collate_prompts(&chunk, special), device, model.kind());
             let mut cache = KvCache::new();
             // Decoding continues from the last column: it is the only hidden state read.
             let t = batch.input_ids.size()[1];
@@ -164,7 +164,7 @@ impl Decoding {
     fn advance(&mut self, model: &dyn CausalLm, tokens: &Tensor) {
         let mask = &self.mask;
         self.mask = Tensor::cat(&[mask, &mask.ones_like().narrow(1, 0, 1)], 1); // (B_active, T+1)
-        let bias = padding_bias(&self.mask, Kind::Float); // (B_active, 1, 1, T+1)
+        let bias = padding_bias(&self.mask, model.kind()); // (B_active, 1, 1, T+1)
         let embeds = model.embed(tokens);
         let h = model.forward_embeds(&embeds, &self.next_pos, &bias, Some(&mut self.cache), false);
         self.logits = model.lm_head(&h).squeeze_dim(1);
@@ -190,7 +190,7 @@ pub fn generate_without_cache(
         let run = |embeds: &Tensor| {
             let t = embeds.size()[1];
             let pos = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0); // (1, T)
-            let bias = causal_bias(&Tensor::ones([1, t], (Kind::Int64, device)), Kind::Float);
+            let bias = causal_bias(&Tensor::ones([1, t], (Kind::Int64, device)), model.kind());
             model.forward_embeds(embeds, &pos, &bias, None, false) // (1, T, C)
         };
         for (col, _) in prompt.iter().enumerate().filter(|(_, &t)| t == special.latent) {

@@ -97,7 +97,7 @@ pub fn inspect_prompt(
     let batch = collate_prompts(&[prompt.to_vec()], &special);
     let columns = batch.latent_columns[0].clone();
     tch::no_grad(|| {
-        let device_batch = DeviceBatch::new(&batch, device, Kind::Float);
+        let device_batch = DeviceBatch::new(&batch, device, model.kind());
         let hidden = latent_hidden_states(model, &device_batch, &mut KvCache::new(), false, 0)
             .squeeze_dim(0); // (T, C)
         columns

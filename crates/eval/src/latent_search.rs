@@ -211,7 +211,7 @@ pub fn continuation_probabilities(
 ) -> Vec<f64> {
     tch::no_grad(|| {
         let batch = coconut_curriculum::collate_prompts(&[prompt.to_vec()], special);
-        let batch = DeviceBatch::new(&batch, device, Kind::Float);
+        let batch = DeviceBatch::new(&batch, device, model.kind());
         let t = batch.input_ids.size()[1];
         let mut cache = KvCache::new();
         let last = latent_hidden_states(model, &batch, &mut cache, false, t - 1); // (1, 1, C)
@@ -246,7 +246,7 @@ pub fn continuation_probabilities(
             let positions = (Tensor::arange(width, (Kind::Int64, device)) + t)
                 .unsqueeze(0)
                 .expand([n, width], false);
-            let bias = causal_bias(&mask, Kind::Float).narrow(2, t, width); // (n, 1, width, t + width)
+            let bias = causal_bias(&mask, model.kind()).narrow(2, t, width); // (n, 1, width, t + width)
             let (logits, _) = model.forward(&ids, &positions, &bias, Some(&mut cache), false);
             let log_probs = logits.log_softmax(-1, Kind::Float); // (n, width, V)
             let next = Tensor::from_slice(&next).view([n, width, 1]).to_device(device);

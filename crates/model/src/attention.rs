@@ -2,7 +2,7 @@
 //! padding, and softmax attention over keys and values held in one chunk or several, with
 //! as many query heads per key-value head as the architecture groups (GQA).
 
-use coconut_torch_ext::SdpBackend;
+use coconut_torch_ext::{chunked_attention, SdpBackend};
 use tch::{Kind, Tensor};
 
 use crate::kv_cache::KeysValues;
@@ -36,11 +36,17 @@ static CUDNN_ATTENTION_OFF: std::sync::Once = std::sync::Once::new();
 const NEG_INF: f64 = -1e9;
 
 /// softmax(q K^T / sqrt(hs) + bias) V for queries `q` (B, nh, Tq, hs) over keys and values
-/// held in `chunks` ((B, n_kv, T_chunk, hs) each, read side by side, never concatenated),
-/// where query head h reads key-value head h / (nh / n_kv). `bias` is (B, 1, Tq, T_all) in
-/// the kind of `q`. Returns (B, nh, Tq, hs).
-pub fn attend(q: &Tensor, chunks: &[KeysValues], bias: &Tensor, dropout: f64) -> Tensor {
-    let (b, nh, tq, hs) = q.size4().expect("queries must be (B, nh, T, hs)");
+/// held in `chunks` ((B, n_kv, T_chunk, hs) each), where query head h reads key-value head
+/// h / (nh / n_kv), with dropout on the probabilities. `bias` is (B, 1, Tq, T_all) in the
+/// kind of `q`. Returns the heads merged, (B, Tq, nh * hs).
+///
+/// On a GPU, LibTorch's fused kernel (no (Tq, T) score matrix in memory, one launch; the
+/// memory-efficient kernel takes dropout) is worth a copy of the chunks into one. On a CPU
+/// its fused kernel takes neither dropout nor chunks, and a copy of the chunks into one
+/// costs as much as the products: there the chunks are read side by side by
+/// [`chunked_attention`], one autograd function.
+fn attend(q: &Tensor, chunks: &[KeysValues], bias: &Tensor, dropout: f64) -> Tensor {
+    let nh = q.size()[1];
     if q.device().is_cuda() {
         CUDNN_ATTENTION_OFF.call_once(|| {
             if !disable_cudnn_attention() {
@@ -49,11 +55,8 @@ pub fn attend(q: &Tensor, chunks: &[KeysValues], bias: &Tensor, dropout: f64) ->
         });
     }
     let n_kv = chunks.first().expect("at least one chunk").0.size()[1];
-    // With dropout on a CPU, LibTorch's kernel falls back to the same products as below,
-    // with its slower dropout (see [`dropout`]).
-    let fused = dropout == 0.0 || q.device().is_cuda();
-    if let ([(k, v)], true) = (chunks, fused) {
-        return Tensor::scaled_dot_product_attention(
+    let sdpa = |k: &Tensor, v: &Tensor| {
+        let y = Tensor::scaled_dot_product_attention(
             q,
             k,
             v,
@@ -63,44 +66,24 @@ pub fn attend(q: &Tensor, chunks: &[KeysValues], bias: &Tensor, dropout: f64) ->
             None,
             nh != n_kv,
         );
+        merge_heads(&y)
+    };
+    match (chunks, q.device().is_cuda()) {
+        ([(k, v)], true) => sdpa(k, v),
+        (_, true) => {
+            let k = Tensor::cat(&chunks.iter().map(|(k, _)| k).collect::<Vec<_>>(), 2);
+            let v = Tensor::cat(&chunks.iter().map(|(_, v)| v).collect::<Vec<_>>(), 2);
+            sdpa(&k, &v)
+        }
+        ([(k, v)], false) if dropout == 0.0 => sdpa(k, v),
+        _ => chunked_attention(q, chunks, bias, dropout).expect("attention over the chunks"),
     }
-    if dropout == 0.0 && q.device().is_cuda() {
-        // On a GPU the fused kernel (no (Tq, T) score matrix in memory, one launch) is
-        // worth a copy of the keys and values. On a CPU it is not: measured, the chunked
-        // products below are as fast, without the copy.
-        let k = Tensor::cat(&chunks.iter().map(|(k, _)| k).collect::<Vec<_>>(), 2);
-        let v = Tensor::cat(&chunks.iter().map(|(_, v)| v).collect::<Vec<_>>(), 2);
-        return Tensor::scaled_dot_product_attention(
-            q,
-            &k,
-            &v,
-            Some(bias),
-            0.0,
-            false,
-            None,
-            nh != n_kv,
-        );
-    }
-    // The query heads that share a key-value head become rows of one matrix, so every
-    // chunk is multiplied in place (repeating keys and values per head would copy them).
-    let groups = nh / n_kv;
-    let q = q.reshape([b, n_kv, groups * tq, hs]);
-    let scores: Vec<Tensor> = chunks.iter().map(|(k, _)| q.matmul(&k.transpose(-2, -1))).collect(); // (B, n_kv, g*Tq, T_chunk) each
-    let scores = Tensor::cat(&scores, -1).view([b, nh, tq, -1]) / (hs as f64).sqrt() + bias;
-    let probs = crate::dropout(&scores.softmax(-1, scores.kind()), dropout, dropout > 0.0);
-    let probs = probs.view([b, n_kv, groups * tq, -1]);
-    let mut start = 0;
-    let mut y: Option<Tensor> = None;
-    for (_, v) in chunks {
-        let len = v.size()[2];
-        let part = probs.narrow(-1, start, len).matmul(v); // (B, n_kv, g*Tq, hs)
-        y = Some(match y {
-            Some(acc) => acc + part,
-            None => part,
-        });
-        start += len;
-    }
-    y.expect("at least one chunk").view([b, nh, tq, hs])
+}
+
+/// Joins heads (B, n, T, hs) back into (B, T, n * hs).
+fn merge_heads(y: &Tensor) -> Tensor {
+    let (b, n, t, hs) = y.size4().expect("(B, n, T, hs)");
+    y.transpose(1, 2).reshape([b, t, n * hs])
 }
 
 /// Switches off LibTorch's cuDNN attention kernel; returns whether it could. On recent GPUs
@@ -137,11 +120,11 @@ pub(crate) fn cached_attention(
         Some(cache) => cache.append(layer, k, v),
         None => vec![(k, v)],
     };
-    // (B, 1, Tq, T_past + T), in the compute kind (a bias broadcast over queries stays so)
+    // (B, 1, Tq, T_past + T) (a bias broadcast over queries stays so)
     let rows = bias.size()[2];
     let bias = if tq < rows { bias.narrow(2, rows - tq, tq) } else { bias.shallow_clone() };
-    let y = attend(q, &chunks, &bias.to_kind(q.kind()), dropout); // (B, nh, Tq, hs)
-    crate::causal_lm::merge_heads(&y)
+    debug_assert_eq!(bias.kind(), q.kind(), "the bias is built in the model's kind");
+    attend(q, &chunks, &bias, dropout) // (B, Tq, nh * hs)
 }
 
 #[cfg(test)]

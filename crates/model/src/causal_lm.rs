@@ -12,6 +12,8 @@
 //! and the cost of dynamic dispatch (a few calls per block per pass) is nothing next to the
 //! matrix products behind each call.
 
+use std::cell::OnceCell;
+
 use tch::{Device, Kind, Tensor};
 
 use crate::kv_cache::KvCache;
@@ -31,65 +33,115 @@ pub struct ModelShape {
     pub max_positions: usize,
 }
 
-/// What one forward pass gives every block besides its input.
+/// What one forward pass gives every block besides its input: its positions and attention
+/// bias, train mode, the columns whose outputs are read, and optionally its packing and the
+/// position tables made once for the whole batch.
+///
+/// ```text
+/// PassInputs::new(&position_ids, &bias, train)   // every column read, no packing
+///     .outputs_from(t - 1)                       // only the last column's hidden state
+/// ```
 #[derive(Debug)]
 pub struct PassInputs<'a> {
     /// (B, T) absolute positions of the pass's columns (they skip left padding).
     pub position_ids: &'a Tensor,
-    /// (B, 1, T, T_past + T) additive attention bias, see [`crate::causal_bias`].
+    /// (B, 1, T, T_past + T) additive attention bias in the model's kind, see
+    /// [`crate::causal_bias`].
     pub bias: &'a Tensor,
     /// Train mode: dropout applies.
     pub train: bool,
+    /// The first column whose hidden state the caller reads: the pass returns the columns
+    /// `[outputs_from, T)` (see `forward_embeds` on [`CausalLm`]).
+    pub outputs_from: i64,
     /// The pass's real tokens, when its blocks skip the padding (see [`Packing`]).
     packing: Option<&'a Packing>,
-    /// What an architecture derives from the positions, made once per pass.
-    from_positions: std::cell::OnceCell<Vec<Tensor>>,
+    /// [`CausalLm::position_tables`] of the pass's columns, made at the first use unless
+    /// given.
+    position_tables: OnceCell<Vec<Tensor>>,
 }
 
 impl<'a> PassInputs<'a> {
-    /// The inputs of one pass; with a `packing`, its blocks hold the real tokens alone.
-    pub fn new(
-        position_ids: &'a Tensor,
-        bias: &'a Tensor,
-        train: bool,
-        packing: Option<&'a Packing>,
-    ) -> Self {
-        Self { position_ids, bias, train, packing, from_positions: std::cell::OnceCell::new() }
+    /// The inputs of a pass whose every column is read, without packing.
+    pub fn new(position_ids: &'a Tensor, bias: &'a Tensor, train: bool) -> Self {
+        Self {
+            position_ids,
+            bias,
+            train,
+            outputs_from: 0,
+            packing: None,
+            position_tables: OnceCell::new(),
+        }
     }
 
-    /// Of a block's input `x` (every token of the pass), those of the columns `[from, T)`,
-    /// where `from` is 0 or the pass's `outputs_from`: (n, W) real tokens when the pass is
-    /// packed, (B, T - from, W) otherwise.
+    /// Only the hidden states of columns `[from, T)` are read.
+    pub fn outputs_from(mut self, from: i64) -> Self {
+        self.outputs_from = from;
+        self
+    }
+
+    /// The blocks run over the real tokens that `packing` (made for this pass's
+    /// `outputs_from`) lists, when there is one.
+    pub fn packed(mut self, packing: Option<&'a Packing>) -> Self {
+        self.packing = packing;
+        self
+    }
+
+    /// The position tables of the pass's columns, cut from tables made once for the whole
+    /// batch (see [`CausalLm::position_tables`]).
+    pub fn with_position_tables(self, tables: Vec<Tensor>) -> Self {
+        let _ = self.position_tables.set(tables);
+        self
+    }
+
+    /// The pass's packing, if any.
+    pub fn packing(&self) -> Option<&'a Packing> {
+        self.packing
+    }
+
+    /// The position tables of the pass's columns: those given, or `make()` for the first
+    /// block that asks.
+    pub fn position_tables(&self, make: impl FnOnce() -> Vec<Tensor>) -> &[Tensor] {
+        self.position_tables.get_or_init(make)
+    }
+
+    /// Of a block's input `x` (every token of the pass, (N, W)), those of the columns
+    /// `[from, T)`, where `from` is 0 or the pass's `outputs_from`.
     pub fn columns_from(&self, x: &Tensor, from: i64) -> Tensor {
         match self.packing {
             Some(packing) => packing.columns_from(x, from),
-            None => columns_from(x, from),
+            None if from == 0 => x.shallow_clone(),
+            None => {
+                let (b, t) = self.grid_size();
+                let w = x.size()[1];
+                x.view([b, t, w]).narrow(1, from, t - from).reshape([-1, w])
+            }
         }
     }
 
-    /// Tokens of the columns `[from, T)` (see [`PassInputs::columns_from`]) in their grid,
-    /// (B, T - from, W), for attention; zero at padding.
+    /// Tokens (n, W) of the columns `[from, T)` (see [`PassInputs::columns_from`]) in their
+    /// grid, (B, T - from, W), for attention; zero at padding.
     pub fn grid(&self, tokens: &Tensor, from: i64) -> Tensor {
         match self.packing {
             Some(packing) => packing.grid(tokens, from),
-            None => tokens.shallow_clone(),
+            None => {
+                let (b, t) = self.grid_size();
+                tokens.view([b, t - from, -1])
+            }
         }
     }
 
-    /// The tokens of a grid (B, T - from, W) of the columns `[from, T)`: the inverse of
-    /// [`PassInputs::grid`] on real tokens.
+    /// The tokens (n, W) of a grid (B, T - from, W) of the columns `[from, T)`: the inverse
+    /// of [`PassInputs::grid`] on real tokens.
     pub fn tokens(&self, grid: &Tensor, from: i64) -> Tensor {
         match self.packing {
             Some(packing) => packing.tokens(grid, from),
-            None => grid.shallow_clone(),
+            None => grid.reshape([-1, *grid.size().last().expect("a grid has a last dimension")]),
         }
     }
 
-    /// Tensors an architecture derives from the positions (a rotary model's cosines and
-    /// sines): `make` runs for the first block that asks, every later block of the pass
-    /// gets the same tensors.
-    pub fn from_positions(&self, make: impl FnOnce() -> Vec<Tensor>) -> &[Tensor] {
-        self.from_positions.get_or_init(make)
+    /// (B, T) of the pass's grid.
+    fn grid_size(&self) -> (i64, i64) {
+        self.position_ids.size2().expect("(B, T) positions")
     }
 }
 
@@ -116,10 +168,16 @@ pub trait CausalLm: std::fmt::Debug + Send {
     /// The LM head: hidden states (..., C) to logits (..., V).
     fn lm_head(&self, hidden: &Tensor) -> Tensor;
 
-    /// Computes activations in `kind` (bf16 on a GPU) while the parameters keep their own
-    /// kind: weights are cast where they are used, so gradients and optimizer updates stay
-    /// in f32 (mixed precision without autocast).
-    fn set_compute_kind(&mut self, kind: Kind);
+    /// The kind of the parameters, in which the model computes: activations follow the
+    /// weights, and nothing is cast inside a pass. To compute in bf16, the variables are cast
+    /// once (`VarStore::bfloat16`); a trainer keeps f32 masters of its own.
+    fn kind(&self) -> Kind;
+
+    /// What the architecture derives from positions, for the (B, T) `position_ids` of a
+    /// whole batch, each table with the columns at dimension 1 (a pass reads its columns
+    /// with `narrow(1, ..)`), in the model's kind: GPT-2's position embeddings (B, T, C), the
+    /// rotary cosines and sines of the Llama family (B, T, 1, head_dim).
+    fn position_tables(&self, position_ids: &Tensor) -> Vec<Tensor>;
 
     /// Grows the vocabulary to `new_vocab` rows (for added tokens such as the latent
     /// markers), initialising every new row of the embedding, and of an untied LM head, to
@@ -136,16 +194,16 @@ pub trait CausalLm: std::fmt::Debug + Send {
     /// Whether train mode draws dropout masks anywhere.
     fn applies_dropout(&self) -> bool;
 
-    /// The first block's input, in the compute kind: the input embeddings plus whatever the
+    /// The first block's input, (B, T, C): the input embeddings plus whatever the
     /// architecture adds before the blocks (GPT-2's position embeddings, embedding dropout).
     fn block_input(&self, embeds: &Tensor, pass: &PassInputs) -> Tensor;
 
-    /// Block `layer` over `x` (B, T, C): returns its output for columns `[outputs_from, T)`,
-    /// (B, T - outputs_from, C). The keys and values of all T columns enter `cache` (when
-    /// given) before attention reads everything the cache holds for this layer. When the
-    /// pass is packed, `x` and the output hold real tokens alone (see
-    /// [`PassInputs::columns_from`]): position-wise work goes through those, attention
-    /// through [`PassInputs::grid`] and [`PassInputs::tokens`].
+    /// Block `layer` over the pass's tokens `x`, (N, C) (every cell of the (B, T) grid, or
+    /// its real tokens alone when the pass is packed): returns the outputs of the tokens of
+    /// columns `[outputs_from, T)` (see [`PassInputs::columns_from`]). Position-wise work
+    /// runs on those rows; attention sees the grid through [`PassInputs::grid`] and
+    /// [`PassInputs::tokens`]. The keys and values of all T columns enter `cache` (when
+    /// given) before attention reads everything the cache holds for this layer.
     fn block(
         &self,
         layer: usize,
@@ -177,12 +235,12 @@ impl dyn CausalLm + '_ {
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Tensor {
-        self.forward_embeds_from(embeds, position_ids, bias, cache, train, 0, None)
+        self.forward_pass(embeds, &PassInputs::new(position_ids, bias, train), cache)
     }
 
-    /// [`forward_embeds`](#method.forward_embeds) when only the hidden states of columns
-    /// `[outputs_from, T)` are read: returns (B, T - outputs_from, C), equal to the full
-    /// result's last columns.
+    /// [`forward_embeds`](#method.forward_embeds) with everything a pass may say about
+    /// itself: returns the hidden states of columns `[pass.outputs_from, T)`,
+    /// (B, T - outputs_from, C), equal to the full result's last columns.
     ///
     /// Nothing after the last block's keys and values depends on an earlier column, so the
     /// last block runs its queries, attention output and MLP for the read columns only.
@@ -190,22 +248,16 @@ impl dyn CausalLm + '_ {
     /// of a training step; a prompt's forward before decoding needs one column. Every
     /// column's keys and values still enter the cache.
     ///
-    /// With a `packing` (made for this `outputs_from`), the blocks run over the real tokens
-    /// alone; the result is the same at real tokens and zero at padding.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_embeds_from(
+    /// With a packing, the blocks run over the real tokens alone; the result is the same at
+    /// real tokens and zero at padding.
+    pub fn forward_pass(
         &self,
         embeds: &Tensor,
-        position_ids: &Tensor,
-        bias: &Tensor,
+        pass: &PassInputs,
         cache: Option<&mut KvCache>,
-        train: bool,
-        outputs_from: i64,
-        packing: Option<&Packing>,
     ) -> Tensor {
-        let pass = PassInputs::new(position_ids, bias, train, packing);
-        let seed = self.dropout_seed(train);
-        self.run_blocks(embeds, &pass, cache, outputs_from, seed, &mut |_, _| {})
+        let seed = self.dropout_seed(pass.train);
+        self.run_blocks(embeds, pass, cache, seed, &mut |_, _| {})
     }
 
     /// A plain forward over token ids: returns (logits (B, T, V), hidden (B, T, C)).
@@ -228,14 +280,13 @@ impl dyn CausalLm + '_ {
         embeds: &Tensor,
         pass: &PassInputs,
         mut cache: Option<&mut KvCache>,
-        outputs_from: i64,
         seed: Option<i64>,
         on_block_output: &mut dyn FnMut(usize, &Tensor),
     ) -> Tensor {
-        let t = embeds.size()[1];
+        let (t, outputs_from) = (embeds.size()[1], pass.outputs_from);
         assert!((0..t).contains(&outputs_from), "outputs_from {outputs_from} outside 0..{t}");
         reseed(seed, 0);
-        let mut x = pass.tokens(&self.block_input(embeds, pass), 0);
+        let mut x = pass.tokens(&self.block_input(embeds, pass), 0); // (N, C)
         for layer in 0..self.shape().n_layer {
             reseed(seed, layer + 1);
             let from = self.block_outputs_from(layer, outputs_from);
@@ -273,25 +324,4 @@ pub(crate) fn reseed(seed: Option<i64>, stream: usize) {
 /// A seed drawn from torch's generator (so that seeding torch makes it reproducible).
 pub fn draw_seed() -> i64 {
     Tensor::randint(1 << 62, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0])
-}
-
-/// Splits (B, T, n * hs) into heads: (B, n, T, hs).
-pub(crate) fn split_heads(x: &Tensor, n_heads: i64) -> Tensor {
-    let (b, t, width) = x.size3().expect("(B, T, C)");
-    x.view([b, t, n_heads, width / n_heads]).transpose(1, 2)
-}
-
-/// Joins heads (B, n, T, hs) back into (B, T, n * hs).
-pub(crate) fn merge_heads(y: &Tensor) -> Tensor {
-    let (b, n, t, hs) = y.size4().expect("(B, n, T, hs)");
-    y.transpose(1, 2).contiguous().view([b, t, n * hs])
-}
-
-/// Rows `[from, T)` of a (B, T, ...) tensor; the tensor itself when `from` is 0.
-pub(crate) fn columns_from(x: &Tensor, from: i64) -> Tensor {
-    if from == 0 {
-        x.shallow_clone()
-    } else {
-        x.narrow(1, from, x.size()[1] - from)
-    }
 }

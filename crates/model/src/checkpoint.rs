@@ -193,7 +193,7 @@ pub fn save_pretrained(
 ) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir)
         .map_err(|error| ModelError::Io { path: dir.to_path_buf(), error })?;
-    for (name, bytes) in pretrained_files(vs, model) {
+    for (name, bytes) in pretrained_files(vs.variables(), model) {
         let path = dir.join(name);
         std::fs::write(&path, bytes).map_err(|error| ModelError::Io { path, error })?;
     }
@@ -201,14 +201,15 @@ pub fn save_pretrained(
 }
 
 /// The files of an HF model folder as bytes, by file name: `config.json`, then
-/// `model.safetensors` (every variable as f32, `format: pt` metadata).
-pub fn pretrained_files(vs: &nn::VarStore, model: &dyn CausalLm) -> Vec<(&'static str, Vec<u8>)> {
+/// `model.safetensors` (`variables`, the model's by name, as f32, `format: pt` metadata). A
+/// trainer passes its f32 masters when the model computes in bf16.
+pub fn pretrained_files(
+    variables: impl IntoIterator<Item = (String, Tensor)>,
+    model: &dyn CausalLm,
+) -> Vec<(&'static str, Vec<u8>)> {
     let json = serde_json::to_string_pretty(&model.hf_config()).expect("JSON always prints");
-    let named: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .map(|(name, t)| (name, t.detach().to_kind(Kind::Float)))
-        .collect();
+    let named: Vec<(String, Tensor)> =
+        variables.into_iter().map(|(name, t)| (name, t.detach().to_kind(Kind::Float))).collect();
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let weights = serialize_tensors(&named, Some(metadata)).expect("f32 tensors always serialise");
     vec![(CONFIG_FILE, json.into_bytes()), (WEIGHTS_FILE, weights)]

@@ -1,15 +1,16 @@
 //! Dropout with a cheaper mask on a CPU.
 
-use tch::{Kind, Tensor};
+use coconut_torch_ext::dropout_mask;
+use tch::Tensor;
 
 /// `x` with each element zeroed with probability `p` and the rest scaled by 1 / (1 - p) when
 /// `train`; `x` itself otherwise. The same distribution as `Tensor::dropout`.
 ///
 /// On a CPU, LibTorch draws each element's keep-or-drop as a Bernoulli of a 64-bit draw
-/// (two steps of its Mersenne twister and a double-precision uniform); measured, that was
-/// about a tenth of a GPT-2-shaped training step (batch 8, 459 columns: the attention
-/// probabilities of 12 layers are 240M elements). A single-precision uniform takes one
-/// 32-bit draw, so the mask here is `uniform >= p`. On a GPU the fused kernel stays.
+/// (two steps of its Mersenne twister and a double-precision uniform), a tenth of a
+/// GPT-2-shaped training step whose attention probabilities take dropout. A single-precision
+/// uniform takes one 32-bit draw: the mask is [`dropout_mask`], `x` times it one operator,
+/// and so is the backward pass. On a GPU the fused kernel stays.
 pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     if !train || p == 0.0 {
         return x.shallow_clone();
@@ -17,16 +18,13 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     if x.device().is_cuda() {
         return x.dropout(p, train);
     }
-    // Drawn in f32 whatever x's kind: a bf16 uniform would move p by its rounding.
-    let mut noise = Tensor::rand(x.size(), (Kind::Float, x.device()));
-    let _ = noise.ge_(p).g_mul_scalar_(1.0 / (1.0 - p)); // 0 or 1 / (1 - p)
-    x * noise.to_kind(x.kind())
+    x * dropout_mask(x, p).expect("a dropout mask")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
+    use tch::{Device, Kind};
 
     #[test]
     fn drops_a_fraction_p_and_keeps_the_expectation() {

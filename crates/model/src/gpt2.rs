@@ -4,15 +4,17 @@
 //! uses (LayerNorm, `Conv1D`), attention, MLP, block, model. Parameter names and layouts
 //! equal the keys of an HF `GPT2LMHeadModel` checkpoint (`transformer.h.{i}.attn.c_attn.weight`,
 //! ...). HF stores every projection as a `Conv1D` whose weight is `(in, out)`; we keep that
-//! layout and compute `x @ w + b`, so loading and saving never transpose. Learned position
-//! embeddings are added before the first block; the LM head is tied to `wte`.
+//! layout and compute `b + x @ w` in one `addmm`, so loading and saving never transpose.
+//! Learned position embeddings are added before the first block; the LM head is tied to
+//! `wte`. Inside the blocks a pass's tokens are the rows of one (N, C) matrix (see
+//! [`PassInputs`]); only attention sees them as a (B, T) grid.
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
 use crate::attention::cached_attention;
-use crate::causal_lm::{columns_from, split_heads, CausalLm, ModelShape, PassInputs};
+use crate::causal_lm::{CausalLm, ModelShape, PassInputs};
 use crate::embedding::{copy_rows, grow_rows};
 use crate::KvCache;
 
@@ -135,10 +137,10 @@ impl LayerNorm {
         }
     }
 
+    /// LibTorch's kernel itself (`layer_norm` wraps it in views).
     fn forward(&self, x: &Tensor) -> Tensor {
         let dim = *x.size().last().expect("non-scalar input");
-        let (w, b) = (self.weight.to_kind(x.kind()), self.bias.to_kind(x.kind()));
-        x.layer_norm([dim], Some(&w), Some(&b), self.eps, true)
+        x.native_layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps).0
     }
 }
 
@@ -157,9 +159,9 @@ impl Conv1D {
         }
     }
 
-    /// Computes in the kind of `x` (the f32 master weights are cast for bf16 compute).
+    /// Tokens (N, in) to (N, out): `bias + x @ weight`, one operator as HF's `addmm`.
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.matmul(&self.weight.to_kind(x.kind())) + self.bias.to_kind(x.kind())
+        self.bias.addmm(x, &self.weight)
     }
 }
 
@@ -185,8 +187,9 @@ impl Attention {
         }
     }
 
-    /// Attention of the queries of columns `[queries_from, T)` over every key: returns
-    /// (B, T - queries_from, C). Keys and values are computed (and cached) for all T columns.
+    /// Attention of the tokens `x` (N, C) of columns `[queries_from, T)` over every key:
+    /// returns their outputs, (n, C). Keys and values are computed (and cached) for all T
+    /// columns.
     fn forward(
         &self,
         x: &Tensor,
@@ -196,12 +199,14 @@ impl Attention {
         queries_from: i64,
     ) -> Tensor {
         let qkv = pass.grid(&self.c_attn.forward(x), 0); // (B, T, 3C)
-        let qkv = qkv.split(qkv.size()[2] / 3, 2); // 3 x (B, T, C)
-        let q = split_heads(&columns_from(&qkv[0], queries_from), self.n_head); // (B, nh, tq, hs)
-        let (k, v) = (split_heads(&qkv[1], self.n_head), split_heads(&qkv[2], self.n_head));
+        let (b, t, _) = qkv.size3().expect("(B, T, 3C)");
+        // (3, B, nh, T, hs): query, key and value heads as views of the one projection
+        let heads = qkv.view([b, t, 3, self.n_head, -1]).permute([2, 0, 3, 1, 4]);
+        let [q, k, v]: [Tensor; 3] = heads.unbind(0).try_into().expect("three parts");
+        let q = if queries_from == 0 { q } else { q.narrow(2, queries_from, t - queries_from) };
         let dropout = if pass.train { self.attn_pdrop } else { 0.0 };
         let y = cached_attention(&q, (k, v), layer, cache, pass.bias, dropout); // (B, tq, C)
-        let y = pass.tokens(&y, queries_from);
+        let y = pass.tokens(&y, queries_from); // (n, C)
         crate::dropout(&self.c_proj.forward(&y), self.resid_pdrop, pass.train)
     }
 }
@@ -255,9 +260,8 @@ impl Block {
         }
     }
 
-    /// The block's output for columns `[outputs_from, T)`, (B, T - outputs_from, C) (real
-    /// tokens alone when the pass is packed); the keys and values of every column still
-    /// enter the cache.
+    /// The outputs of the tokens `x` (N, C) of columns `[outputs_from, T)`, (n, C); the keys
+    /// and values of every column still enter the cache.
     fn forward(
         &self,
         x: &Tensor,
@@ -277,9 +281,8 @@ impl Block {
 #[derive(Debug)]
 pub struct Gpt2 {
     config: Gpt2Config,
-    compute: Kind, // kind of activations and matmuls; parameters keep their own kind
-    wte: Tensor,   // (V, C) token embeddings, also the LM head
-    wpe: Tensor,   // (n_positions, C) position embeddings
+    wte: Tensor, // (V, C) token embeddings, also the LM head
+    wpe: Tensor, // (n_positions, C) position embeddings
     h: Vec<Block>,
     ln_f: LayerNorm,
 }
@@ -293,7 +296,6 @@ impl Gpt2 {
         let init = Init::Randn { mean: 0.0, stdev: 0.02 };
         Self {
             config: config.clone(),
-            compute: Kind::Float,
             wte: (&vs / "wte").var("weight", &[config.vocab_size as i64, c], init),
             wpe: (&vs / "wpe").var("weight", &[config.n_positions as i64, c], init),
             h: (0..config.n_layer).map(|i| Block::new(&vs / "h" / i, config)).collect(),
@@ -344,11 +346,16 @@ impl CausalLm for Gpt2 {
 
     /// The tied LM head.
     fn lm_head(&self, hidden: &Tensor) -> Tensor {
-        hidden.matmul(&self.wte.to_kind(hidden.kind()).tr())
+        hidden.matmul(&self.wte.tr())
     }
 
-    fn set_compute_kind(&mut self, kind: Kind) {
-        self.compute = kind;
+    fn kind(&self) -> Kind {
+        self.wte.kind()
+    }
+
+    /// The position embeddings of `position_ids`, (B, T, C).
+    fn position_tables(&self, position_ids: &Tensor) -> Vec<Tensor> {
+        vec![Tensor::embedding(&self.wpe, position_ids, -1, false, false)]
     }
 
     fn resize_token_embeddings(&mut self, new_vocab: usize, init_from: i64) {
@@ -365,10 +372,10 @@ impl CausalLm for Gpt2 {
         c.embd_pdrop > 0.0 || c.attn_pdrop > 0.0 || c.resid_pdrop > 0.0
     }
 
-    /// Token plus position embeddings, in the compute kind, with embedding dropout.
+    /// Token plus position embeddings, with embedding dropout.
     fn block_input(&self, embeds: &Tensor, pass: &PassInputs) -> Tensor {
-        let pos = Tensor::embedding(&self.wpe, pass.position_ids, -1, false, false); // (B, T, C)
-        crate::dropout(&(embeds + pos).to_kind(self.compute), self.config.embd_pdrop, pass.train)
+        let pos = &pass.position_tables(|| self.position_tables(pass.position_ids))[0]; // (B, T, C)
+        crate::dropout(&(embeds + pos), self.config.embd_pdrop, pass.train)
     }
 
     fn block(

@@ -12,7 +12,7 @@ use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
 use crate::attention::cached_attention;
-use crate::causal_lm::{split_heads, CausalLm, ModelShape, PassInputs};
+use crate::causal_lm::{CausalLm, ModelShape, PassInputs};
 use crate::embedding::{copy_rows, grow_rows};
 use crate::KvCache;
 
@@ -265,48 +265,31 @@ impl Rope {
     }
 }
 
-/// The rotation of one pass's positions: cosines and sines (B, 1, T, head_dim) in the
-/// compute kind, and the signed permutation that turns a head's halves (x1, x2) into
-/// (-x2, x1), as a matrix (one product instead of four slicing operations per use).
-struct Rotation<'p> {
-    cos: &'p Tensor,
-    sin: &'p Tensor,
-    half_swap: Tensor,
+/// The rotary tables of `position_ids` (B, T): the cosines and the signed sines of every
+/// column's angles, (B, T, 1, head_dim) each, in `kind`; the angles in f32 whatever the kind,
+/// as transformers computes them. With the sines' first half negated, a rotation is
+/// `x cos + roll(x, head_dim / 2) sin` (see [`rotate`]).
+fn rotary_tables(inv_freq: &Tensor, position_ids: &Tensor, kind: Kind) -> Vec<Tensor> {
+    let angles = position_ids.to_kind(Kind::Float).unsqueeze(-1) * inv_freq; // (B, T, hd/2)
+    let cos = angles.cos();
+    let sin = angles.sin();
+    let cos = Tensor::cat(&[&cos, &cos], -1); // (B, T, hd)
+    let signed_sin = Tensor::cat(&[-&sin, sin], -1);
+    vec![cos.unsqueeze(2).to_kind(kind), signed_sin.unsqueeze(2).to_kind(kind)]
 }
 
-impl<'p> Rotation<'p> {
-    /// Angles computed in f32 whatever the compute kind, as transformers does; once per pass.
-    fn new(model: &Llama, pass: &'p PassInputs, kind: Kind) -> Self {
-        let derived = pass.from_positions(|| {
-            let positions = pass.position_ids.to_kind(Kind::Float).unsqueeze(-1);
-            let angles = positions * &model.inv_freq; // (B, T, hd/2)
-            let angles = Tensor::cat(&[&angles, &angles], -1).unsqueeze(1); // (B, 1, T, hd)
-            vec![angles.cos().to_kind(kind), angles.sin().to_kind(kind)]
-        });
-        Self { cos: &derived[0], sin: &derived[1], half_swap: model.half_swap.to_kind(kind) }
-    }
-
-    /// Rotates heads `x` (B, n, T, hd) of the columns `[from, T)`.
-    fn apply(&self, x: &Tensor, from: i64) -> Tensor {
-        let (cos, sin) = if from == 0 {
-            (self.cos.shallow_clone(), self.sin.shallow_clone())
-        } else {
-            let t = self.cos.size()[2] - from;
-            (self.cos.narrow(2, from, t), self.sin.narrow(2, from, t))
-        };
-        (x * cos).addcmul(&x.matmul(&self.half_swap), &sin)
-    }
-}
-
-/// The (hd, hd) matrix M with [x1, x2] M = [-x2, x1] for halves x1, x2 of a head.
-fn half_swap_matrix(head_dim: i64) -> Tensor {
-    let half = head_dim / 2;
-    let m = Tensor::zeros([head_dim, head_dim], (Kind::Float, tch::Device::Cpu));
-    for j in 0..half {
-        let _ = m.get(j + half).get(j).fill_(-1.0);
-        let _ = m.get(j).get(j + half).fill_(1.0);
-    }
-    m
+/// Rotates the heads `x` (B, T, n, hd) of the columns `[from, T)` of a pass whose rotary
+/// tables are `tables`: each head's halves (x1, x2) become (x1 cos - x2 sin, x2 cos + x1 sin),
+/// HF's `x * cos + rotate_half(x) * sin`, with the half swap a roll of the last dimension.
+fn rotate(x: &Tensor, tables: &[Tensor], from: i64) -> Tensor {
+    let (cos, sin) = if from == 0 {
+        (tables[0].shallow_clone(), tables[1].shallow_clone())
+    } else {
+        let t = tables[0].size()[1] - from;
+        (tables[0].narrow(1, from, t), tables[1].narrow(1, from, t))
+    };
+    let half = *x.size().last().expect("heads") / 2;
+    (x * cos).addcmul(&x.roll([half], [-1]), &sin)
 }
 
 /// RMSNorm: normalised in f32, then scaled by `weight` in the input's kind.
@@ -321,16 +304,10 @@ impl RmsNorm {
         Self { weight: vs.var("weight", &[dim], Init::Const(1.0)), eps }
     }
 
+    /// LibTorch's `rms_norm`: in bf16 it normalises in f32 and scales in bf16, as HF does.
     fn forward(&self, x: &Tensor) -> Tensor {
-        if x.kind() == Kind::Float {
-            // One fused operation: fewer small operations in every thought's pass.
-            let dim = *x.size().last().expect("non-scalar input");
-            return x.rms_norm([dim], Some(&self.weight), self.eps);
-        }
-        let xf = x.to_kind(Kind::Float);
-        let variance = xf.square().mean_dim(-1, true, Kind::Float);
-        let normed = (xf * (variance + self.eps).rsqrt()).to_kind(x.kind());
-        normed * self.weight.to_kind(x.kind())
+        let dim = *x.size().last().expect("non-scalar input");
+        x.rms_norm([dim], Some(&self.weight), self.eps)
     }
 }
 
@@ -350,10 +327,9 @@ impl Linear {
         }
     }
 
-    /// Computes in the kind of `x` (the f32 master weights are cast for bf16 compute).
+    /// Tokens (N, in) to (N, out).
     fn forward(&self, x: &Tensor) -> Tensor {
-        let bias = self.bias.as_ref().map(|b| b.to_kind(x.kind()));
-        x.linear(&self.weight.to_kind(x.kind()), bias.as_ref())
+        x.linear(&self.weight, self.bias.as_ref())
     }
 }
 
@@ -385,22 +361,29 @@ impl Attention {
         }
     }
 
-    /// Attention of the queries of columns `[queries_from, T)` over every key: returns
-    /// (B, T - queries_from, C). Keys and values are computed (and cached) for all T columns.
+    /// Attention of the tokens `x` (N, C) of columns `[queries_from, T)` over every key:
+    /// returns their outputs, (n, C). Keys and values are computed (and cached) for all T
+    /// columns.
     fn forward(
         &self,
         x: &Tensor,
-        rotation: &Rotation,
+        rotary: &[Tensor],
         pass: &PassInputs,
         layer: usize,
         cache: Option<&mut KvCache>,
         queries_from: i64,
     ) -> Tensor {
+        // (B, T, n, hd): heads in the grid, rotated, then (B, n, T, hd) for attention
+        let heads = |projected: &Tensor, n: i64, from: i64| {
+            let grid = pass.grid(projected, from);
+            let (b, t, _) = grid.size3().expect("(B, T, n * hd)");
+            grid.view([b, t, n, -1])
+        };
         let q = self.q_proj.forward(&pass.columns_from(x, queries_from));
-        let q = split_heads(&pass.grid(&q, queries_from), self.n_head); // (B, nh, tq, hd)
-        let k = split_heads(&pass.grid(&self.k_proj.forward(x), 0), self.n_kv_head); // (B, n_kv, T, hd)
-        let v = split_heads(&pass.grid(&self.v_proj.forward(x), 0), self.n_kv_head);
-        let (q, k) = (rotation.apply(&q, queries_from), rotation.apply(&k, 0));
+        let q = rotate(&heads(&q, self.n_head, queries_from), rotary, queries_from);
+        let k = rotate(&heads(&self.k_proj.forward(x), self.n_kv_head, 0), rotary, 0);
+        let v = heads(&self.v_proj.forward(x), self.n_kv_head, 0);
+        let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
         let dropout = if pass.train { self.dropout } else { 0.0 };
         let y = cached_attention(&q, (k, v), layer, cache, pass.bias, dropout); // (B, tq, nh*hd)
         self.o_proj.forward(&pass.tokens(&y, queries_from))
@@ -450,20 +433,19 @@ impl Block {
         }
     }
 
-    /// The block's output for columns `[outputs_from, T)`, (B, T - outputs_from, C) (real
-    /// tokens alone when the pass is packed); the keys and values of every column still
-    /// enter the cache.
+    /// The outputs of the tokens `x` (N, C) of columns `[outputs_from, T)`, (n, C); the keys
+    /// and values of every column still enter the cache.
     fn forward(
         &self,
         x: &Tensor,
-        rotation: &Rotation,
+        rotary: &[Tensor],
         pass: &PassInputs,
         layer: usize,
         cache: Option<&mut KvCache>,
         outputs_from: i64,
     ) -> Tensor {
         let normed = self.input_layernorm.forward(x);
-        let attn = self.self_attn.forward(&normed, rotation, pass, layer, cache, outputs_from);
+        let attn = self.self_attn.forward(&normed, rotary, pass, layer, cache, outputs_from);
         let x = pass.columns_from(x, outputs_from) + attn;
         &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x))
     }
@@ -474,13 +456,11 @@ impl Block {
 #[derive(Debug)]
 pub struct Llama {
     config: LlamaConfig,
-    compute: Kind, // kind of activations and matmuls; parameters keep their own kind
     embed_tokens: Tensor, // (V, C)
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Option<Tensor>, // (V, C) when untied
     inv_freq: Tensor,        // (hd / 2) rotary frequencies, f32, on the model's device
-    half_swap: Tensor,       // (hd, hd), see `half_swap_matrix`
 }
 
 impl Llama {
@@ -492,7 +472,6 @@ impl Llama {
         let inv_freq = config.rope.inverse_frequencies(config.head_dim as i64);
         Self {
             config: config.clone(),
-            compute: Kind::Float,
             embed_tokens: (&model / "embed_tokens").var("weight", &[v, c], init),
             layers: (0..config.num_hidden_layers)
                 .map(|i| Block::new(&model / "layers" / i, config))
@@ -501,7 +480,6 @@ impl Llama {
             lm_head: (!config.tie_word_embeddings)
                 .then(|| (vs / "lm_head").var("weight", &[v, c], init)),
             inv_freq: Tensor::from_slice(&inv_freq).to_kind(Kind::Float).to_device(vs.device()),
-            half_swap: half_swap_matrix(config.head_dim as i64).to_device(vs.device()),
         }
     }
 
@@ -551,11 +529,16 @@ impl CausalLm for Llama {
 
     fn lm_head(&self, hidden: &Tensor) -> Tensor {
         let weight = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        hidden.matmul(&weight.to_kind(hidden.kind()).tr())
+        hidden.matmul(&weight.tr())
     }
 
-    fn set_compute_kind(&mut self, kind: Kind) {
-        self.compute = kind;
+    fn kind(&self) -> Kind {
+        self.embed_tokens.kind()
+    }
+
+    /// The rotary tables, see [`rotary_tables`].
+    fn position_tables(&self, position_ids: &Tensor) -> Vec<Tensor> {
+        rotary_tables(&self.inv_freq, position_ids, self.kind())
     }
 
     fn resize_token_embeddings(&mut self, new_vocab: usize, init_from: i64) {
@@ -577,7 +560,7 @@ impl CausalLm for Llama {
 
     /// The embeddings themselves: positions enter through the rotation inside attention.
     fn block_input(&self, embeds: &Tensor, _pass: &PassInputs) -> Tensor {
-        embeds.to_kind(self.compute)
+        embeds.shallow_clone()
     }
 
     fn block(
@@ -588,8 +571,8 @@ impl CausalLm for Llama {
         cache: Option<&mut KvCache>,
         outputs_from: i64,
     ) -> Tensor {
-        let rotation = Rotation::new(self, pass, x.kind());
-        self.layers[layer].forward(x, &rotation, pass, layer, cache, outputs_from)
+        let rotary = pass.position_tables(|| self.position_tables(pass.position_ids));
+        self.layers[layer].forward(x, rotary, pass, layer, cache, outputs_from)
     }
 
     fn final_norm(&self, x: &Tensor) -> Tensor {

@@ -10,29 +10,24 @@ use crate::kv_cache::{shallow_clones, KeysValues, KvCache};
 use crate::packing::Packing;
 
 impl dyn CausalLm + '_ {
-    /// [`forward_embeds_from`](#method.forward_embeds_from) with gradient checkpointing: the
-    /// pass runs without autograd and keeps only each block's input and each layer's keys
-    /// and values (which later passes read), and [`RecomputedPass::backward`] recomputes one
-    /// block at a time.
+    /// [`forward_pass`](#method.forward_pass) with gradient checkpointing: the pass runs
+    /// without autograd and keeps only each block's input and each layer's keys and values
+    /// (which later passes read), and [`RecomputedPass::backward`] recomputes one block at a
+    /// time.
     ///
     /// The returned hidden states and the keys and values appended to `cache` are leaves that
     /// require gradients: the backward pass of whatever reads them stops there and yields the
     /// gradients `RecomputedPass::backward` starts from. It ends with the gradients of the
     /// pass's own inputs, `embeds` and the keys and values `cache` held before the call.
-    #[allow(clippy::too_many_arguments)]
     pub fn forward_recomputed(
         &self,
         embeds: &Tensor,
-        position_ids: &Tensor,
-        bias: &Tensor,
+        pass: &PassInputs,
         cache: &mut KvCache,
-        train: bool,
-        outputs_from: i64,
-        packing: Option<&Packing>,
     ) -> (Tensor, RecomputedPass) {
         let n_layer = self.shape().n_layer;
         let past = cache.chunks_per_layer(n_layer);
-        let seed = self.dropout_seed(train);
+        let seed = self.dropout_seed(pass.train);
         let mut block_inputs = Vec::with_capacity(n_layer - 1);
         let mut scratch = KvCache::per_call(past.iter().map(|c| shallow_clones(c)).collect());
         let mut keep_input_of_next = |layer: usize, x: &Tensor| {
@@ -40,16 +35,8 @@ impl dyn CausalLm + '_ {
                 block_inputs.push(x.shallow_clone());
             }
         };
-        let pass = PassInputs::new(position_ids, bias, train, packing);
         let hidden = tch::no_grad(|| {
-            self.run_blocks(
-                embeds,
-                &pass,
-                Some(&mut scratch),
-                outputs_from,
-                seed,
-                &mut keep_input_of_next,
-            )
+            self.run_blocks(embeds, pass, Some(&mut scratch), seed, &mut keep_input_of_next)
         });
         let keys_values: Vec<KeysValues> = (0..n_layer)
             .map(|layer| {
@@ -62,11 +49,11 @@ impl dyn CausalLm + '_ {
         }
         let pass = RecomputedPass {
             embeds: embeds.shallow_clone(),
-            position_ids: position_ids.shallow_clone(),
-            bias: bias.shallow_clone(),
-            train,
-            outputs_from,
-            packing: packing.cloned(),
+            position_ids: pass.position_ids.shallow_clone(),
+            bias: pass.bias.shallow_clone(),
+            train: pass.train,
+            outputs_from: pass.outputs_from,
+            packing: pass.packing().cloned(),
             seed,
             past,
             block_inputs,
@@ -151,8 +138,11 @@ impl RecomputedPass {
         let n_layer = model.shape().n_layer;
         assert_eq!(n_layer, self.block_inputs.len() + 1, "a pass of another model");
         assert_eq!(output_grads.len(), 1 + 2 * n_layer, "one gradient per output");
-        let pass =
-            PassInputs::new(&self.position_ids, &self.bias, self.train, self.packing.as_ref());
+        // The position tables are made afresh, under autograd: the caller's (made without,
+        // or shared by other passes) would not carry the gradient to their parameters.
+        let pass = PassInputs::new(&self.position_ids, &self.bias, self.train)
+            .outputs_from(self.outputs_from)
+            .packed(self.packing.as_ref());
         let mut past_grads: Vec<Vec<Tensor>> = (0..n_layer).map(|_| Vec::new()).collect();
         let mut grad_out = output_grads[0].shallow_clone(); // of the last block's output
         for layer in (0..n_layer).rev() {

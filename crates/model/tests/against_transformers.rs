@@ -9,6 +9,7 @@ use std::path::Path;
 use coconut_model::testing::{assert_close, tiny_models};
 use coconut_model::{
     causal_bias, load_pretrained, padding_bias, save_pretrained, KvCache, ModelError, Packing,
+    PassInputs,
 };
 use common::{fixtures, gpt2, Fixture, HF, SAME};
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -136,8 +137,8 @@ fn reading_only_the_last_columns_changes_neither_them_nor_the_cache() {
             let case = format!("{}: from {from}", f.name);
             let mut cache = KvCache::new();
             let embeds = model.embed(ids);
-            let part =
-                model.forward_embeds_from(&embeds, pos, &bias, Some(&mut cache), false, from, None);
+            let pass = PassInputs::new(pos, &bias, false).outputs_from(from);
+            let part = model.forward_pass(&embeds, &pass, Some(&mut cache));
             assert_eq!(part.size(), [ids.size()[0], t - from, full.size()[2]]);
             assert_close(&part, &full.narrow(1, from, t - from), SAME, &case);
             // One more decoded column sees the same keys and values either way.
@@ -185,8 +186,8 @@ fn reading_only_the_last_columns_gives_the_same_gradients() {
         let embeds = || model.embed(ids);
         let full =
             grads(model.forward_embeds(&embeds(), pos, &bias, None, false).narrow(1, t - 2, 2));
-        let part =
-            grads(model.forward_embeds_from(&embeds(), pos, &bias, None, false, t - 2, None));
+        let pass = PassInputs::new(pos, &bias, false).outputs_from(t - 2);
+        let part = grads(model.forward_pass(&embeds(), &pass, None));
         for ((name, a), (_, b)) in full.iter().zip(&part) {
             assert_close(b, a, SAME, &format!("{}: gradient of {name}", f.name));
         }
@@ -213,15 +214,8 @@ fn packing_the_real_tokens_changes_no_output_cache_or_gradient() {
             let real_read = mask.narrow(1, from, t - from).unsqueeze(-1).to_kind(Kind::Float);
             let run = |packing: Option<&Packing>| {
                 let mut cache = KvCache::new();
-                let hidden = model.forward_embeds_from(
-                    &model.embed(ids),
-                    pos,
-                    &bias,
-                    Some(&mut cache),
-                    false,
-                    from,
-                    packing,
-                );
+                let pass = PassInputs::new(pos, &bias, false).outputs_from(from).packed(packing);
+                let hidden = model.forward_pass(&model.embed(ids), &pass, Some(&mut cache));
                 let weights = hidden.ones_like().cumsum(2, Kind::Float) * &real_read;
                 let loss = (&hidden * weights).sum(Kind::Float);
                 let grads = Tensor::run_backward(&[&loss], &params, false, false);

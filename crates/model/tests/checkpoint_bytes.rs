@@ -38,7 +38,7 @@ fn save_pretrained_writes_pretrained_files_which_load_back_exactly() {
     let (vs, model) = tiny();
     let dir = tempfile::tempdir().unwrap();
     save_pretrained(&vs, &model, dir.path()).unwrap();
-    let files = pretrained_files(&vs, &model);
+    let files = pretrained_files(vs.variables(), &model);
     let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
     assert_eq!(names, [CONFIG_FILE, WEIGHTS_FILE]);
     for (name, bytes) in &files {

@@ -4,7 +4,7 @@
 mod common;
 
 use coconut_model::testing::{assert_close, tiny_models};
-use coconut_model::{causal_bias, CausalLm, KvCache, Packing, RecomputedPass};
+use coconut_model::{causal_bias, CausalLm, KvCache, Packing, PassInputs, RecomputedPass};
 use coconut_testing::{assert_close as assert_scalar_close, Tolerance};
 use common::gpt2;
 use tch::{Device, Kind, Tensor};
@@ -98,9 +98,9 @@ fn recompute_against_kept(
         let weights = first.ones_like().cumsum(2, Kind::Float);
         (first * weights).sum(Kind::Float) + (second * second).sum(Kind::Float)
     };
-    let first_kept = |cache: &mut KvCache| {
-        model.forward_embeds_from(&model.embed(ids), pos, &bias, Some(cache), true, t - 2, packing)
-    };
+    let first_pass = || PassInputs::new(pos, &bias, true).outputs_from(t - 2).packed(packing);
+    let first_kept =
+        |cache: &mut KvCache| model.forward_pass(&model.embed(ids), &first_pass(), Some(cache));
     let second_kept = |cache: &mut KvCache| {
         model.forward_embeds(&model.embed(&next), &next_pos, &next_bias, Some(cache), true)
     };
@@ -115,27 +115,14 @@ fn recompute_against_kept(
         tch::manual_seed(5);
         let mut cache = KvCache::new();
         let (recomputed_loss, pass) = if recompute_first {
-            let (first, pass) = model.forward_recomputed(
-                &model.embed(ids),
-                pos,
-                &bias,
-                &mut cache,
-                true,
-                t - 2,
-                packing,
-            );
+            let (first, pass) =
+                model.forward_recomputed(&model.embed(ids), &first_pass(), &mut cache);
             (loss(&first, &second_kept(&mut cache)), pass)
         } else {
             let first = first_kept(&mut cache);
-            let (second, pass) = model.forward_recomputed(
-                &model.embed(&next),
-                &next_pos,
-                &next_bias,
-                &mut cache,
-                true,
-                0,
-                None,
-            );
+            let second_pass = PassInputs::new(&next_pos, &next_bias, true);
+            let (second, pass) =
+                model.forward_recomputed(&model.embed(&next), &second_pass, &mut cache);
             (loss(&first, &second), pass)
         };
         let grads = gradients_through(&recomputed_loss, &pass, model, &params);

@@ -42,12 +42,14 @@ fn bench_training_step(c: &mut Criterion) {
     let mut optimizer = AdamW::new(
         vs.variables(),
         AdamWConfig { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 },
+        Kind::Float,
     );
     let mut grads = Gradients::new(vs.variables());
     let mut step = |batch: &Batch| {
         let device_batch = DeviceBatch::new(batch, Device::Cpu, Kind::Float);
+        grads.clear();
         grads.backward(&coconut_loss(&model, &device_batch, true));
-        optimizer.step(grads.take());
+        optimizer.step(&mut grads);
     };
 
     let last = staged(4);

@@ -120,7 +120,7 @@ pub fn checkpoint_files(
     optimizer: &AdamW,
     state: &TrainState,
 ) -> Result<Vec<(&'static str, Vec<u8>)>, TrainError> {
-    let mut files = pretrained_files(&loaded.vs, loaded.model.as_ref());
+    let mut files = pretrained_files(optimizer.masters(), loaded.model.as_ref());
     files.push((TOKENIZER_FILE, loaded.tokenizer.to_json()?.into_bytes()));
     for (name, text) in loaded.tokenizer.config_files() {
         files.push((name, text.into_bytes()));
@@ -318,7 +318,7 @@ pub fn load_checkpoint(
 ) -> Result<(LoadedModel, AdamW, TrainState), TrainError> {
     let state = read_state(ckpt)?;
     let loaded = load_model_dir(ckpt, device, &state.config.model.latent_init_token)?;
-    let mut optimizer = AdamW::new(loaded.vs.variables(), adamw);
+    let mut optimizer = AdamW::new(loaded.vs.variables(), adamw, state.precision().kind());
     let opt_path = ckpt.join(OPTIMIZER_FILE);
     let moments: BTreeMap<String, Tensor> = Tensor::read_safetensors(&opt_path)
         .map_err(|e| TrainError::Checkpoint { path: opt_path.clone(), message: e.to_string() })?

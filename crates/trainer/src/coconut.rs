@@ -35,7 +35,8 @@ use std::ops::Range;
 
 use coconut_curriculum::{Batch, IGNORE_INDEX};
 use coconut_model::{
-    causal_bias, draw_seed, gradient_root, upload, CausalLm, KvCache, Packing, RecomputedPass,
+    causal_bias, draw_seed, gradient_root, upload, CausalLm, KvCache, Packing, PassInputs,
+    RecomputedPass,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -54,8 +55,9 @@ pub struct DeviceBatch {
     pub bias: Tensor,
     /// Column of the first latent (the same in every row that has latents).
     pub first_latent: i64,
-    /// For latent i, a (B, 1, 1) mask of the rows that have an i-th latent.
-    pub has_latent: Vec<Tensor>,
+    /// For latent i, a (B, 1, 1) mask of the rows that have no i-th latent (they keep their
+    /// own token there).
+    pub lacks_latent: Vec<Tensor>,
     /// The first column whose hidden state the loss reads (it predicts a supervised next
     /// token in some row); `T - 1` when nothing is supervised.
     pub first_loss_column: i64,
@@ -70,16 +72,17 @@ pub struct DeviceBatch {
 
 impl DeviceBatch {
     /// Moves a collated batch to `device` and precomputes masks and label positions, so
-    /// that the pass loop makes no host round trips.
+    /// that the pass loop makes no host round trips. `kind` is the model's
+    /// ([`CausalLm::kind`]): the attention bias is built in it once.
     pub fn new(batch: &Batch, device: Device, kind: Kind) -> Self {
         let (b, t) = (batch.batch_size as i64, batch.seq_len as i64);
         let tensor = |v: &[i64]| upload(Tensor::from_slice(v).view([b, t]), device);
         let attention_mask = tensor(&batch.attention_mask);
         let n = batch.max_latents();
         let first_latent = batch.first_latent_column().map_or(t, |c| c as i64);
-        let has_latent = (0..n)
+        let lacks_latent = (0..n)
             .map(|i| {
-                let rows: Vec<bool> = batch.latent_columns.iter().map(|c| c.len() > i).collect();
+                let rows: Vec<bool> = batch.latent_columns.iter().map(|c| c.len() <= i).collect();
                 upload(Tensor::from_slice(&rows).view([b, 1, 1]), device)
             })
             .collect();
@@ -107,7 +110,7 @@ impl DeviceBatch {
             attention_mask,
             position_ids: tensor(&batch.position_ids),
             first_latent,
-            has_latent,
+            lacks_latent,
             first_loss_column: first_loss_column as i64,
             supervised_positions: upload(Tensor::from_slice(&positions), device),
             targets: upload(Tensor::from_slice(&targets), device),
@@ -117,7 +120,7 @@ impl DeviceBatch {
 
     /// Largest number of latents of a row.
     pub fn max_latents(&self) -> usize {
-        self.has_latent.len()
+        self.lacks_latent.len()
     }
 
     /// Number of supervised tokens.
@@ -163,7 +166,7 @@ pub fn pass_ranges(first_latent: i64, n_latents: usize, seq_len: i64) -> Vec<(i6
 /// (generation continues from it).
 ///
 /// Each pass computes the hidden states of its last column (the next thought) and of the
-/// columns the caller reads, and no others (see `forward_embeds_from` on [`CausalLm`]).
+/// columns the caller reads, and no others (see `forward_pass` on [`CausalLm`]).
 pub fn latent_hidden_states(
     model: &dyn CausalLm,
     batch: &DeviceBatch,
@@ -239,17 +242,37 @@ fn multi_pass(
     let embeds = model.embed(&batch.input_ids); // (B, T, C)
     let t = embeds.size()[1];
     assert!((0..t).contains(&outputs_from), "outputs_from {outputs_from} outside 0..{t}");
+    let forward = Forward {
+        model,
+        batch,
+        train,
+        position_tables: model.position_tables(&batch.position_ids),
+    };
     let mut outputs: Vec<Tensor> = Vec::new();
     let mut thought: Option<Tensor> = None; // (B, 1, C)
     let mut recomputed = Vec::new();
     let plan = plan_passes(batch.first_latent, batch.max_latents(), t, outputs_from, recompute);
     for pass in plan {
         let x = splice_thought(batch, &pass, &embeds, thought.as_ref());
-        let hidden = run_pass(model, batch, &pass, &x, cache, train, &mut recomputed);
+        let hidden = forward.run_pass(&pass, &x, cache, &mut recomputed);
         outputs.extend(pass.read_columns(&hidden));
         thought = Some(hidden.narrow(1, -1, 1));
     }
-    (Tensor::cat(&outputs, 1), recomputed)
+    let hidden = match outputs.len() {
+        1 => outputs.pop().expect("one output"),
+        _ => Tensor::cat(&outputs, 1),
+    };
+    (hidden, recomputed)
+}
+
+/// What every pass of one multi-pass forward reads.
+struct Forward<'a> {
+    model: &'a dyn CausalLm,
+    batch: &'a DeviceBatch,
+    train: bool,
+    /// The model's position tables of the whole batch ([`CausalLm::position_tables`]),
+    /// made once: every pass reads its columns of them.
+    position_tables: Vec<Tensor>,
 }
 
 /// The input embeddings of `pass`'s columns, (B, len, C), with `thought` in its first column
@@ -263,35 +286,42 @@ fn splice_thought(
 ) -> Tensor {
     let x = embeds.narrow(1, pass.columns.start, width(&pass.columns));
     let (Some(latent), Some(thought)) = (pass.thought, thought) else { return x };
-    let first = x.narrow(1, 0, 1).where_self(&batch.has_latent[latent].logical_not(), thought);
-    Tensor::cat(&[first, x.narrow(1, 1, width(&pass.columns) - 1)], 1)
+    let first = x.narrow(1, 0, 1).where_self(&batch.lacks_latent[latent], thought);
+    match width(&pass.columns) {
+        1 => first,
+        len => Tensor::cat(&[first, x.narrow(1, 1, len - 1)], 1),
+    }
 }
 
-/// Runs `pass` over its input embeddings `x`, attending to the earlier passes through
-/// `cache` (which then holds its keys and values too), and returns the hidden states of
-/// its computed columns, (B, computed, C). A recomputed pass is kept in `recomputed`.
-fn run_pass(
-    model: &dyn CausalLm,
-    batch: &DeviceBatch,
-    pass: &Pass,
-    x: &Tensor,
-    cache: &mut KvCache,
-    train: bool,
-    recomputed: &mut Vec<RecomputedPass>,
-) -> Tensor {
-    let (start, len) = (pass.columns.start, width(&pass.columns));
-    // Queries [start, end) see keys [0, end): the cache holds [0, start).
-    let bias = batch.bias.narrow(2, start, len).narrow(3, 0, pass.columns.end);
-    let pos = batch.position_ids.narrow(1, start, len);
-    let from = pass.computed.start - start;
-    let packing = batch.packing(&pass.columns, from);
-    let packing = packing.as_ref();
-    if pass.recomputed {
-        let (hidden, kept) = model.forward_recomputed(x, &pos, &bias, cache, train, from, packing);
-        recomputed.push(kept);
-        hidden
-    } else {
-        model.forward_embeds_from(x, &pos, &bias, Some(cache), train, from, packing)
+impl Forward<'_> {
+    /// Runs `pass` over its input embeddings `x`, attending to the earlier passes through
+    /// `cache` (which then holds its keys and values too), and returns the hidden states of
+    /// its computed columns, (B, computed, C). A recomputed pass is kept in `recomputed`.
+    fn run_pass(
+        &self,
+        pass: &Pass,
+        x: &Tensor,
+        cache: &mut KvCache,
+        recomputed: &mut Vec<RecomputedPass>,
+    ) -> Tensor {
+        let (start, len) = (pass.columns.start, width(&pass.columns));
+        // Queries [start, end) see keys [0, end): the cache holds [0, start).
+        let bias = self.batch.bias.narrow(2, start, len).narrow(3, 0, pass.columns.end);
+        let pos = self.batch.position_ids.narrow(1, start, len);
+        let tables = self.position_tables.iter().map(|t| t.narrow(1, start, len)).collect();
+        let from = pass.computed.start - start;
+        let packing = self.batch.packing(&pass.columns, from);
+        let inputs = PassInputs::new(&pos, &bias, self.train)
+            .outputs_from(from)
+            .packed(packing.as_ref())
+            .with_position_tables(tables);
+        if pass.recomputed {
+            let (hidden, kept) = self.model.forward_recomputed(x, &inputs, cache);
+            recomputed.push(kept);
+            hidden
+        } else {
+            self.model.forward_pass(x, &inputs, Some(cache))
+        }
     }
 }
 

@@ -1,27 +1,63 @@
-//! Gradients with a home of their own: an accumulator that backward passes add into and
-//! the optimizer takes from. Between the two is where data-parallel training reduces them
-//! across ranks, and where gradient clipping reads their global norm.
+//! Gradients with a home of their own: one flat f32 buffer (see [`crate::flat`]) that
+//! backward passes add into and the optimizer reads. Between the two is where
+//! data-parallel training sums them across ranks, and where gradient clipping reads their
+//! global norm: one operator each on the whole buffer.
 //!
-//! Gradients live here rather than in each parameter's `.grad`: they exist from the first
-//! backward pass of an optimizer step to the update and no longer, so the next forward pass
-//! never shares memory with a model-sized set of stale gradients (PyTorch's
-//! `zero_grad(set_to_none=True)`).
+//! Gradients live here rather than in each parameter's `.grad`: in f32 whatever the kind the
+//! model computes in (bf16 gradients are summed into f32), and in the layout the fused
+//! optimizer and the collectives read.
 
 use std::collections::BTreeMap;
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
-/// The summed gradients of a set of named parameters.
+use crate::flat::FlatLayout;
+
+/// The summed gradients of a model's parameters.
 #[derive(Debug)]
 pub struct Gradients {
-    params: BTreeMap<String, Tensor>,
-    sums: BTreeMap<String, Tensor>,
+    layout: FlatLayout,
+    /// The model's variables, in member order.
+    params: Vec<Tensor>,
+    /// (numel) f32: every parameter's sum at its offset.
+    flat: Tensor,
+    /// Each member's view of `flat`.
+    views: Vec<Tensor>,
+    /// Each group's view of `flat`.
+    groups: Vec<Tensor>,
+    /// Whether each member has a sum since the last [`Gradients::clear`] (its part of
+    /// `flat` is stale otherwise).
+    present: Vec<bool>,
+    /// For clipping at `max_norm`: (max_norm, 1e-6 and 1 / max_norm as tensors on the
+    /// device), made at the first clip.
+    clip_constants: Option<(f64, Tensor, Tensor)>,
 }
 
 impl Gradients {
-    /// An empty accumulator for `params` (shallow clones of the model's variables).
-    pub fn new(params: impl IntoIterator<Item = (String, Tensor)>) -> Self {
-        Self { params: params.into_iter().collect(), sums: BTreeMap::new() }
+    /// An empty accumulator for `variables` (the model's, name and tensor), laid out by
+    /// [`FlatLayout::of`].
+    pub fn new(variables: impl IntoIterator<Item = (String, Tensor)>) -> Self {
+        let variables: Vec<(String, Tensor)> = variables.into_iter().collect();
+        let layout = FlatLayout::of(&variables);
+        let device = variables.first().map_or(tch::Device::Cpu, |(_, t)| t.device());
+        let params = layout
+            .members
+            .iter()
+            .map(|m| {
+                let (_, t) = variables.iter().find(|(n, _)| *n == m.name).expect("a member");
+                t.shallow_clone()
+            })
+            .collect();
+        let flat = layout.zeros(Kind::Float, device);
+        let views = layout.member_views(&flat);
+        let groups = layout.group_views(&flat);
+        let present = vec![false; layout.members.len()];
+        Self { layout, params, flat, views, groups, present, clip_constants: None }
+    }
+
+    /// The layout of the buffer.
+    pub fn layout(&self) -> &FlatLayout {
+        &self.layout
     }
 
     /// Backpropagates `loss` and adds the parameters' gradients to the sums. A parameter
@@ -39,115 +75,118 @@ impl Gradients {
         others: &[&Tensor],
         keep_graph: bool,
     ) -> Vec<Tensor> {
-        let inputs: Vec<&Tensor> = self.params.values().chain(others.iter().copied()).collect();
+        let inputs: Vec<&Tensor> = self.params.iter().chain(others.iter().copied()).collect();
         let mut grads = Tensor::run_backward(&[loss], &inputs, keep_graph, false);
         let others_grads = grads.split_off(self.params.len());
-        tch::no_grad(|| {
-            for (name, g) in self.params.keys().zip(grads) {
-                if !g.defined() {
-                    continue;
-                }
-                match self.sums.get_mut(name) {
-                    Some(sum) => {
-                        let _ = sum.g_add_(&g);
-                    }
-                    None => {
-                        self.sums.insert(name.clone(), g);
-                    }
-                }
-            }
-        });
+        for (index, g) in grads.iter().enumerate().filter(|(_, g)| g.defined()) {
+            self.add_to(index, g);
+        }
         others_grads
     }
 
-    /// The sums so far, by parameter name.
-    pub fn sums(&self) -> &BTreeMap<String, Tensor> {
-        &self.sums
+    /// Adds `grad` to the sum of the parameter `name` (a gradient computed elsewhere).
+    ///
+    /// # Panics
+    /// If there is no such parameter, or the shapes differ.
+    pub fn accumulate(&mut self, name: &str, grad: &Tensor) {
+        let index = self.layout.members.iter().position(|m| m.name == name);
+        let index = index.unwrap_or_else(|| panic!("no parameter {name}"));
+        self.add_to(index, grad);
+    }
+
+    /// Adds `grad` to member `index`'s sum: a copy first, then sums (in f32 whatever the
+    /// gradient's kind).
+    fn add_to(&mut self, index: usize, grad: &Tensor) {
+        tch::no_grad(|| {
+            let mut view = self.views[index].shallow_clone();
+            if self.present[index] {
+                let _ = view.g_add_(grad);
+            } else {
+                view.copy_(grad);
+            }
+        });
+        self.present[index] = true;
+    }
+
+    /// A copy of every sum, by parameter name (parameters without one left out).
+    pub fn sums(&self) -> BTreeMap<String, Tensor> {
+        let members = self.layout.members.iter().zip(&self.views).zip(&self.present);
+        members.filter(|(_, &p)| p).map(|((m, v), _)| (m.name.clone(), v.copy())).collect()
+    }
+
+    /// The flat buffer of every sum, (numel) f32, with zeros where a parameter has none.
+    pub fn flat(&mut self) -> &Tensor {
+        self.zero_absent();
+        &self.flat
+    }
+
+    /// Each group's part of [`Gradients::flat`] (stale where a parameter has no sum).
+    pub fn group_views(&self) -> &[Tensor] {
+        &self.groups
+    }
+
+    /// Whether each parameter (in layout order) has a sum.
+    pub fn present(&self) -> &[bool] {
+        &self.present
+    }
+
+    /// Marks which parameters have a sum (after the ranks' sums were added up).
+    pub fn set_present(&mut self, present: &[bool]) {
+        self.present.copy_from_slice(present);
+    }
+
+    /// Whether no parameter has a sum.
+    pub fn is_empty(&self) -> bool {
+        !self.present.contains(&true)
+    }
+
+    /// The sum of the parameter `name`, if it has one.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        let index = self.layout.members.iter().position(|m| m.name == name)?;
+        self.present[index].then(|| &self.views[index])
     }
 
     /// The global L2 norm of the sums (0 when there are none).
-    pub fn norm(&self) -> f64 {
-        tch::no_grad(|| {
-            let norms: Vec<Tensor> = self.sums.values().map(Tensor::norm).collect();
-            if norms.is_empty() {
-                return 0.0;
-            }
-            Tensor::stack(&norms, 0).norm().double_value(&[])
-        })
+    pub fn norm(&mut self) -> f64 {
+        tch::no_grad(|| self.flat().norm().double_value(&[]))
     }
 
     /// Scales the sums by `min(1, max_norm / (norm + 1e-6))`, as PyTorch's
     /// `clip_grad_norm_` does, without reading the norm on the host (on a GPU a read would
-    /// wait for every queued kernel).
+    /// wait for every queued kernel): the sums are divided by
+    /// `max(norm + 1e-6, max_norm) / max_norm`.
     pub fn clip_norm(&mut self, max_norm: f64) {
+        let device = self.flat.device();
+        let (_, eps, inverse) = match &self.clip_constants {
+            Some(constants) if constants.0 == max_norm => constants,
+            // A scalar operand would cost a tensor and a copy at every call; these are made
+            // once.
+            _ => self.clip_constants.insert((
+                max_norm,
+                Tensor::from(1e-6f32).to_device(device),
+                Tensor::from((1.0 / max_norm) as f32).to_device(device),
+            )),
+        };
+        let (eps, inverse) = (eps.shallow_clone(), inverse.shallow_clone());
         tch::no_grad(|| {
-            let norms: Vec<Tensor> = self.sums.values().map(Tensor::norm).collect();
-            if norms.is_empty() {
-                return;
-            }
-            let total = Tensor::stack(&norms, 0).norm(); // a scalar on the device
-            let scale = (total + 1e-6).reciprocal().g_mul_scalar(max_norm).clamp_max(1.0);
-            for g in self.sums.values_mut() {
-                let _ = g.g_mul_(&scale);
-            }
+            let total = self.flat().norm(); // a scalar on the device
+            let divisor = (total + eps).clamp_min(max_norm) * inverse;
+            let _ = self.flat.g_div_(&divisor);
         });
     }
 
-    /// Hands the sums over (to the optimizer) and starts afresh.
-    pub fn take(&mut self) -> BTreeMap<String, Tensor> {
-        std::mem::take(&mut self.sums)
-    }
-
-    /// Drops the sums.
+    /// Forgets the sums: the next backward pass starts them afresh.
     pub fn clear(&mut self) {
-        self.sums.clear();
+        self.present.fill(false);
     }
 
-    /// Every parameter in name order, with its shape and whether it has a sum: the layout
-    /// of [`Gradients::flatten`].
-    pub fn layout(&self) -> Vec<(String, Vec<i64>, bool)> {
-        self.params
-            .iter()
-            .map(|(name, p)| (name.clone(), p.size(), self.sums.contains_key(name)))
-            .collect()
-    }
-
-    /// Every parameter's sum (zeros where it has none) in one contiguous f32 tensor on the
-    /// parameters' device, in the order of `layout`.
-    pub fn flatten(&self, layout: &[(String, Vec<i64>, bool)]) -> Tensor {
+    /// Zeros the stale part of the buffer of every parameter without a sum.
+    fn zero_absent(&mut self) {
         tch::no_grad(|| {
-            let parts: Vec<Tensor> = layout
-                .iter()
-                .map(|(name, _, _)| match self.sums.get(name) {
-                    Some(sum) => sum.to_kind(tch::Kind::Float).flatten(0, -1),
-                    None => self.params[name].zeros_like().to_kind(tch::Kind::Float).flatten(0, -1),
-                })
-                .collect();
-            Tensor::cat(&parts, 0)
-        })
-    }
-
-    /// The sums read back from `flat` (laid out by `layout`), for the parameters `present`
-    /// marks; the others have none.
-    pub fn unflatten(
-        &mut self,
-        layout: &[(String, Vec<i64>, bool)],
-        flat: &Tensor,
-        present: &[bool],
-    ) {
-        self.sums.clear();
-        let mut offset = 0;
-        for ((name, size, _), &has) in layout.iter().zip(present) {
-            let n: i64 = size.iter().product();
-            if has {
-                let kind = self.params[name].kind();
-                self.sums.insert(
-                    name.clone(),
-                    flat.narrow(0, offset, n).view(size.as_slice()).to_kind(kind),
-                );
+            for (view, _) in self.views.iter().zip(&self.present).filter(|(_, p)| !**p) {
+                let _ = view.shallow_clone().zero_();
             }
-            offset += n;
-        }
+        });
     }
 }
 
@@ -155,24 +194,29 @@ impl Gradients {
 mod tests {
     use super::*;
     use coconut_testing::Tolerance;
-    use tch::Kind;
 
     #[test]
     fn backward_passes_add_up_and_clipping_bounds_the_norm() {
         let w = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
-        let mut grads = Gradients::new([("w".to_string(), w.shallow_clone())]);
+        let unused = Tensor::from_slice(&[5.0f32]).set_requires_grad(true);
+        let mut grads =
+            Gradients::new([("w".to_string(), w.shallow_clone()), ("u".to_string(), unused)]);
         grads.backward(&(&w * &w).sum(Kind::Float)); // 2w
         grads.backward(&w.sum(Kind::Float)); // + 1
         let expected = Tensor::from_slice(&[3.0f32, -3.0]);
         let tol = Tolerance::scaled(1e-6);
-        coconut_model::testing::assert_close(&grads.sums()["w"], &expected, tol, "sum");
+        coconut_model::testing::assert_close(grads.get("w").unwrap(), &expected, tol, "sum");
+        assert!(grads.get("u").is_none(), "a parameter the loss does not reach has no sum");
         coconut_testing::assert_close(grads.norm(), 18f64.sqrt(), tol, "norm");
         grads.clip_norm(1.0);
         coconut_testing::assert_close(grads.norm(), 1.0, Tolerance::scaled(1e-5), "clipped");
-        let clipped = grads.sums()["w"].shallow_clone().copy();
+        let clipped = grads.get("w").unwrap().copy();
         grads.clip_norm(2.0); // already within: unchanged
-        coconut_model::testing::assert_close(&grads.sums()["w"], &clipped, tol, "unclipped");
-        assert_eq!(grads.take().len(), 1);
-        assert!(grads.sums().is_empty());
+        coconut_model::testing::assert_close(grads.get("w").unwrap(), &clipped, tol, "unclipped");
+        grads.clear();
+        assert!(grads.is_empty());
+        grads.backward(&w.sum(Kind::Float)); // starts afresh: 1
+        let ones = Tensor::from_slice(&[1.0f32, 1.0]);
+        coconut_model::testing::assert_close(grads.get("w").unwrap(), &ones, tol, "afresh");
     }
 }

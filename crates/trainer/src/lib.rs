@@ -3,8 +3,9 @@
 //! ([`Trainer`]), driven by a TOML [`RunConfig`].
 //!
 //! Every item has one path: the optimizer ([`adamw`]), the gradient accumulator
-//! ([`gradients`]), the checkpoint folders ([`checkpoint`]) and the CUDA runtime's answers
-//! ([`cuda_runtime`]) are modules of their own; everything else is at the crate root.
+//! ([`gradients`]), the flat layout both share ([`flat`]), the checkpoint folders
+//! ([`checkpoint`]) and the CUDA runtime's answers ([`cuda_runtime`]) are modules of their
+//! own; everything else is at the crate root.
 
 #![warn(missing_docs)]
 
@@ -13,6 +14,7 @@ pub mod checkpoint;
 mod coconut;
 mod config;
 pub mod cuda_runtime;
+pub mod flat;
 pub mod gradients;
 mod metrics;
 mod model_setup;
@@ -35,7 +37,7 @@ pub use config::{
 };
 pub use metrics::{EpochEval, MetricLine};
 pub use model_setup::{build_model, check_model_paths, load_model_dir, LoadedModel};
-pub use precision::{native_bf16, Precision};
+pub use precision::{native_bf16, Precision, MIN_CPU_BF16_WIDTH};
 pub use ranks::Ranks;
 pub use train::{TrainSummary, Trainer};
 pub use validation::{check_sample_lengths, teacher_forced_loss};

@@ -1,31 +1,49 @@
 //! The arithmetic a run computes in: f32, or bf16 with f32 master weights, and `auto`, which
-//! takes bf16 where the hardware computes it natively. A run records the precision it
-//! resolved to, and a resumed run keeps it.
+//! takes bf16 where it was measured to be faster. A run records the precision it resolved
+//! to, and a resumed run keeps it.
 
+use coconut_model::ModelShape;
 use serde::{Deserialize, Serialize};
-use tch::Device;
+use tch::{Device, Kind};
 
 /// `train.precision`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 on CUDA devices of compute capability 8 or more and on CPUs with native bf16
-    /// (AMX or AVX512_BF16), f32 elsewhere.
+    /// bf16 on CUDA devices of compute capability 8 or more, and on CPUs with native bf16
+    /// (AMX or AVX512_BF16) for models at least [`MIN_CPU_BF16_WIDTH`] wide; f32 elsewhere.
     Auto,
     /// Activations, weights and gradients in f32.
     F32,
-    /// Activations in bf16; weights, gradients and optimizer moments in f32 (weights are
-    /// cast where they are used).
+    /// Weights and activations in bf16; f32 master weights, gradients and optimizer
+    /// moments (the bf16 weights are copies of the masters, rewritten at every update).
     Bf16,
 }
 
+/// The hidden size from which `auto` computes in bf16 on a CPU with native bf16. Below it
+/// the matrix products are too small for AMX to pay for the bf16 step's extra work, and
+/// f32 is faster (docs/BENCHMARKS.md, "Precision").
+pub const MIN_CPU_BF16_WIDTH: usize = 256;
+
 impl Precision {
-    /// `F32` or `Bf16`: `Auto` decided for `device`.
-    pub fn resolve(self, device: Device) -> Precision {
+    /// `F32` or `Bf16`: `Auto` decided for a model of `shape` on `device`.
+    pub fn resolve(self, device: Device, shape: ModelShape) -> Precision {
+        let bf16_pays = match device {
+            Device::Cuda(_) => native_bf16(device),
+            _ => native_bf16(device) && shape.hidden_size >= MIN_CPU_BF16_WIDTH,
+        };
         match self {
-            Precision::Auto if native_bf16(device) => Precision::Bf16,
+            Precision::Auto if bf16_pays => Precision::Bf16,
             Precision::Auto => Precision::F32,
             chosen => chosen,
+        }
+    }
+
+    /// The kind a model computes in at this precision (`Auto` is resolved first).
+    pub fn kind(self) -> Kind {
+        match self {
+            Precision::Bf16 => Kind::BFloat16,
+            _ => Kind::Float,
         }
     }
 

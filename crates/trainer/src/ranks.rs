@@ -94,7 +94,8 @@ impl Ranks {
         {
             return Err(TrainError::Launch(
                 "started by mpirun, but this binary was built without the `mpi` feature; \
-                 `cargo xtask` builds it with MPI"
+                 `cargo xtask train-all-stages --nproc-per-node N` builds and launches its MPI \
+                 flavour (or build it with `cargo build --release -p coconut-cli --features mpi`)"
                     .to_string(),
             ));
         }
@@ -181,9 +182,9 @@ impl Ranks {
     }
 
     /// Sums the gradients of every rank into every rank's `grads`, together with
-    /// `scalars` (the step's loss, token count, stop flag), in one flat buffer: one
-    /// all-reduce per optimizer step. A parameter keeps no gradient only when no rank had
-    /// one (as with one rank, it is then not updated).
+    /// `scalars` (the step's loss, token count, stop flag): one all-reduce of the flat
+    /// gradient buffer per optimizer step. A parameter keeps no gradient only when no rank
+    /// had one (as with one rank, it is then not updated).
     pub fn sum_gradients(
         &self,
         grads: &mut Gradients,
@@ -192,11 +193,10 @@ impl Ranks {
         if self.world_size == 1 {
             return Ok(());
         }
-        let layout = grads.layout();
         // Present flags ride with the scalars, exactly (f64).
         let mut small: Vec<f64> = scalars.to_vec();
-        small.extend(layout.iter().map(|(_, _, present)| f64::from(u8::from(*present))));
-        let flat = grads.flatten(&layout);
+        small.extend(grads.present().iter().map(|&present| f64::from(u8::from(present))));
+        let flat = grads.flat().shallow_clone(); // zero where a parameter has no gradient
         let device = flat.device();
         let mut engine = self.engine();
         engine.all_reduce_sum_f64(&mut small).map_err(TrainError::Ranks)?;
@@ -215,7 +215,7 @@ impl Ranks {
         drop(engine);
         scalars.copy_from_slice(&small[..scalars.len()]);
         let present: Vec<bool> = small[scalars.len()..].iter().map(|&p| p > 0.0).collect();
-        grads.unflatten(&layout, &flat, &present);
+        grads.set_present(&present);
         Ok(())
     }
 }

@@ -143,7 +143,8 @@ fn fresh_start(
 ) -> Result<Start, TrainError> {
     let loaded = build_model(config, train)?;
     ranks.broadcast_variables(&loaded.vs)?;
-    let optimizer = AdamW::new(loaded.vs.variables(), adamw);
+    let precision = config.train.precision().resolve(config.train.device, loaded.model.shape());
+    let optimizer = AdamW::new(loaded.vs.variables(), adamw, precision.kind());
     let state = TrainState {
         epoch: config.train.start_epoch,
         step_in_epoch: 0,
@@ -152,7 +153,7 @@ fn fresh_start(
         config: config.clone(),
         tokenizer_sha256: Some(loaded.tokenizer.fingerprint()),
         ranks: ranks.world_size(),
-        precision: Some(config.train.precision().resolve(config.train.device)),
+        precision: Some(precision),
     };
     Ok((loaded, optimizer, state))
 }

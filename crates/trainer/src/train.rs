@@ -31,7 +31,6 @@ use crate::config::{OptimizerReset, RunConfig};
 use crate::gradients::Gradients;
 use crate::metrics::{EpochEval, MetricLine, MetricsFile};
 use crate::model_setup::{check_model_paths, LoadedModel};
-use crate::precision::Precision;
 use crate::ranks::Ranks;
 use crate::run_lock::RunLock;
 use crate::start::resume_or_start;
@@ -96,11 +95,9 @@ impl Trainer {
         let run_dir = config.run_dir();
         let lock = if ranks.is_main() { Some(take_run_folder(&run_dir)?) } else { None };
         let (train_samples, valid_samples) = load_splits(&config)?;
-        let (mut loaded, optimizer, state) =
+        // The optimizer holds the f32 masters; the model computes in the state's precision.
+        let (loaded, optimizer, state) =
             resume_or_start(&config, config_path, &ranks, &train_samples)?;
-        if state.precision() == Precision::Bf16 {
-            loaded.model.set_compute_kind(Kind::BFloat16);
-        }
         tracing::info!("computing in {}", state.precision().name());
         let train = tokenize_samples(&loaded.tokenizer, &train_samples);
         let valid = tokenize_samples(&loaded.tokenizer, &valid_samples);
@@ -353,11 +350,11 @@ impl Trainer {
                 indices.iter().map(|&i| self.staged_sample(i, epoch, stage)).collect();
             let batch = collate_training(&staged, &self.loaded.tokenizer.special());
             step_tokens += batch.attention_mask.iter().filter(|&&m| m == 1).count();
-            let device_batch = DeviceBatch::new(&batch, self.loaded.vs.device(), Kind::Float);
+            let model = self.loaded.model.as_ref();
+            let device_batch = DeviceBatch::new(&batch, self.loaded.vs.device(), model.kind());
             if device_batch.supervised_tokens() == 0 {
                 continue;
             }
-            let model = self.loaded.model.as_ref();
             let loss = training_loss(model, &device_batch, t.gradient_checkpointing);
             // Weight each micro-batch by its share of the samples of the step.
             let weight = indices.len() as f64 / total_samples as f64;
@@ -379,7 +376,7 @@ impl Trainer {
         if let Some(max_norm) = self.config.train.grad_clip {
             self.grads.clip_norm(max_norm);
         }
-        self.optimizer.step(self.grads.take());
+        self.optimizer.step(&mut self.grads);
         self.state.global_step += 1;
         Ok((step_loss, step_tokens as usize))
     }

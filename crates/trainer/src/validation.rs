@@ -81,7 +81,7 @@ pub(crate) fn teacher_forced_sums(
             let batch = DeviceBatch::new(
                 &collate_training(&staged, &special),
                 loaded.vs.device(),
-                Kind::Float,
+                loaded.model.kind(),
             );
             let count = batch.supervised_tokens();
             if count > 0 {

@@ -187,7 +187,7 @@ impl Fixture {
         let mut samples = coconut_curriculum::load_samples(&config.data.train).unwrap();
         samples.truncate(16);
         let loaded = build_model(&config, &samples).unwrap();
-        let mut optimizer = AdamW::new(loaded.vs.variables(), ADAMW);
+        let mut optimizer = AdamW::new(loaded.vs.variables(), ADAMW, Kind::Float);
         let mut grads = Gradients::new(loaded.vs.variables());
         let mut versions = Vec::new();
         for k in 0..n {
@@ -197,8 +197,9 @@ impl Fixture {
                 .map(|v| (v * v).sum(Kind::Float) * (k + 1) as f64)
                 .reduce(|a, b| a + b)
                 .unwrap();
+            grads.clear();
             grads.backward(&loss);
-            optimizer.step(grads.take());
+            optimizer.step(&mut grads);
             versions.push(Version {
                 weights: vars.into_iter().map(|(n, t)| (n, t.detach().copy())).collect(),
                 moments: optimizer.state().into_iter().map(|(n, t)| (n, t.copy())).collect(),

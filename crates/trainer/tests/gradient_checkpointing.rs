@@ -13,7 +13,7 @@ use coconut_testing::assert_close as assert_scalar_close;
 use coconut_trainer::gradients::Gradients;
 use coconut_trainer::{training_loss, DeviceBatch};
 use common::{latent_batch, samples, SAME, SPECIAL};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// Gradient checkpointing recomputes the first and the final pass in the backward pass: the
 /// loss and every gradient are those of the passes that keep their activations. With
@@ -36,7 +36,7 @@ fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
         let model = model.as_ref();
         let n_layer = model.shape().n_layer;
         for (index, batch) in batches.iter().enumerate() {
-            let batch = DeviceBatch::new(batch, Device::Cpu, Kind::Float);
+            let batch = DeviceBatch::new(batch, Device::Cpu, model.kind());
             let run = |checkpointing: bool| {
                 let mut grads = Gradients::new(vs.variables());
                 tch::manual_seed(3);
@@ -46,7 +46,7 @@ fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
                     losses.push(loss.value.double_value(&[]));
                     loss.backward(model, &mut grads, 0.5);
                 }
-                let grads: BTreeMap<String, Tensor> = grads.take();
+                let grads: BTreeMap<String, Tensor> = grads.sums();
                 (losses, grads)
             };
             let case = format!("{arch}, {n_layer} layers, batch {index}");

@@ -9,6 +9,8 @@ use coconut_model::testing::assert_close;
 use coconut_model::testing::tiny_models;
 use coconut_model::{causal_bias, CausalLm, KvCache};
 use coconut_testing::{assert_close as assert_scalar_close, Tolerance};
+use coconut_trainer::adamw::{AdamW, AdamWConfig};
+use coconut_trainer::gradients::Gradients;
 use coconut_trainer::{coconut_loss, latent_hidden_states, pass_ranges, DeviceBatch};
 use common::{latent_batch, samples, SAME, SPECIAL};
 use tch::{nn::VarStore, Device, Kind, Reduction, Tensor};
@@ -145,33 +147,38 @@ fn a_later_token_does_not_change_earlier_thoughts_of(model: &dyn CausalLm) {
 }
 
 #[test]
-fn bf16_compute_keeps_f32_weights_and_tracks_the_f32_loss_and_gradients() {
-    for (arch, vs, mut model) in models() {
+fn bf16_compute_keeps_f32_masters_and_tracks_the_f32_loss_and_gradients() {
+    for (arch, vs, model) in models() {
+        let model = model.as_ref();
         let batch = DeviceBatch::new(&latent_batch(), Device::Cpu, Kind::Float);
         // Dropout off: both runs must see the same network.
-        let f32_loss = coconut_loss(model.as_ref(), &batch, false);
-        f32_loss.backward();
-        let f32_grads: Vec<(String, Tensor)> =
-            vs.variables().into_iter().map(|(n, v)| (n, v.grad().copy())).collect();
-        vs.variables().values().for_each(|v| {
-            let _ = v.grad().zero_();
-        });
-        model.set_compute_kind(Kind::BFloat16);
-        let bf16_loss = coconut_loss(model.as_ref(), &batch, false);
-        bf16_loss.backward();
+        let f32_loss = coconut_loss(model, &batch, false);
+        let mut f32_grads = Gradients::new(vs.variables());
+        f32_grads.backward(&f32_loss);
+        let f32_grads = f32_grads.sums();
+        // From here the model computes in bf16: its variables are copies of f32 masters.
+        let config = AdamWConfig { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0 };
+        let optimizer = AdamW::new(vs.variables(), config, Kind::BFloat16);
+        assert_eq!(model.kind(), Kind::BFloat16, "{arch}");
+        let batch = DeviceBatch::new(&latent_batch(), Device::Cpu, model.kind());
+        let bf16_loss = coconut_loss(model, &batch, false);
+        let mut grads = Gradients::new(vs.variables());
+        grads.backward(&bf16_loss);
         let (b, f) = (bf16_loss.double_value(&[]), f32_loss.double_value(&[]));
         let tol = Tolerance::new(0.02, 0.0);
         assert_scalar_close(b, f, tol, &format!("{arch}: bf16 loss against f32"));
-        let variables = vs.variables();
         let norm = |t: &Tensor| t.norm().double_value(&[]);
-        let total = f32_grads.iter().map(|(_, g)| norm(g).powi(2)).sum::<f64>().sqrt();
+        let total = f32_grads.values().map(|g| norm(g).powi(2)).sum::<f64>().sqrt();
+        let masters: std::collections::BTreeMap<String, Tensor> =
+            optimizer.masters().into_iter().collect();
         for (name, expected) in f32_grads {
-            let v = &variables[&name];
-            // Gradients reach the f32 master weights, within bf16's precision of f32's (some
-            // are zero up to rounding, as a key bias's: those are judged against the whole).
-            assert_eq!(v.kind(), Kind::Float, "{arch}: {name}");
-            assert_eq!(v.grad().kind(), Kind::Float, "{arch}: {name}");
-            let difference = norm(&(v.grad() - &expected));
+            // The masters stay f32, and the gradients are summed in f32, within bf16's
+            // precision of f32's (some are zero up to rounding, as a key bias's: those are
+            // judged against the whole).
+            assert_eq!(masters[&name].kind(), Kind::Float, "{arch}: {name}");
+            let got = grads.get(&name).unwrap_or_else(|| panic!("{arch}: {name}: no gradient"));
+            assert_eq!(got.kind(), Kind::Float, "{arch}: {name}");
+            let difference = norm(&(got - &expected));
             let allowed = 0.05 * norm(&expected) + 1e-3 * total;
             assert!(
                 difference <= allowed,

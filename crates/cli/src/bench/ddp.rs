@@ -98,7 +98,7 @@ pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Resu
     let vs = VarStore::new(Device::Cpu);
     let model = bench_model(&vs, "tiny", tokenizer.vocab_size());
     ranks.broadcast_variables(&vs)?;
-    let mut optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW);
+    let mut optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW, Kind::Float);
     let mut grads = Gradients::new(vs.variables());
     let special = tokenizer.special();
     if !MICRO_BATCHES_PER_STEP.is_multiple_of(world) {
@@ -111,6 +111,7 @@ pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Resu
         ranks.barrier()?;
         let started = Instant::now();
         let mut real = 0.0;
+        grads.clear();
         // This rank's micro-batches of the step: the (step * M + micro)-th 8 samples for
         // micro = rank, rank + W, ...
         for micro in (rank..MICRO_BATCHES_PER_STEP).step_by(world) {
@@ -121,7 +122,7 @@ pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Resu
                 tokenized.iter().map(|s| training_sample(&curriculum, &special, s, 6)).collect();
             let collated = collate_training(&staged, &special);
             real += collated.attention_mask.iter().filter(|&&m| m == 1).count() as f64;
-            let device_batch = DeviceBatch::new(&collated, Device::Cpu, Kind::Float);
+            let device_batch = DeviceBatch::new(&collated, Device::Cpu, model.kind());
             let loss = training_loss(model.as_ref(), &device_batch, false);
             loss.backward(model.as_ref(), &mut grads, 1.0 / MICRO_BATCHES_PER_STEP as f64);
         }
@@ -134,7 +135,7 @@ pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Resu
         let mut scalars = [real];
         ranks.sum_gradients(&mut grads, &mut scalars)?;
         let reduced = reduce_started.elapsed().as_secs_f64();
-        optimizer.step(grads.take());
+        optimizer.step(&mut grads);
         ranks.barrier()?;
         if step >= warmup {
             step_s.push(started.elapsed().as_secs_f64());

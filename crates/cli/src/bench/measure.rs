@@ -44,6 +44,15 @@ impl Measurement {
         self.name.starts_with("ops_")
     }
 
+    /// The kind the model computes in.
+    pub(super) fn compute_kind(&self) -> Kind {
+        if self.bf16 {
+            Kind::BFloat16
+        } else {
+            Kind::Float
+        }
+    }
+
     /// The prompts a generation measurement decodes: the first max(batch, steps) samples'.
     pub(super) fn prompts_decoded(&self) -> usize {
         self.batch.max(self.steps)
@@ -62,7 +71,7 @@ const fn measurement(
 }
 
 /// The fixed set.
-pub(super) const MEASUREMENTS: [Measurement; 14] = [
+pub(super) const MEASUREMENTS: [Measurement; 16] = [
     measurement("train_step", "tiny", 8, 6, 5, false),
     measurement("plain_step", "tiny", 8, 6, 5, false),
     measurement("latent_overhead", "tiny", 8, 6, 7, false),
@@ -75,6 +84,8 @@ pub(super) const MEASUREMENTS: [Measurement; 14] = [
     Measurement { bf16: true, ..measurement("train_step_bf16", "gpt2", 8, 6, 1, false) },
     measurement("generate_reference", "tiny", 1, 6, 2, false),
     measurement("generate_batched", "tiny", 32, 6, 1, false),
+    measurement("train_step", "default", 16, 3, 10, false),
+    Measurement { bf16: true, ..measurement("train_step_bf16", "default", 16, 3, 10, false) },
     measurement("ops_per_latent_pass", "gpt2", 8, OPS_STAGE, 1, false),
     Measurement {
         bf16: true,
@@ -90,41 +101,90 @@ pub(super) const OPS_STAGE: usize = 4;
 /// amount of work).
 pub(super) const GENERATED_TOKENS: usize = 64;
 
-/// Runs the measurement `m` on the ProsQA samples of `data`, tokenized with the GPT-2
-/// `tokenizer.json` at `tokenizer`, and returns its JSON line.
-pub(super) fn measure(data: &Path, tokenizer: &Path, m: &Measurement) -> Result<String> {
+/// Runs the measurement `m` on `device` and returns its JSON line: on the ProsQA samples of
+/// `data`, tokenized with the GPT-2 `tokenizer.json` at `tokenizer`, or for the `default`
+/// model on the default run's own data, tokenizer and curriculum.
+pub(super) fn measure(
+    data: &Path,
+    tokenizer: &Path,
+    device: Device,
+    m: &Measurement,
+) -> Result<String> {
     tch::set_num_threads(1);
     tch::manual_seed(0);
-    let tokenizer = Tokenizer::from_file(tokenizer)?;
-    let samples = load_samples(data)?;
+    let setup = if m.model == "default" {
+        default_run_setup()?
+    } else {
+        let tokenizer = Tokenizer::from_file(tokenizer)?;
+        let vs = VarStore::new(device);
+        let model = bench_model(&vs, m.model, tokenizer.vocab_size());
+        let samples = load_samples(data)?;
+        Setup { vs, model, tokenizer, samples, curriculum: reference_curriculum() }
+    };
     let needed = m.batch.max(m.steps);
-    if samples.len() < needed {
-        bail!("{}: {} samples, the benchmark needs {needed}", data.display(), samples.len());
-    }
-    let curriculum = reference_curriculum();
-    let vs = VarStore::new(Device::Cpu);
-    let mut model = bench_model(&vs, m.model, tokenizer.vocab_size());
-    if m.bf16 {
-        model.set_compute_kind(Kind::BFloat16);
+    if setup.samples.len() < needed {
+        bail!("{}: {} samples, the benchmark needs {needed}", data.display(), setup.samples.len());
     }
     let inputs = StepInputs {
-        tokenizer: &tokenizer,
-        samples: &samples,
-        curriculum: &curriculum,
+        tokenizer: &setup.tokenizer,
+        samples: &setup.samples,
+        curriculum: &setup.curriculum,
         batch: m.batch,
         stage: m.stage,
+        device,
     };
+    let (model, vs) = (setup.model.as_ref(), &setup.vs);
     if m.name.starts_with("generate") {
-        return Ok(json_line(&measure_generation(model.as_ref(), &inputs, m)));
+        return Ok(json_line(&measure_generation(model, &inputs, m)));
     }
     if m.counts_ops() {
-        return Ok(json_line(&count_ops(model.as_ref(), &vs, &inputs, m)?));
+        return Ok(json_line(&count_ops(model, vs, &inputs, m)?));
     }
-    let mut steps = Steps::new(model.as_ref(), &vs, &inputs, m);
+    let mut steps = Steps::new(model, vs, &inputs, m);
     Ok(if m.name == "latent_overhead" {
         json_line(&steps.latent_overhead())
     } else {
         json_line(&steps.train_steps()?)
+    })
+}
+
+/// A measured model and what its steps read.
+struct Setup {
+    vs: VarStore,
+    model: Box<dyn CausalLm>,
+    tokenizer: Tokenizer,
+    samples: Vec<Sample>,
+    curriculum: CurriculumConfig,
+}
+
+/// The default run's shape (the embedded configs/default.toml), on the CPU it is made for:
+/// its model built as the run builds it (a tokenizer trained on its data, a fresh model of
+/// its size), its curriculum, and questions of its generator, ordered by length (its batches
+/// group similar lengths).
+fn default_run_setup() -> Result<Setup> {
+    let config = coconut_trainer::RunConfig::parse(
+        crate::DEFAULT_CONFIG,
+        Path::new("configs/default.toml"),
+    )?;
+    let generate = config.data.generate.as_ref().context("the default run generates its data")?;
+    let generator = generate.dataset_config().map_err(anyhow::Error::msg)?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("train.json");
+    coconut_datasets::write_samples(
+        &path,
+        &coconut_datasets::generate_distinct(&generator, 2000, 0)?,
+    )?;
+    let mut samples = load_samples(&path)?;
+    let loaded = coconut_trainer::build_model(&config, &samples)?;
+    let length = |s: &Sample| s.question.len() + s.steps.iter().map(String::len).sum::<usize>();
+    samples.sort_by_key(length);
+    samples.drain(..samples.len() / 2); // a batch of the middle lengths first
+    Ok(Setup {
+        vs: loaded.vs,
+        model: loaded.model,
+        tokenizer: loaded.tokenizer,
+        samples,
+        curriculum: config.curriculum,
     })
 }
 
@@ -144,19 +204,19 @@ fn measure_generation(
     let tokenize_s = started.elapsed().as_secs_f64();
     let max_new = GENERATED_TOKENS;
     let started = Instant::now();
+    let device = inputs.device;
     let generated: usize = if m.name == "generate_batched" {
-        generate(model, &prompts, &special, &[], max_new, Device::Cpu)
+        generate(model, &prompts, &special, &[], max_new, device)
             .iter()
             .map(|g| g.tokens.len())
             .sum()
     } else {
         prompts
             .iter()
-            .map(|p| {
-                generate_without_cache(model, p, &special, &[], max_new, Device::Cpu).tokens.len()
-            })
+            .map(|p| generate_without_cache(model, p, &special, &[], max_new, device).tokens.len())
             .sum()
     };
+    inputs.synchronize();
     let total = started.elapsed().as_secs_f64();
     GenerateRecord {
         name: m.name,
@@ -198,7 +258,8 @@ impl<'a> Steps<'a> {
         // The first steps of a process run slower while the allocator takes memory from the
         // system; a GPT-2 step is long enough for one to do.
         let warmup = if m.model == "gpt2" { 1 } else { 2 };
-        let optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW);
+        // The model computes in the optimizer's kind from here on.
+        let optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW, m.compute_kind());
         let grads = Gradients::new(vs.variables());
         Self { model, optimizer, grads, inputs, m, warmup }
     }
@@ -318,7 +379,7 @@ fn count_ops(
     inputs: &StepInputs,
     m: &Measurement,
 ) -> Result<OpCountRecord> {
-    let mut optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW);
+    let mut optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW, m.compute_kind());
     let mut grads = Gradients::new(vs.variables());
     let special = inputs.tokenizer.special();
     let tokenized = tokenize_samples(inputs.tokenizer, &inputs.samples[..inputs.batch]);
@@ -327,7 +388,7 @@ fn count_ops(
             .iter()
             .map(|s| training_sample(inputs.curriculum, &special, s, stage))
             .collect();
-        DeviceBatch::new(&collate_training(&staged, &special), Device::Cpu, Kind::Float)
+        DeviceBatch::new(&collate_training(&staged, &special), inputs.device, model.kind())
     };
     let (plain, latent) = (batch_at(0), batch_at(inputs.stage));
     let step = |batch: &DeviceBatch, grads: &mut Gradients| -> Result<Vec<(String, u64)>> {
@@ -336,7 +397,10 @@ fn count_ops(
         training_loss(model, batch, false).backward(model, grads, 1.0);
         Ok(counter.by_name())
     };
-    step(&latent, &mut grads)?; // a first step may set things up once
+    // A first step may set things up once (the optimizer's and clipping's constants).
+    step(&latent, &mut grads)?;
+    grads.clip_norm(1.0);
+    optimizer.step(&mut grads);
     grads.clear();
     let stage0 = step(&plain, &mut grads)?;
     grads.clear();
@@ -346,7 +410,7 @@ fn count_ops(
     let (stage0, stage_k) = (total(&stage0), total(&stage_k));
     let counter = OpCounter::start()?;
     grads.clip_norm(1.0);
-    optimizer.step(grads.take());
+    optimizer.step(&mut grads);
     let optimizer_ops = counter.count();
     Ok(OpCountRecord {
         name: m.name,
@@ -389,6 +453,16 @@ struct StepInputs<'a> {
     curriculum: &'a CurriculumConfig,
     batch: usize,
     stage: usize,
+    device: Device,
+}
+
+impl StepInputs<'_> {
+    /// Waits for the device's queued work (a GPU's kernels run after the host returns).
+    fn synchronize(&self) {
+        if let Device::Cuda(index) = self.device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    }
 }
 
 /// The times and shape of one training step.
@@ -430,14 +504,17 @@ fn timed_step(
     if plain {
         collated.latent_columns.iter_mut().for_each(Vec::clear);
     }
-    let device_batch = DeviceBatch::new(&collated, Device::Cpu, Kind::Float);
+    let device_batch = DeviceBatch::new(&collated, inputs.device, model.kind());
     let t2 = Instant::now();
     let loss = training_loss(model, &device_batch, gradient_checkpointing);
+    let loss_value = loss.value.double_value(&[]); // waits for the forward pass
     let t3 = Instant::now();
-    let loss_value = loss.value.double_value(&[]);
+    grads.clear();
     loss.backward(model, grads, 1.0);
+    inputs.synchronize();
     let t4 = Instant::now();
-    optimizer.step(grads.take());
+    optimizer.step(grads);
+    inputs.synchronize();
     let t5 = Instant::now();
     StepTiming {
         tokenize_s: (t1 - t0).as_secs_f64(),
