@@ -1,11 +1,14 @@
 //! `cargo xtask`: the project's task runner.
 //!
-//! - `setup [--cuda]` installs LibTorch for tch (PyTorch 2.11.0) from PyPI into `.libtorch/`,
-//!   and OpenMPI (for data-parallel runs) with the system's package manager where it can.
-//! - `test` runs setup, then the whole workspace's tests, MPI's included.
+//! - `setup [--cuda]` installs LibTorch for tch (PyTorch 2.11.0) from PyPI into `.libtorch/`.
+//! - `test` installs LibTorch, and OpenMPI with the system's package manager where it can,
+//!   then runs the whole workspace's tests, MPI's included.
 //! - every other command (`train-all-stages`, `eval`, `data`, `compare`, `bench`, `stats`, ...)
-//!   runs setup, then the `coconut` binary (built with MPI) in release mode with the same
-//!   arguments; `--nproc-per-node N` starts N ranks of it with `mpirun`.
+//!   installs LibTorch, then runs the `coconut` binary in release mode with the same
+//!   arguments. One process needs no MPI: the binary neither links nor loads it.
+//!   `--nproc-per-node N` starts N ranks with `mpirun`, of the MPI flavour of the binary
+//!   (built with the `mpi` feature, as `coconut-mpi`), after making OpenMPI available;
+//!   `bench` runs the MPI flavour where OpenMPI is installed, for its data-parallel lines.
 
 mod setup;
 
@@ -64,7 +67,6 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Setup { cuda: false } => {
             setup::libtorch(&root, setup::Flavor::Cpu)?;
-            setup::openmpi()?;
         }
         Task::Setup { cuda: true } => {
             let libtorch = setup::libtorch(&root, setup::Flavor::Cuda)?;
@@ -90,23 +92,16 @@ fn main() -> Result<()> {
         }
         Task::Coconut(args) => {
             setup::libtorch(&root, setup::Flavor::Cpu)?;
-            setup::openmpi()?;
-            let args = if args.first().map(String::as_str) == Some("help-coconut") {
-                vec!["help".to_string()]
-            } else {
-                args
+            let plan = Plan::of(args, setup::openmpi_present())?;
+            if plan.ranks.is_some() {
+                setup::openmpi()?;
+            }
+            let binary = build_coconut(&root, plan.mpi)?;
+            let status = match plan.ranks {
+                None => Command::new(&binary).args(&plan.args).status()?,
+                Some(n) => mpirun(n).arg(&binary).args(&plan.args).status()?,
             };
-            let (ranks, args) = take_nproc_per_node(args)?;
-            let build = cargo(&root)
-                .args(["build", "--quiet", "--release", "-p", "coconut-cli", "--features", "mpi"])
-                .status()?;
-            check(build, "cargo build --release -p coconut-cli")?;
-            let binary = root.join("target/release/coconut");
-            let status = match ranks {
-                None => Command::new(&binary).args(&args).status()?,
-                Some(n) => mpirun(n).arg(&binary).args(&args).status()?,
-            };
-            check(status, &format!("coconut {}", args.join(" ")))?;
+            check(status, &format!("coconut {}", plan.args.join(" ")))?;
         }
     }
     Ok(())
@@ -130,6 +125,51 @@ fn check_cuda_build(root: &Path, binary: &Path) -> Result<()> {
         );
     }
     check(output.status, "coconut check-device --device cpu (CUDA build)")
+}
+
+/// How `cargo xtask <command> [args]` runs the coconut binary.
+#[derive(Debug, PartialEq)]
+struct Plan {
+    /// The binary's arguments (`help-coconut` is its `help`).
+    args: Vec<String>,
+    /// `--nproc-per-node N`: N ranks started by `mpirun`.
+    ranks: Option<usize>,
+    /// Whether the MPI flavour of the binary runs (built with the `mpi` feature).
+    mpi: bool,
+}
+
+impl Plan {
+    /// The plan for a command's `args`, where OpenMPI is installed or not (`bench` uses it
+    /// for its data-parallel lines when it is; one process never needs it).
+    fn of(args: Vec<String>, openmpi_present: bool) -> Result<Self> {
+        let (ranks, mut args) = take_nproc_per_node(args)?;
+        if args.first().map(String::as_str) == Some("help-coconut") {
+            args[0] = "help".to_string();
+        }
+        let bench = args.first().map(String::as_str) == Some("bench");
+        let mpi = ranks.is_some() || (bench && openmpi_present);
+        Ok(Self { args, ranks, mpi })
+    }
+}
+
+/// Builds the release `coconut` binary and returns its path: without MPI, or its MPI
+/// flavour, copied to `coconut-mpi` (both flavours share one target folder, so switching
+/// between them recompiles nothing but a relink).
+fn build_coconut(root: &Path, mpi: bool) -> Result<PathBuf> {
+    let mut build = cargo(root);
+    build.args(["build", "--quiet", "--release", "-p", "coconut-cli"]);
+    if mpi {
+        build.args(["--features", "mpi"]);
+    }
+    check(build.status()?, "cargo build --release -p coconut-cli")?;
+    let binary = root.join("target/release/coconut");
+    if !mpi {
+        return Ok(binary);
+    }
+    let flavour = root.join("target/release/coconut-mpi");
+    std::fs::copy(&binary, &flavour)
+        .with_context(|| format!("copying {} to {}", binary.display(), flavour.display()))?;
+    Ok(flavour)
 }
 
 /// Takes `--nproc-per-node N` (or `--nproc-per-node=N`) out of a command's arguments.
@@ -196,4 +236,69 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
         .status()
         .with_context(|| format!("could not start {what}"))?;
     check(status, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(args: &[&str], openmpi_present: bool) -> Plan {
+        Plan::of(args.iter().map(|a| a.to_string()).collect(), openmpi_present).unwrap()
+    }
+
+    #[test]
+    fn one_process_never_needs_mpi() {
+        for command in ["train-all-stages", "eval", "ask", "analyze", "data", "compare"] {
+            for openmpi_present in [false, true] {
+                let p = plan(&[command, "--config", "c.toml"], openmpi_present);
+                assert_eq!((p.ranks, p.mpi), (None, false), "{command}");
+            }
+        }
+        let p = plan(&["train-all-stages", "--nproc-per-node", "2", "--config", "c.toml"], false);
+        assert_eq!((p.ranks, p.mpi), (Some(2), true));
+        assert_eq!(p.args, ["train-all-stages", "--config", "c.toml"]);
+        assert!(plan(&["bench"], true).mpi && !plan(&["bench"], false).mpi);
+        assert_eq!(plan(&["help-coconut"], false).args, ["help"]);
+        assert!(Plan::of(vec!["eval".into(), "--nproc-per-node=0".into()], false).is_err());
+    }
+
+    /// The binary a one-process command runs, built as `cargo xtask` builds it (no
+    /// features), links no MPI library: its ELF `NEEDED` entries name none. Built in a
+    /// target folder of its own, so that the workspace's test binaries (built with every
+    /// feature) stay as they are.
+    #[test]
+    fn the_default_binary_needs_no_mpi_library() {
+        let root = project_root();
+        let output = cargo(&root)
+            .args(["build", "--quiet", "-p", "coconut-cli", "--bin", "coconut"])
+            .args(["--message-format", "json-render-diagnostics"])
+            .env("CARGO_TARGET_DIR", root.join("target/default-features"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let executable = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find_map(|message| message.get("executable")?.as_str().map(PathBuf::from))
+            .expect("cargo names the built executable");
+        let bytes = std::fs::read(&executable).unwrap();
+        let elf = object::read::elf::ElfFile64::<object::Endianness>::parse(&*bytes).unwrap();
+        let needed = needed_libraries(&elf);
+        assert!(needed.iter().any(|n| n.starts_with("libtorch")), "links LibTorch: {needed:?}");
+        assert!(!needed.iter().any(|n| n.contains("mpi")), "links MPI: {needed:?}");
+    }
+
+    /// The `DT_NEEDED` entries of an ELF file's dynamic section.
+    fn needed_libraries(elf: &object::read::elf::ElfFile64<object::Endianness>) -> Vec<String> {
+        use object::read::elf::Dyn;
+        let (endian, data, sections) = (elf.endian(), elf.data(), elf.elf_section_table());
+        let (entries, strings) =
+            sections.dynamic(endian, data).unwrap().expect("a dynamically linked executable");
+        let strings = sections.strings(endian, data, strings).unwrap();
+        entries
+            .iter()
+            .filter(|d| d.tag32(endian) == Some(object::elf::DT_NEEDED))
+            .map(|d| String::from_utf8_lossy(d.string(endian, strings).unwrap()).into_owned())
+            .collect()
+    }
 }

@@ -180,18 +180,19 @@ fn remove_dir(dir: &Path) -> Result<()> {
 /// headers, and libclang (the `mpi` crate generates its bindings with it).
 const MPI_PACKAGES: [&str; 3] = ["openmpi-bin", "libopenmpi-dev", "libclang-dev"];
 
-/// Makes OpenMPI available the way LibTorch is: present already, or installed with the
-/// system's package manager when this runs as root on a Debian-like system; otherwise an
-/// error with the one command to run.
-pub fn openmpi() -> Result<()> {
-    let have = |program: &str, arg: &str| {
-        Command::new(program)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+/// Whether `program arg` runs and succeeds (the program is installed).
+fn have(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether OpenMPI (`mpirun`, `mpicc`) and libclang (the `mpi` crate's bindings) are
+/// installed, so that the MPI flavour of the binary builds and runs.
+pub fn openmpi_present() -> bool {
     // Where Debian's libclang-dev puts it (`/usr/lib/llvm-<version>/lib`), or LIBCLANG_PATH.
     let libclang = std::env::var_os("LIBCLANG_PATH").is_some()
         || std::fs::read_dir("/usr/lib").is_ok_and(|dirs| {
@@ -200,7 +201,14 @@ pub fn openmpi() -> Result<()> {
                     && d.path().join("lib/libclang.so").exists()
             })
         });
-    if have("mpirun", "--version") && have("mpicc", "--showme:version") && libclang {
+    have("mpirun", "--version") && have("mpicc", "--showme:version") && libclang
+}
+
+/// Makes OpenMPI available the way LibTorch is: present already, or installed with the
+/// system's package manager when this runs as root on a Debian-like system; otherwise an
+/// error with the one command to run.
+pub fn openmpi() -> Result<()> {
+    if openmpi_present() {
         return Ok(());
     }
     let command = format!("apt-get install -y {}", MPI_PACKAGES.join(" "));
