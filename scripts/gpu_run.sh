@@ -4,17 +4,23 @@
 #
 #   scripts/gpu_run.sh [OUT]      here, in the repository: builds the CUDA binary
 #                                 (`cargo xtask setup --cuda`) and writes OUT (default
-#                                 gpu-run/, about 20 MB) with everything the run needs
-#   OUT/run.sh [MINUTES]          there: `check-device` on cuda:0, then MINUTES (default 5)
-#                                 of the paper's ProsQA config on a GPT-2-shaped model
-#                                 trained from scratch, and its optimizer steps per second
+#                                 gpu-run/, under 64 MB) with everything the run needs
+#   OUT/run.sh [MINUTES]          there: `check-device` on cuda:0; the bench's contract
+#                                 lines beside the PyTorch reference's on the same GPU; then
+#                                 MINUTES (default 2) of the paper's ProsQA config on a
+#                                 GPT-2-shaped model trained from scratch, and its optimizer
+#                                 steps per second
 #
 # The binary finds the GPU machine's own LibTorch through LD_LIBRARY_PATH, which run.sh
 # points at the lib folder of `python3 -c 'import torch'`; the CUDA libraries of that torch
-# install are found from there as PyTorch itself finds them.
+# install are found from there as PyTorch itself finds them. The reference needs transformers
+# beside that torch: OUT/wheels holds it and its dependencies as binary wheels for the GPU
+# machine's CPython (PYTHON_VERSION, default 3.12), which run.sh installs with
+# `pip --no-index` into a virtual environment that sees the machine's torch.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="$(realpath -m "${1:-gpu-run}")"
+python_version="${PYTHON_VERSION:-3.12}"
 cd "$repo"
 
 cargo xtask setup --cuda
@@ -23,10 +29,18 @@ if [ -e "$out" ]; then
     echo "$out exists: remove it or name another folder" >&2
     exit 1
 fi
-mkdir -p "$out/data"
-cp "$binary" "$out/coconut"
-# check-device's inputs: the GPT-2 tokenizer and the real ProsQA validation questions.
+mkdir -p "$out/data" "$out/wheels"
+# Symbols are not needed to run it, and they are a third of its size.
+strip -o "$out/coconut" "$binary"
+# check-device's and the bench's inputs: the GPT-2 tokenizer and the real ProsQA validation
+# questions; the reference implementation.
 cp fixtures/tiny-gpt2/tokenizer.json fixtures/datasets/prosqa/prosqa_valid.json "$out/"
+cp benches/reference/coconut_reference.py "$out/"
+# transformers (the version the reference is measured with) and what it needs, not torch.
+python3 -m pip download --quiet --dest "$out/wheels" --only-binary=:all: \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux_2_28_x86_64 --implementation cp --python-version "$python_version" \
+    transformers==5.24.0
 # The paper's ProsQA difficulty, as many training questions as a few minutes can use.
 "$binary" data --kind prosqa --preset paper --sizes 4000,300,500 --seed 0 --out "$out/data" >/dev/null
 
@@ -45,11 +59,12 @@ cp fixtures/tiny-gpt2/tokenizer.json fixtures/datasets/prosqa/prosqa_valid.json 
 
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
-# check-device on cuda:0, then MINUTES (default 5) of the paper's ProsQA schedule from scratch.
+# check-device on cuda:0; the bench beside the PyTorch reference on the same GPU; then
+# MINUTES (default 2) of the paper's ProsQA schedule from scratch.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
-minutes="${1:-5}"
+minutes="${1:-2}"
 torch_lib="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" || {
     echo "python3 cannot import torch: install PyTorch 2.11 with CUDA" >&2
     exit 1
@@ -60,6 +75,14 @@ python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.versio
 
 ./coconut check-device --device cuda:0 --data prosqa_valid.json --tokenizer tokenizer.json \
     | tee check-device.txt
+
+# The reference's Python: the machine's, with its torch, and transformers from the wheels.
+python3 -m venv --system-site-packages reference-env \
+    && reference-env/bin/python -m pip install --quiet --no-index --find-links wheels \
+        transformers==5.24.0 \
+    && ./coconut bench --device cuda:0 --with-reference --python reference-env/bin/python \
+        --reference-script coconut_reference.py --data prosqa_valid.json \
+        --tokenizer tokenizer.json --out bench-results.jsonl | tee bench.txt
 
 rm -rf runs/prosqa-coconut-scratch
 started=$(date +%s)
