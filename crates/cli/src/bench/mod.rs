@@ -295,7 +295,8 @@ fn read_reference(path: &Path) -> Result<Vec<ResultLine>> {
 /// For every measurement with a counterpart in the reference's results, ours beside theirs.
 fn print_speedups(lines: &[ResultLine], theirs: &[ResultLine]) {
     println!("\n| measurement | reference | ours | speedup | RSS reference | RSS ours |\n|---|---|---|---|---|---|");
-    for ours in lines {
+    // Operator counts are printed in the contract, beside the reference's.
+    for ours in lines.iter().filter(|l| l.median_s.is_some() || l.samples_per_s.is_some()) {
         let same =
             |r: &&ResultLine| r.name == ours.name && r.model == ours.model && r.stage == ours.stage;
         let Some(r) = theirs.iter().filter(same).find(|r| r.batch == ours.batch) else {
