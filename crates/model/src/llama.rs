@@ -536,7 +536,7 @@ impl CausalLm for Llama {
         self.embed_tokens.kind()
     }
 
-    /// The rotary tables, see [`rotary_tables`].
+    /// The rotary tables, see `rotary_tables`.
     fn position_tables(&self, position_ids: &Tensor) -> Vec<Tensor> {
         rotary_tables(&self.inv_freq, position_ids, self.kind())
     }
