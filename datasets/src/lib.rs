@@ -317,6 +317,21 @@ fn fill_with(
     Ok(samples)
 }
 
+/// SHA-256 of `bytes`, in hex: the content hash the data manifest and a run's state record.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// [`sha256_hex`] of the file at `path`, read in pieces.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
 /// Writes `train.json`, `valid.json` and `test.json` (pretty JSON arrays) into `dir`,
 /// creating it if needed.
 pub fn write_splits(dir: &Path, splits: &Splits) -> Result<(), DatasetError> {

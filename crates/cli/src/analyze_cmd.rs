@@ -118,7 +118,10 @@ pub fn run(args: &AnalyzeArgs) -> Result<PathBuf> {
         samples: samples.len(),
         per_k,
     };
-    std::fs::write(out.join("latent_search.json"), serde_json::to_string_pretty(&analysis)?)?;
+    crate::run::write_file(
+        &out.join("latent_search.json"),
+        serde_json::to_string_pretty(&analysis)?,
+    )?;
     plot_values(&out.join("latent_values.svg"), &analysis)?;
     plot_heights(&out.join("value_by_height.svg"), &analysis)?;
     println!("{}", summary_table(&analysis));

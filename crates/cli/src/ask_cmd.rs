@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use coconut_curriculum::{prompt_slots, Mode};
-use coconut_eval::{ask, Reply};
+use coconut_eval::{ask, AskOptions, Reply};
 use coconut_trainer::checkpoint::{read_state, STATE_FILE};
 use coconut_trainer::{load_model_dir, usable_device};
 
@@ -52,16 +52,15 @@ pub fn run(args: &AskArgs) -> Result<()> {
     }
     let device = usable_device(args.device).map_err(anyhow::Error::msg)?;
     let loaded = load_model_dir(args.checkpoint, device, &run.model.latent_init_token)?;
-    let reply = ask(
-        loaded.model.as_ref(),
-        &loaded.tokenizer,
-        curriculum,
-        args.question,
-        slots,
-        args.max_new_tokens.unwrap_or(run.eval.max_new_tokens),
-        args.top,
+    let options = AskOptions {
+        thoughts: slots,
+        max_new_tokens: args.max_new_tokens.unwrap_or(run.eval.max_new_tokens),
+        top_k: args.top,
         device,
-    );
+    };
+    let model = loaded.model.as_ref();
+    let reply = ask(model, &loaded.tokenizer, curriculum, args.question, &options)
+        .with_context(|| format!("{}", args.checkpoint.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
     } else {

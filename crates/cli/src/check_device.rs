@@ -59,6 +59,9 @@ pub struct CheckDeviceArgs {
     /// Run one timing in this process (used by the parent run).
     #[arg(long, hide = true)]
     only: Option<String>,
+    /// The batch of that timing (the parent's choice, see `timed_batch`).
+    #[arg(long, hide = true, default_value_t = TIMED_BATCH)]
+    timed_batch: usize,
 }
 
 /// Questions in the batch of the correctness checks.
@@ -468,18 +471,63 @@ struct Timing {
     memory_mb: Option<f64>,
 }
 
+/// The batch the timings run at: the paper's [`TIMED_BATCH`] on a GPU; on a CPU the largest
+/// of 32, 16, 8, 4, 2 or 1 whose step fits in four fifths of the memory available (estimated
+/// from measured peaks), or why none does.
+fn timed_batch(args: &CheckDeviceArgs) -> Result<usize, String> {
+    if args.device != "cpu" {
+        return Ok(TIMED_BATCH);
+    }
+    // Peak resident memory of a stage-6 step, fixed part and per question, measured: the
+    // GPT-2 shape takes 7.4 GB at batch 8, the tiny one 1.2 GB.
+    let (fixed_mb, per_question_mb) =
+        if args.timed_model == "gpt2" { (1_400.0, 750.0) } else { (250.0, 120.0) };
+    let available_mb = available_memory_mb().ok_or("the memory available is unknown")?;
+    let fits = |batch: usize| fixed_mb + per_question_mb * batch as f64 <= 0.8 * available_mb;
+    [32, 16, 8, 4, 2, 1].into_iter().find(|&b| fits(b)).ok_or_else(|| {
+        format!(
+            "a step of one question of the {} shape needs about {:.0} MB, {available_mb:.0} MB \
+             are available",
+            args.timed_model,
+            fixed_mb + per_question_mb
+        )
+    })
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in MB.
+fn available_memory_mb() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 /// Times every job in its own child process, prints a line each and the projected ProsQA
 /// schedule. Returns whether bf16 met its target (at least 3x the f32 step at stage 6 on a
 /// GPU; on a CPU nothing is asked of it).
 fn timings(args: &CheckDeviceArgs) -> Result<bool> {
     let exe = std::env::current_exe()?;
+    let batch = match timed_batch(args) {
+        Ok(batch) => batch,
+        Err(why) => {
+            println!("time: skipped ({why})");
+            return Ok(true);
+        }
+    };
+    if batch < TIMED_BATCH {
+        println!(
+            "time: at batch {batch}, the largest that fits this machine's memory (the paper's \
+             {TIMED_BATCH} is projected from it)"
+        );
+    }
     let mut measured: BTreeMap<String, Timing> = BTreeMap::new();
     for bf16 in [false, true] {
         let jobs = TIMED_STAGES.iter().map(|&s| TimingJob { bf16, stage: Some(s) });
         for job in jobs.chain([TimingJob { bf16, stage: None }]) {
+            let oom_before = crate::child::oom_kills();
             let output = Command::new(&exe)
                 .args(["check-device", "--only", &job.to_string(), "--device", &args.device])
-                .args(["--timed-model", &args.timed_model])
+                .args(["--timed-model", &args.timed_model, "--timed-batch", &batch.to_string()])
                 .arg("--data")
                 .arg(&args.data)
                 .arg("--tokenizer")
@@ -490,13 +538,16 @@ fn timings(args: &CheckDeviceArgs) -> Result<bool> {
                 text.lines().last().and_then(|l| serde_json::from_str(l).ok());
             let Some(timing) = timing.filter(|_| output.status.success()) else {
                 let stderr = String::from_utf8_lossy(&output.stderr);
-                println!("time[{job}]: FAIL ({})", stderr.lines().last().unwrap_or_default());
+                let last = stderr.lines().last().unwrap_or_default();
+                let how = crate::child::failure(output.status, oom_before);
+                let why = if last.is_empty() { how } else { format!("{how}: {last}") };
+                println!("time[{job}]: FAIL ({why})");
                 return Ok(false);
             };
             let memory = timing.memory_mb.map_or(String::new(), |m| format!(", {m:.0} MB in use"));
             let what = match job.stage {
                 Some(stage) => {
-                    format!("{:.3} s per step of {TIMED_BATCH} at stage {stage}", timing.seconds)
+                    format!("{:.3} s per step of {batch} at stage {stage}", timing.seconds)
                 }
                 None => format!("{:.1} questions/s", timing.questions_per_s),
             };
@@ -504,8 +555,11 @@ fn timings(args: &CheckDeviceArgs) -> Result<bool> {
             measured.insert(job.to_string(), timing);
         }
     }
+    // A step of the paper's batch, from the one measured (a step's time grows with its
+    // questions).
     let step = |bf16: bool, stage: usize| {
-        measured[&TimingJob { bf16, stage: Some(stage) }.to_string()].seconds
+        let seconds = measured[&TimingJob { bf16, stage: Some(stage) }.to_string()].seconds;
+        seconds * TIMED_BATCH as f64 / batch as f64
     };
     let speedup = step(false, 6) / step(true, 6);
     println!("bf16_speedup_stage6={speedup:.2}");
@@ -582,7 +636,7 @@ fn timing_in_this_process(args: &CheckDeviceArgs, job: TimingJob) -> Result<Timi
                 .flatten(),
         });
     };
-    let staged: Vec<StagedSample> = questions[..TIMED_BATCH]
+    let staged: Vec<StagedSample> = questions[..args.timed_batch.min(questions.len())]
         .iter()
         .map(|s| training_sample(&curriculum, &special, s, stage))
         .collect();
@@ -607,7 +661,7 @@ fn timing_in_this_process(args: &CheckDeviceArgs, job: TimingJob) -> Result<Timi
     let seconds = median(&times);
     Ok(Timing {
         seconds,
-        questions_per_s: TIMED_BATCH as f64 / seconds,
+        questions_per_s: args.timed_batch as f64 / seconds,
         memory_mb: device.is_cuda().then(coconut_trainer::cuda_runtime::memory_in_use_mb).flatten(),
     })
 }

@@ -176,8 +176,8 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         thought_ablation: ablations,
     };
     let table = comparison_markdown(&comparison);
-    std::fs::write(out.join("comparison.md"), &table)?;
-    std::fs::write(out.join("comparison.json"), serde_json::to_string_pretty(&comparison)?)?;
+    run::write_file(&out.join("comparison.md"), &table)?;
+    run::write_file(&out.join("comparison.json"), serde_json::to_string_pretty(&comparison)?)?;
     plot_accuracy(&out.join("accuracy.svg"), &comparison)?;
     println!("\n{table}\nwritten to {}", out.display());
     Ok(())
@@ -312,6 +312,8 @@ fn train_side_by_side(configs: &[RunConfig], jobs: usize, logs_dir: &Path) -> Re
         log: PathBuf,
         child: Child,
         started: Instant,
+        /// The kernel's out-of-memory kills before it started (see `child::failure`).
+        oom_before: Option<u64>,
     }
     let mut queue = pending.into_iter();
     let mut running: Vec<Running> = Vec::new();
@@ -329,6 +331,7 @@ fn train_side_by_side(configs: &[RunConfig], jobs: usize, logs_dir: &Path) -> Re
                 .append(true)
                 .open(&log)
                 .with_context(|| format!("opening {}", log.display()))?;
+            let oom_before = crate::child::oom_kills();
             let child = Command::new(&exe)
                 .arg("train-all-stages")
                 .arg("--config")
@@ -338,7 +341,8 @@ fn train_side_by_side(configs: &[RunConfig], jobs: usize, logs_dir: &Path) -> Re
                 .spawn()
                 .with_context(|| format!("starting {} for {}", exe.display(), config.name))?;
             println!("{}: started (log {})", config.name, log.display());
-            running.push(Running { name: config.name, log, child, started: Instant::now() });
+            let started = Instant::now();
+            running.push(Running { name: config.name, log, child, started, oom_before });
         }
         if running.is_empty() {
             break;
@@ -353,7 +357,8 @@ fn train_side_by_side(configs: &[RunConfig], jobs: usize, logs_dir: &Path) -> Re
                     println!("{}: trained in {minutes:.1} min", run.name);
                 }
                 Ok(Some(status)) => {
-                    failed.push(format!("{} ({status}; see {})", run.name, run.log.display()))
+                    let how = crate::child::failure(status, run.oom_before);
+                    failed.push(format!("{} ({how}; see {})", run.name, run.log.display()))
                 }
                 Err(e) => failed.push(format!("{} ({e}; see {})", run.name, run.log.display())),
             }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use coconut_curriculum::{load_samples, save_samples};
 use coconut_datasets::{
-    format_side_by_side, generate_splits, samples_json, write_atomic, write_samples, DatasetConfig,
-    DatasetKind, DatasetStats, Preset,
+    format_side_by_side, generate_splits, samples_json, sha256_hex, write_atomic, write_samples,
+    DatasetConfig, DatasetKind, DatasetStats, Preset,
 };
 use coconut_trainer::{GenerateConfig, RunConfig};
 
@@ -211,12 +211,6 @@ pub fn ensure_generated(config: &RunConfig) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// SHA-256 of `bytes`, in hex.
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// Prints a file's statistics, beside a reference file's when given.

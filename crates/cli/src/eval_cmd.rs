@@ -11,7 +11,7 @@ use coconut_trainer::checkpoint::{read_state, STATE_FILE};
 use coconut_trainer::{check_sample_lengths, load_model_dir, teacher_forced_loss, RunConfig};
 
 use crate::data::Split;
-use crate::run::write_predictions;
+use crate::run::{write_file, write_predictions};
 
 /// Evaluates every checkpoint on `split` and writes metrics, predictions, thoughts and the
 /// comparison table.
@@ -43,8 +43,8 @@ pub fn eval(
     let table = comparison_table(&rows);
     println!("\n{table}");
     let dir = &dirs[0];
-    std::fs::write(dir.join("comparison.md"), &table)?;
-    std::fs::write(dir.join("comparison.json"), serde_json::to_string_pretty(&rows)?)?;
+    write_file(&dir.join("comparison.md"), &table)?;
+    write_file(&dir.join("comparison.json"), serde_json::to_string_pretty(&rows)?)?;
     Ok(())
 }
 
@@ -113,13 +113,13 @@ impl EvalRun<'_> {
         let json = serde_json::json!({
             "checkpoint": ckpt, "split": split, "mode": curriculum.mode, "metrics": metrics, "teacher_forced_loss": valid_loss,
         });
-        std::fs::write(
-            dir.join(format!("metrics_{name}_{split}.json")),
+        write_file(
+            &dir.join(format!("metrics_{name}_{split}.json")),
             serde_json::to_string_pretty(&json)?,
         )?;
         write_predictions(&dir.join(format!("predictions_{name}_{split}.jsonl")), &predictions)?;
-        std::fs::write(
-            dir.join(format!("thoughts_{name}_{split}.json")),
+        write_file(
+            &dir.join(format!("thoughts_{name}_{split}.json")),
             serde_json::to_string_pretty(&thoughts)?,
         )?;
         if !thoughts.iter().all(|t| t.thoughts.is_empty()) {

@@ -4,6 +4,7 @@ mod analyze_cmd;
 mod ask_cmd;
 mod bench;
 mod check_device;
+mod child;
 mod compare;
 mod data;
 mod eval_cmd;

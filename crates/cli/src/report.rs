@@ -8,6 +8,8 @@ use coconut_trainer::{EpochEval, MetricLine, RunConfig};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::run::write_file;
+
 /// The figures of one stage: its last epoch's validation evaluation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageRow {
@@ -133,11 +135,11 @@ pub fn write_report(
         final_accuracy: metrics.accuracy,
         wall_seconds,
     };
-    std::fs::write(run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    write_file(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     plot_loss(&run_dir.join("loss.svg"), &curves)?;
     plot_accuracy(&run_dir.join("accuracy.svg"), &curves)?;
     let md = report_markdown(config, &summary, predictions, thoughts);
-    std::fs::write(run_dir.join("report.md"), md)?;
+    write_file(&run_dir.join("report.md"), md)?;
     Ok(())
 }
 
@@ -236,7 +238,7 @@ pub fn append_latent_search(run_dir: &Path, table: &str) -> Result<()> {
          reached, the path leads to the answer.\n\n{table}\n\
          ![node values](analysis/latent_values.svg)\n\n![value against height](analysis/value_by_height.svg)\n"
     ));
-    std::fs::write(&path, md)?;
+    write_file(&path, md)?;
     Ok(())
 }
 

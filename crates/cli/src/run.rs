@@ -79,8 +79,8 @@ pub fn train_all_stages(
     let (tokenizer, curriculum) = (&trainer.loaded.tokenizer, &config.curriculum);
     let thoughts = inspect_samples(model, tokenizer, curriculum, &samples, &tokenized, 3, &options);
 
-    std::fs::write(run_dir.join("thoughts.json"), serde_json::to_string_pretty(&thoughts)?)?;
-    std::fs::write(run_dir.join("thoughts.md"), thoughts_report(&thoughts))?;
+    write_file(&run_dir.join("thoughts.json"), serde_json::to_string_pretty(&thoughts)?)?;
+    write_file(&run_dir.join("thoughts.md"), thoughts_report(&thoughts))?;
     report::write_report(&run_dir, &config, split, &metrics, &predictions, &thoughts)?;
     if let Some(ckpt) = summary.last_checkpoint.as_deref() {
         // On ProsQA data, the paper's latent-search analysis of the final model.
@@ -166,6 +166,11 @@ impl Drop for StopOnSignals {
     }
 }
 
+/// Writes `contents` to `path`; an error names the file (a full disk, say).
+pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Writes one JSON line per prediction.
 pub fn write_predictions(path: &Path, predictions: &[Prediction]) -> Result<()> {
     let mut text = String::new();
@@ -173,5 +178,5 @@ pub fn write_predictions(path: &Path, predictions: &[Prediction]) -> Result<()> 
         text.push_str(&serde_json::to_string(p)?);
         text.push('\n');
     }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    write_file(path, text)
 }

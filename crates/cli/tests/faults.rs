@@ -13,8 +13,8 @@ mod common;
 
 use coconut_trainer::checkpoint::{list_checkpoints, load_checkpoint, read_state};
 use common::{
-    assert_same_weights, coconut, fixture_samples, last_checkpoint, step_lines, succeed, train,
-    write_config,
+    assert_same_metrics, assert_same_weights, coconut, copy_tree, fixture_samples, last_checkpoint,
+    step_lines, succeed, train, write_config,
 };
 use rand::{Rng, SeedableRng};
 use tch::Device;
@@ -73,6 +73,7 @@ fn kill_9_at_random_moments_resumes_to_the_same_weights() {
     }
     succeed(train(&killed));
     assert_same_weights(&last_checkpoint(&dir.path().join("straight")), &last_checkpoint(&run));
+    assert_same_metrics(&dir.path().join("straight"), &run);
     assert_eq!(read_state(&last_checkpoint(&run)).unwrap().global_step, 24);
     for file in ["summary.json", "report.md", "predictions_valid.jsonl"] {
         assert!(run.join(file).exists(), "{file} missing, FAULT_SEED={seed}");
@@ -101,6 +102,9 @@ fn sigterm_checkpoints_the_position_and_the_rerun_resumes_there() {
 
     succeed(train(&stopped));
     assert_same_weights(&last_checkpoint(&dir.path().join("straight")), &last_checkpoint(&run));
+    // The epoch's train_loss and every step line's loss too: the sums behind them are part of
+    // the checkpoint.
+    assert_same_metrics(&dir.path().join("straight"), &run);
 }
 
 #[test]
@@ -203,18 +207,6 @@ fn a_corrupt_file_of_any_kind_falls_back_and_is_named() {
         }
     }
     assert_eq!(std::fs::read(run.join("report.md")).unwrap(), report, "the original is untouched");
-}
-
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap().flatten() {
-        let target = dst.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -10,7 +10,7 @@
 //! error that names the file, the sample index or line number, and the field.
 
 use std::fs;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -162,9 +162,40 @@ fn annotations(solution: &str) -> Vec<String> {
     out
 }
 
+/// The largest data file read: ten times GSM8k's augmented training set, far below what
+/// would exhaust a machine's memory once parsed.
+pub const MAX_DATA_FILE_BYTES: u64 = 4 << 30;
+
+/// The text of the data file `path`, which must be a regular file (a link is followed) of at
+/// most [`MAX_DATA_FILE_BYTES`]: a device such as `/dev/zero` or a pipe would be read without
+/// end.
 fn read(path: &Path) -> Result<String, CurriculumError> {
-    fs::read_to_string(path)
-        .map_err(|error| CurriculumError::Io { path: path.to_path_buf(), error })
+    let io_error = |error| CurriculumError::Io { path: path.to_path_buf(), error };
+    let not_data =
+        |reason: String| CurriculumError::NotDataFile { path: path.to_path_buf(), reason };
+    let file = fs::File::open(path).map_err(io_error)?;
+    let metadata = file.metadata().map_err(io_error)?;
+    if !metadata.is_file() {
+        let what = if metadata.is_dir() { "a folder" } else { "a device, pipe or socket" };
+        return Err(not_data(format!("not a regular file ({what}): a data file must be one")));
+    }
+    let too_large = |size: u64| {
+        not_data(format!(
+            "{size} bytes or more: a data file may hold at most {MAX_DATA_FILE_BYTES} bytes"
+        ))
+    };
+    if metadata.len() > MAX_DATA_FILE_BYTES {
+        return Err(too_large(metadata.len()));
+    }
+    // Bounded even if the file grows while it is read.
+    let mut text = String::new();
+    std::io::Read::take(file, MAX_DATA_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io_error)?;
+    if text.len() as u64 > MAX_DATA_FILE_BYTES {
+        return Err(too_large(text.len() as u64));
+    }
+    Ok(text)
 }
 
 fn non_empty(path: &Path, samples: Vec<Sample>) -> Result<Vec<Sample>, CurriculumError> {
@@ -249,6 +280,22 @@ impl Location<'_> {
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    /// A device behind a link (`/dev/zero` would be read without end) and a folder are
+    /// refused before anything is read, naming the path given.
+    #[cfg(unix)]
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("train.json");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let err = load_samples(&link).unwrap_err().to_string();
+        assert!(err.contains("train.json") && err.contains("not a regular file"), "{err}");
+        let folder = dir.path().join("valid.json");
+        std::fs::create_dir(&folder).unwrap();
+        let err = load_samples(&folder).unwrap_err().to_string();
+        assert!(err.contains("valid.json") && err.contains("a folder"), "{err}");
+    }
 
     fn fixture(rel: &str) -> PathBuf {
         PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/")).join(rel)

@@ -18,6 +18,16 @@ pub enum CurriculumError {
         error: std::io::Error,
     },
 
+    /// The path is not a regular file (a folder, a device such as `/dev/zero`, a pipe), or
+    /// the file is larger than a data file may be: reading it could not end or would not fit.
+    #[error("{path}: {reason}")]
+    NotDataFile {
+        /// The path at fault.
+        path: PathBuf,
+        /// What it is instead, with the bound.
+        reason: String,
+    },
+
     /// The file is not valid JSON, or not a JSON array of samples.
     #[error("{path}: invalid JSON: {error}")]
     Json {

@@ -6,13 +6,15 @@
 #![warn(missing_docs)]
 
 mod ask;
+mod error;
 mod generate;
 mod inspect;
 pub mod latent_search;
 mod metrics;
 mod table;
 
-pub use ask::{ask, Reply};
+pub use ask::{ask, AskOptions, Reply};
+pub use error::EvalError;
 pub use generate::{generate, generate_without_cache, Generation};
 pub use inspect::{
     inspect_prompt, inspect_samples, inspect_thoughts, mean_embedding_norm, thoughts_report,

@@ -5,8 +5,11 @@
 //! <run>/checkpoints/e003-s0000120/
 //!     config.json  model.safetensors  tokenizer.json   (loads with from_pretrained)
 //!     optimizer.safetensors                            (AdamW moments and step)
-//!     train_state.json                                 (written last: marks completeness)
+//!     train_state.json                                 (where the run stands)
+//!     manifest.json                                    (every other file's checksum)
 //! ```
+//!
+//! Every load checks the files it reads against the manifest (see [`crate::manifest`]).
 //!
 //! A checkpoint is first written into a hidden temporary folder and renamed into place, so
 //! an interrupted save never leaves a half-written checkpoint under a real name. The order
@@ -31,8 +34,9 @@ use coconut_model::{
 use tch::{Device, Tensor};
 
 use crate::adamw::{AdamW, AdamWConfig};
+use crate::manifest::{manifest_file, verify, Verified, MANIFEST_FILE};
 use crate::model_setup::{load_model_dir, LoadedModel};
-pub use crate::state::{read_state, TrainState, STATE_FILE};
+pub use crate::state::{read_state, LossSums, TrainState, STATE_FILE};
 use crate::TrainError;
 use coconut_curriculum::GENERATION_CONFIG_FILE;
 use coconut_curriculum::TOKENIZER_FILE;
@@ -113,8 +117,9 @@ pub fn parse_checkpoint_name(name: &str) -> Option<(u64, u64)> {
     Some((number(epoch)?, number(step)?))
 }
 
-/// The files of a checkpoint as bytes, in the order they are written (the training state
-/// last): the HF model folder, the tokenizer, the optimizer state and the training state.
+/// The files of a checkpoint as bytes, in the order they are written: the HF model folder,
+/// the tokenizer, the optimizer state, the training state, and last the manifest of their
+/// checksums.
 pub fn checkpoint_files(
     loaded: &LoadedModel,
     optimizer: &AdamW,
@@ -131,6 +136,7 @@ pub fn checkpoint_files(
     files.push((OPTIMIZER_FILE, optimizer_bytes));
     let json = serde_json::to_string_pretty(state).expect("the state serialises");
     files.push((STATE_FILE, json.into_bytes()));
+    files.push((MANIFEST_FILE, manifest_file(&files)));
     Ok(files)
 }
 
@@ -275,6 +281,22 @@ pub fn list_checkpoints(dir: &Path) -> Vec<PathBuf> {
     found.into_iter().map(|(_, path)| path).collect()
 }
 
+/// Folders of `dir` named like checkpoints that are not complete ones (no training state),
+/// oldest first: what [`list_checkpoints`] leaves out, for a resume to name.
+pub fn incomplete_checkpoints(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut found: Vec<((u64, u64), PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let key = parse_checkpoint_name(e.file_name().to_str()?)?;
+            let path = e.path();
+            (path.is_dir() && !path.join(STATE_FILE).is_file()).then_some((key, path))
+        })
+        .collect();
+    found.sort_by_key(|(key, _)| *key);
+    found.into_iter().map(|(_, path)| path).collect()
+}
+
 /// Tidies a checkpoint folder before a run writes to it. The caller holds the run's lock
 /// (`<run>/.lock`, which the trainer takes first), so no other writer is at work and
 /// whatever temporary or trash folder is there was left by a process that died. A checkpoint left complete
@@ -310,16 +332,22 @@ pub fn recover_checkpoints(io: &dyn CheckpointIo, dir: &Path) -> Result<(), Trai
 }
 
 /// Loads a checkpoint: the model and tokenizer, an optimizer with the saved moments, and
-/// the training state. Any missing or corrupt file is an error naming it.
+/// the training state. Any missing or corrupt file is an error naming it, and so is a file
+/// whose checksum differs from the manifest's.
 pub fn load_checkpoint(
     ckpt: &Path,
     device: Device,
     adamw: AdamWConfig,
 ) -> Result<(LoadedModel, AdamW, TrainState), TrainError> {
+    // The model's files are checked by `load_model_dir`, the optimizer's here.
+    let opt_path = ckpt.join(OPTIMIZER_FILE);
+    if verify(ckpt, |file| file == OPTIMIZER_FILE)? == Verified::Checked(0) {
+        let message = format!("not listed in {}", ckpt.join(MANIFEST_FILE).display());
+        return Err(TrainError::Checkpoint { path: opt_path, message });
+    }
     let state = read_state(ckpt)?;
     let loaded = load_model_dir(ckpt, device, &state.config.model.latent_init_token)?;
     let mut optimizer = AdamW::new(loaded.vs.variables(), adamw, state.precision().kind());
-    let opt_path = ckpt.join(OPTIMIZER_FILE);
     let moments: BTreeMap<String, Tensor> = Tensor::read_safetensors(&opt_path)
         .map_err(|e| TrainError::Checkpoint { path: opt_path.clone(), message: e.to_string() })?
         .into_iter()
@@ -352,6 +380,7 @@ pub fn copy_model_folder(src: &Path, run_dir: &Path) -> Result<(), TrainError> {
         let bytes = std::fs::read(&path).map_err(|error| TrainError::Io { path, error })?;
         files.push((file, bytes));
     }
+    files.push((MANIFEST_FILE, manifest_file(&files)));
     let writer = std::process::id().to_string();
     write_checkpoint(&DiskIo, run_dir, &writer, "best", &files)?;
     Ok(())

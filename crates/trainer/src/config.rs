@@ -263,6 +263,10 @@ pub struct TrainConfig {
     pub save_only_improve: bool,
     /// Start from the newest complete checkpoint of the run folder, if any.
     pub resume: bool,
+    /// Resume even though a data file differs from the one the run trained on (its content
+    /// hash is in the checkpoint); the state records each change accepted. Otherwise such a
+    /// resume is refused, naming the file.
+    pub accept_changed_data: bool,
     /// First epoch to run when starting from `init_checkpoint` (for example stage 1 of GSM8k).
     pub start_epoch: usize,
     /// Log the training loss every N optimizer steps.
@@ -304,6 +308,7 @@ impl Default for TrainConfig {
             keep_last: 3,
             save_only_improve: false,
             resume: true,
+            accept_changed_data: false,
             start_epoch: 0,
             log_every_steps: 10,
         }

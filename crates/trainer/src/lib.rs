@@ -16,6 +16,7 @@ mod config;
 pub mod cuda_runtime;
 pub mod flat;
 pub mod gradients;
+pub mod manifest;
 mod metrics;
 mod model_setup;
 mod precision;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::state::TrainState;
 use crate::TrainError;
 
 /// What the caller's evaluation reports at the end of an epoch (the trainer knows nothing
@@ -61,8 +62,28 @@ pub(crate) struct MetricsFile {
 }
 
 impl MetricsFile {
-    /// Opens `path` for appending.
-    pub(crate) fn open(path: &Path) -> Result<Self, TrainError> {
+    /// Opens `path` for appending, for a run at `position`: the lines an earlier start of the
+    /// run wrote past that position (before it was interrupted, or from checkpoints a resume
+    /// could not use) are dropped first, so that the file holds exactly what an uninterrupted
+    /// run would have written up to there. The file is rewritten whole and renamed into place
+    /// only when there is something to drop.
+    pub(crate) fn open(path: &Path, position: &TrainState) -> Result<Self, TrainError> {
+        let io_error = |error| TrainError::Io { path: path.to_path_buf(), error };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let kept: Vec<&str> =
+                    text.lines().filter(|line| written_by(line, position)).collect();
+                if kept.len() != text.lines().count() || !text.is_empty() && !text.ends_with('\n') {
+                    let mut rewritten = kept.join("\n");
+                    if !rewritten.is_empty() {
+                        rewritten.push('\n');
+                    }
+                    coconut_datasets::write_atomic(path, rewritten.as_bytes()).map_err(io_error)?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error(error)),
+        }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -81,5 +102,16 @@ impl MetricsFile {
         let Some(file) = &mut self.file else { return Ok(()) };
         let json = serde_json::to_string(line).expect("metrics serialise");
         writeln!(file, "{json}").map_err(|error| TrainError::Io { path: self.path.clone(), error })
+    }
+}
+
+/// Whether `line` of `metrics.jsonl` belongs to a run up to `position`: a step line up to its
+/// optimizer step, an epoch line of an epoch it finished. A line that does not parse (the
+/// end of one a killed process was writing) belongs to none.
+fn written_by(line: &str, position: &TrainState) -> bool {
+    match serde_json::from_str::<MetricLine>(line) {
+        Ok(MetricLine::Step { global_step, .. }) => global_step <= position.global_step,
+        Ok(MetricLine::Epoch { epoch, .. }) => epoch < position.epoch,
+        Err(_) => false,
     }
 }

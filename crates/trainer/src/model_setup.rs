@@ -124,7 +124,8 @@ fn from_scratch(
 }
 
 /// Loads a model folder with `config.json`, `model.safetensors` and `tokenizer.json` (an
-/// HF GPT-2 folder or one of our checkpoints). When the tokenizer gains the latent tokens,
+/// HF GPT-2 folder or one of our checkpoints, whose files are first checked against its
+/// manifest, see [`crate::manifest`]). When the tokenizer gains the latent tokens,
 /// the embedding grows and the new rows copy the embedding of `init_token`. A tokenizer
 /// that does not fit the model is an error naming both files.
 pub fn load_model_dir(
@@ -132,6 +133,9 @@ pub fn load_model_dir(
     device: Device,
     init_token: &str,
 ) -> Result<LoadedModel, TrainError> {
+    // Every file but the optimizer state (which a model alone does not read) against the
+    // checkpoint's manifest, before anything is read.
+    crate::manifest::verify(dir, |file| file != crate::checkpoint::OPTIMIZER_FILE)?;
     let tokenizer_path = dir.join(TOKENIZER_FILE);
     let tokenizer = Tokenizer::from_model_dir(dir)?;
     // A checkpoint of ours names its tokenizer: a `tokenizer.json` of another run (of the

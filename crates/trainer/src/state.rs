@@ -2,6 +2,7 @@
 //! checkpoint loader and by the model setup (which checks a checkpoint's tokenizer), so it
 //! lives apart from both.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,34 @@ pub struct TrainState {
     /// [`TrainState::precision`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
+    /// The SHA-256 of each data file the run trained on, by its config key (`data.train`,
+    /// `data.valid`): a resume against other data is refused (see
+    /// `train.accept_changed_data`). Empty in checkpoints written before it was recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data_sha256: BTreeMap<String, String>,
+    /// Each change of the data a resume accepted (`train.accept_changed_data`): the key, the
+    /// file, the step, the hashes before and after.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_data_changes: Vec<String>,
+    /// The sums behind the losses `metrics.jsonl` reports, as they stood at this position:
+    /// a run resumed mid-epoch reports what an uninterrupted one does.
+    #[serde(default)]
+    pub losses: LossSums,
+}
+
+/// The running sums of the losses `metrics.jsonl` reports: the epoch's `train_loss` (the
+/// mean over the epoch's optimizer steps) and a step line's `loss` (the mean over the steps
+/// since the previous line).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossSums {
+    /// The summed step losses of the epoch so far.
+    pub epoch: f64,
+    /// The epoch's optimizer steps so far.
+    pub epoch_steps: usize,
+    /// The summed step losses since the last step line.
+    pub window: f64,
+    /// The optimizer steps since the last step line.
+    pub window_steps: usize,
 }
 
 impl TrainState {

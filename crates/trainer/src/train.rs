@@ -34,6 +34,7 @@ use crate::model_setup::{check_model_paths, LoadedModel};
 use crate::ranks::Ranks;
 use crate::run_lock::RunLock;
 use crate::start::resume_or_start;
+use crate::state::LossSums;
 use crate::validation::{check_sample_lengths, teacher_forced_sums};
 use crate::TrainError;
 
@@ -194,6 +195,7 @@ impl Trainer {
             })?;
             self.state.epoch = epoch + 1;
             self.state.step_in_epoch = 0;
+            self.state.losses = LossSums::default();
             let saved = self.checkpoint(&ckpt_dir)?;
             if self.config.train.save_only_improve && improved && self.ranks.is_main() {
                 // `best/` is an HF folder of the best model so far, replaced atomically.
@@ -220,7 +222,7 @@ impl Trainer {
         let toml = toml::to_string_pretty(&self.config).expect("the config serialises");
         std::fs::write(&resolved, toml)
             .map_err(|error| TrainError::Io { path: resolved, error })?;
-        MetricsFile::open(&self.run_dir.join("metrics.jsonl"))
+        MetricsFile::open(&self.run_dir.join("metrics.jsonl"), &self.state)
     }
 
     /// Whether the optimizer state is reset at the start of `epoch`.
@@ -268,14 +270,14 @@ impl Trainer {
             ProgressBar::hidden()
         };
         bar.set_position(self.state.step_in_epoch as u64);
-        let (mut epoch_loss, mut epoch_steps) = (0.0, 0usize);
-        let mut window = LossWindow::new();
+        // Resumed mid-epoch, the sums continue from the checkpoint's.
+        let mut window = LossWindow::new(&self.state.losses);
         for step in self.state.step_in_epoch..steps {
             let micro = &order[step * per_step..((step + 1) * per_step).min(order.len())];
             let (step_loss, step_tokens) = self.optimizer_step(epoch, stage, micro, ckpt_dir)?;
             self.state.step_in_epoch = step + 1;
-            epoch_loss += step_loss;
-            epoch_steps += 1;
+            self.state.losses.epoch += step_loss;
+            self.state.losses.epoch_steps += 1;
             window.add(step_loss, step_tokens);
             bar.inc(1);
             bar.set_message(format!("loss {step_loss:.4}"));
@@ -292,6 +294,8 @@ impl Trainer {
                 })?;
                 bar.set_message(format!("loss {loss:.4} | {tokens_per_s:.0} tok/s"));
             }
+            (self.state.losses.window, self.state.losses.window_steps) =
+                (window.loss, window.steps);
             // A stop asked for mid-epoch checkpoints this position (once, even when it is
             // also a `save_every_steps` position); at the epoch's end the epoch checkpoint
             // serves.
@@ -304,7 +308,8 @@ impl Trainer {
             }
         }
         bar.finish_and_clear();
-        Ok(if epoch_steps > 0 { epoch_loss / epoch_steps as f64 } else { f64::NAN })
+        let sums = self.state.losses;
+        Ok(if sums.epoch_steps > 0 { sums.epoch / sums.epoch_steps as f64 } else { f64::NAN })
     }
 
     /// The micro-batches of `epoch`, as indices into the training samples, in order.
@@ -530,8 +535,10 @@ struct LossWindow {
 }
 
 impl LossWindow {
-    fn new() -> Self {
-        Self { loss: 0.0, steps: 0, tokens: 0, start: Instant::now() }
+    /// A window holding the steps `sums` counts since the last step line (their tokens
+    /// are not counted: a resumed window's rate covers the steps it timed).
+    fn new(sums: &LossSums) -> Self {
+        Self { loss: sums.window, steps: sums.window_steps, tokens: 0, start: Instant::now() }
     }
 
     fn add(&mut self, loss: f64, tokens: usize) {
@@ -544,7 +551,7 @@ impl LossWindow {
     fn take(&mut self) -> (f64, f64) {
         let seconds = self.start.elapsed().as_secs_f64();
         let figures = (self.loss / self.steps as f64, self.tokens as f64 / seconds.max(1e-9));
-        *self = Self::new();
+        *self = Self::new(&LossSums::default());
         figures
     }
 }

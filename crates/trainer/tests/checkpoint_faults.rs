@@ -229,6 +229,9 @@ impl Fixture {
             config: self.config.clone(),
             ranks: 1,
             precision: None,
+            data_sha256: Default::default(),
+            accepted_data_changes: Vec::new(),
+            losses: Default::default(),
         }
     }
 
@@ -378,7 +381,8 @@ fn a_successful_save_writes_syncs_renames_syncs_then_prunes() {
             "tokenizer_config.json",
             "generation_config.json",
             OPTIMIZER_FILE,
-            STATE_FILE
+            STATE_FILE,
+            coconut_trainer::manifest::MANIFEST_FILE,
         ],
         "every file, the state last"
     );

@@ -113,11 +113,18 @@ fn a_corrupt_newest_checkpoint_is_skipped_for_the_one_before() {
     let weights = ckpts[1].join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
-    // Another tokenizer of the same size in its place is refused by name.
+    // Another tokenizer of the same size in its place is refused by name. With the manifest,
+    // the first file whose bytes are not the manifest's is named (the halved weights); without
+    // it (an older checkpoint) the tokenizer's fingerprint is not the one the training state
+    // records.
     let samples = coconut_curriculum::load_samples(&prosqa_valid()).unwrap();
     let other = coconut_curriculum::Tokenizer::train_on_samples(&samples[4..8], 300).unwrap();
     assert_eq!(other.vocab_size(), tokenizer.vocab_size());
     other.save(&ckpts[1].join("tokenizer.json")).unwrap();
+    let err = coconut_trainer::load_model_dir(&ckpts[1], tch::Device::Cpu, "<<").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("model.safetensors") && text.contains("manifest.json records"), "{text}");
+    std::fs::remove_file(ckpts[1].join(coconut_trainer::manifest::MANIFEST_FILE)).unwrap();
     let err = coconut_trainer::load_model_dir(&ckpts[1], tch::Device::Cpu, "<<").unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, coconut_trainer::TrainError::TokenizerChanged { .. }), "{text}");

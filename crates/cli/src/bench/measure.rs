@@ -17,7 +17,9 @@ use coconut_trainer::gradients::Gradients;
 use coconut_trainer::{training_loss, DeviceBatch};
 use tch::{nn::VarStore, Device, Kind};
 
-use super::records::{json_line, GenerateRecord, OpCountRecord, OverheadRecord, StepRecord};
+use super::records::{
+    json_line, GenerateRecord, HashRecord, OpCountRecord, OverheadRecord, StepRecord,
+};
 
 /// One measurement of the fixed set.
 pub(super) struct Measurement {
@@ -71,7 +73,7 @@ const fn measurement(
 }
 
 /// The fixed set.
-pub(super) const MEASUREMENTS: [Measurement; 16] = [
+pub(super) const MEASUREMENTS: [Measurement; 17] = [
     measurement("train_step", "tiny", 8, 6, 5, false),
     measurement("plain_step", "tiny", 8, 6, 5, false),
     measurement("latent_overhead", "tiny", 8, 6, 7, false),
@@ -86,6 +88,7 @@ pub(super) const MEASUREMENTS: [Measurement; 16] = [
     measurement("generate_batched", "tiny", 32, 6, 1, false),
     measurement("train_step", "default", 16, 3, 10, false),
     Measurement { bf16: true, ..measurement("train_step_bf16", "default", 16, 3, 10, false) },
+    measurement("checkpoint_hash", "gpt2", 1, 0, 3, false),
     measurement("ops_per_latent_pass", "gpt2", 8, OPS_STAGE, 1, false),
     Measurement {
         bf16: true,
@@ -121,6 +124,9 @@ pub(super) fn measure(
         let samples = load_samples(data)?;
         Setup { vs, model, tokenizer, samples, curriculum: reference_curriculum() }
     };
+    if m.name == "checkpoint_hash" {
+        return Ok(json_line(&measure_checkpoint_hash(setup, m)?));
+    }
     let needed = m.batch.max(m.steps);
     if setup.samples.len() < needed {
         bail!("{}: {} samples, the benchmark needs {needed}", data.display(), setup.samples.len());
@@ -422,6 +428,82 @@ fn count_ops(
         ops_stage_k: stage_k,
         ops_per_latent_pass: (stage_k as f64 - stage0 as f64) / inputs.stage as f64,
         optimizer_ops_per_step: optimizer_ops,
+    })
+}
+
+/// The checksums of a checkpoint against its save: a checkpoint of the measured model (its
+/// weights and its optimizer state) written `m.steps` times into a temporary folder, and its
+/// manifest made alone from the same bytes; then the checksum of a file the size of a 1B
+/// model's f32 checkpoint weights (Llama 3.2 1B: 4.9 GB), written first and read back as a
+/// load checks it.
+fn measure_checkpoint_hash(setup: Setup, m: &Measurement) -> Result<HashRecord> {
+    use coconut_trainer::checkpoint::{checkpoint_files, save_checkpoint, DiskIo, TrainState};
+    let Setup { vs, model, tokenizer, .. } = setup;
+    let optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW, Kind::Float);
+    let loaded = coconut_trainer::LoadedModel { vs, model, tokenizer };
+    let config = coconut_trainer::RunConfig::parse(
+        crate::DEFAULT_CONFIG,
+        Path::new("configs/default.toml"),
+    )?;
+    let state = TrainState {
+        epoch: 1,
+        step_in_epoch: 0,
+        global_step: 1,
+        best_accuracy: None,
+        config,
+        tokenizer_sha256: None,
+        ranks: 1,
+        precision: None,
+        data_sha256: Default::default(),
+        accepted_data_changes: Vec::new(),
+        losses: Default::default(),
+    };
+    let dir = tempfile::tempdir()?;
+    let (mut save_s, mut hash_s) = (Vec::new(), Vec::new());
+    let mut bytes = 0;
+    for _ in 0..m.steps {
+        let started = Instant::now();
+        save_checkpoint(&DiskIo, dir.path(), &loaded, &optimizer, &state)?;
+        save_s.push(started.elapsed().as_secs_f64());
+        let files = checkpoint_files(&loaded, &optimizer, &state)?;
+        let (manifest, rest) = files.split_last().context("a manifest last")?;
+        debug_assert_eq!(manifest.0, coconut_trainer::manifest::MANIFEST_FILE);
+        bytes = rest.iter().map(|(_, b)| b.len()).sum::<usize>();
+        let started = Instant::now();
+        std::hint::black_box(coconut_trainer::manifest::manifest_file(rest));
+        hash_s.push(started.elapsed().as_secs_f64());
+    }
+    // A 1B model's f32 weights (1.24 billion parameters), written in pieces of varied bytes.
+    let big = dir.path().join("weights-1b.bin");
+    let piece: Vec<u8> =
+        (0..(1u32 << 24)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut file = std::fs::File::create(&big)?;
+    let big_bytes: u64 = 4_960_000_000;
+    let mut written = 0u64;
+    while written < big_bytes {
+        let n = (big_bytes - written).min(piece.len() as u64) as usize;
+        std::io::Write::write_all(&mut file, &piece[..n])?;
+        written += n as u64;
+    }
+    file.sync_all()?;
+    drop(file);
+    let started = Instant::now();
+    std::hint::black_box(coconut_trainer::manifest::file_checksum(&big)?);
+    let big_hash_s = started.elapsed().as_secs_f64();
+    let (save, hash) = (median(&save_s), median(&hash_s));
+    Ok(HashRecord {
+        name: m.name,
+        model: m.model,
+        batch: m.batch,
+        stage: m.stage,
+        checkpoint_bytes: bytes,
+        save_s: save,
+        hash_s: hash,
+        hash_share_of_save: hash / save,
+        hash_gb_per_s: bytes as f64 / hash / 1e9,
+        file_1b_bytes: big_bytes,
+        file_1b_hash_s: big_hash_s,
+        file_1b_gb_per_s: big_bytes as f64 / big_hash_s / 1e9,
     })
 }
 

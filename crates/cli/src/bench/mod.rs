@@ -163,6 +163,7 @@ fn run_measurements(args: &BenchArgs, exe: &Path) -> Result<Vec<ResultLine>> {
             && (on_cpu || m.model != "default")
     };
     for m in MEASUREMENTS.iter().filter(wanted) {
+        let oom_before = crate::child::oom_kills();
         let output = Command::new(exe)
             .args(["bench", "--only", &key(m), "--device", &args.device, "--data"])
             .arg(&args.data)
@@ -170,7 +171,8 @@ fn run_measurements(args: &BenchArgs, exe: &Path) -> Result<Vec<ResultLine>> {
             .arg(&args.tokenizer)
             .output()?;
         if !output.status.success() {
-            bail!("measurement {} failed: {}", key(m), String::from_utf8_lossy(&output.stderr));
+            let how = crate::child::failure(output.status, oom_before);
+            bail!("measurement {} {how}: {}", key(m), String::from_utf8_lossy(&output.stderr));
         }
         let text = String::from_utf8(output.stdout)?;
         let line = text.lines().last().context("no output")?.to_string();
@@ -251,7 +253,8 @@ fn print_contract(ours: &[ResultLine], theirs: Option<&[ResultLine]>, ddp: Optio
             None => println!("{name}=n/a [{target}]"),
         }
     }
-    let contract: [(&str, Option<f64>, usize, &str); 11] = [
+    let hash = ours_of("checkpoint_hash", "gpt2", 0).and_then(|l| l.hash_share_of_save);
+    let contract: [(&str, Option<f64>, usize, &str); 12] = [
         ("speedup_tiny_stage6", step_speedup("tiny"), 2, ">= 6"),
         ("speedup_gpt2_stage6", step_speedup("gpt2"), 2, ">= 2.5"),
         ("generation_batched_vs_reference", generation(), 2, ">= 2"),
@@ -263,6 +266,7 @@ fn print_contract(ours: &[ResultLine], theirs: Option<&[ResultLine]>, ddp: Optio
         ("ddp_vs_threads_2", ddp.map(|d| d.vs_threads_2), 2, ">= 1"),
         ("allreduce_share", ddp.map(|d| d.allreduce_share), 3, "< 0.1"),
         ("collate_share", collate, 5, "< 0.02"),
+        ("checkpoint_hash_share_gpt2", hash, 3, "<= 0.05"),
     ];
     for (name, value, digits, target) in contract {
         match value {

@@ -94,6 +94,27 @@ pub(super) struct OpCountRecord {
     pub optimizer_ops_per_step: u64,
 }
 
+/// A checkpoint's checksums against its save (`checkpoint_hash`).
+#[derive(Debug, Serialize)]
+pub(super) struct HashRecord {
+    pub name: &'static str,
+    pub model: &'static str,
+    pub batch: usize,
+    pub stage: usize,
+    /// Bytes of the checkpoint's files (the manifest's input).
+    pub checkpoint_bytes: usize,
+    /// A whole save, written, fsynced and renamed, the manifest included.
+    pub save_s: f64,
+    /// The manifest alone, from the same bytes in memory.
+    pub hash_s: f64,
+    pub hash_share_of_save: f64,
+    pub hash_gb_per_s: f64,
+    /// A file the size of a 1B model's f32 weights, checked as a load checks it.
+    pub file_1b_bytes: u64,
+    pub file_1b_hash_s: f64,
+    pub file_1b_gb_per_s: f64,
+}
+
 /// Data-parallel optimizer steps (`ddp_step`).
 #[derive(Debug, Serialize)]
 pub(super) struct DdpRecord {
@@ -152,4 +173,6 @@ pub(super) struct ResultLine {
     pub ops_per_latent_pass: Option<f64>,
     #[serde(default)]
     pub optimizer_ops_per_step: Option<f64>,
+    #[serde(default)]
+    pub hash_share_of_save: Option<f64>,
 }

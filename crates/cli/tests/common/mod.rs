@@ -104,3 +104,45 @@ pub fn assert_same_weights(a: &Path, b: &Path) {
         assert!(x.equal(y), "{name} differs");
     }
 }
+
+/// Copies the folder `src` to `dst`, recursively.
+pub fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap().flatten() {
+        let target = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The lines of a run's `metrics.jsonl` without what depends on the machine's speed
+/// (`tokens_per_s`, `seconds`, at any depth).
+pub fn metrics_without_timings(run: &Path) -> Vec<serde_json::Value> {
+    fn strip(value: &mut serde_json::Value) {
+        if let serde_json::Value::Object(map) = value {
+            map.remove("tokens_per_s");
+            map.remove("seconds");
+            map.values_mut().for_each(strip);
+        }
+    }
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|line| {
+            let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+            strip(&mut value);
+            value
+        })
+        .collect()
+}
+
+/// Two runs wrote the same `metrics.jsonl`, line for line, in every field but the timings.
+pub fn assert_same_metrics(a: &Path, b: &Path) {
+    let (a, b) = (metrics_without_timings(a), metrics_without_timings(b));
+    assert_eq!(a.len(), b.len(), "as many lines");
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x, y, "line {i} differs");
+    }
+}
