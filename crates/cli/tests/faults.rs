@@ -13,8 +13,8 @@ mod common;
 
 use coconut_trainer::checkpoint::{list_checkpoints, load_checkpoint, read_state};
 use common::{
-    assert_same_metrics, assert_same_weights, coconut, copy_tree, fixture_samples, last_checkpoint,
-    step_lines, succeed, train, write_config,
+    assert_same_metrics, assert_same_weights, coconut, copy_tree, eval_two, fixture_samples,
+    last_checkpoint, step_lines, succeed, train, write_config,
 };
 use rand::{Rng, SeedableRng};
 use tch::Device;
@@ -168,19 +168,7 @@ fn a_corrupt_file_of_any_kind_falls_back_and_is_named() {
 
             // Evaluating it fails, naming the file, and writes nothing.
             let out_dir = work.path().join("eval");
-            let out = coconut(&[
-                "eval",
-                "--config",
-                config.to_str().unwrap(),
-                "--checkpoint",
-                ckpt.to_str().unwrap(),
-                "--limit",
-                "2",
-                "--out",
-                out_dir.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
+            let out = eval_two(&config, &ckpt, &["--out", out_dir.to_str().unwrap()]);
             let err = String::from_utf8_lossy(&out.stderr);
             if file == "optimizer.safetensors" {
                 // Evaluation does not read the optimizer state.
@@ -277,14 +265,9 @@ fn eval_checks_its_output_and_the_lengths_before_generating() {
     succeed(train(&config));
     let run = dir.path().join("run");
     let ckpt = last_checkpoint(&run);
-    let (config, ckpt_arg) = (config.to_str().unwrap(), ckpt.to_str().unwrap());
 
     // By default the results go beside the run's checkpoints, which pruning never touches.
-    let eval = |extra: &[&str]| {
-        let mut args = vec!["eval", "--config", config, "--checkpoint", ckpt_arg, "--limit", "2"];
-        args.extend_from_slice(extra);
-        coconut(&args).output().unwrap()
-    };
+    let eval = |extra: &[&str]| eval_two(&config, &ckpt, extra);
     let out = eval(&[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let name = ckpt.file_name().unwrap().to_str().unwrap();

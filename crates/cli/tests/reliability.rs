@@ -13,8 +13,8 @@ use std::sync::OnceLock;
 
 use coconut_trainer::checkpoint::{list_checkpoints, read_state};
 use common::{
-    assert_same_metrics, coconut, copy_tree, fixture_samples, last_checkpoint, succeed, train,
-    write_config,
+    assert_same_metrics, coconut, copy_tree, eval_two, fixture_samples, last_checkpoint, succeed,
+    train, write_config,
 };
 
 /// A finished run of the small config with a checkpoint every 4 steps, made once and copied
@@ -75,17 +75,7 @@ fn finite_garbage_in_the_weights_is_caught_by_eval_and_by_a_resume() {
     let garbage: Vec<u8> = (0..16).flat_map(|i| (0.01f32 * i as f32).to_le_bytes()).collect();
     overwrite(&weights, at, &garbage);
 
-    let out = coconut(&[
-        "eval",
-        "--config",
-        config.to_str().unwrap(),
-        "--checkpoint",
-        newest.to_str().unwrap(),
-        "--limit",
-        "2",
-    ])
-    .output()
-    .unwrap();
+    let out = eval_two(&config, newest, &[]);
     let err = stderr_of(&out);
     assert!(!out.status.success(), "eval must refuse: {err}");
     assert!(err.contains("model.safetensors") && err.contains("checksum"), "{err}");
@@ -216,19 +206,7 @@ fn eval_names_the_file_it_cannot_write() {
     std::fs::create_dir_all(&out_dir).unwrap();
     // A full disk, for this one file.
     std::os::unix::fs::symlink("/dev/full", out_dir.join("comparison.md")).unwrap();
-    let out = coconut(&[
-        "eval",
-        "--config",
-        config.to_str().unwrap(),
-        "--checkpoint",
-        last_checkpoint(&run).to_str().unwrap(),
-        "--limit",
-        "2",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
+    let out = eval_two(&config, &last_checkpoint(&run), &["--out", out_dir.to_str().unwrap()]);
     let err = stderr_of(&out);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("comparison.md") && err.contains("No space left"), "{err}");

@@ -268,29 +268,24 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> TrainError {
 /// Complete checkpoint folders of `dir`, oldest first by (epoch, step). Only folders named
 /// `e<epoch>-s<step>` holding a training state count.
 pub fn list_checkpoints(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut found: Vec<((u64, u64), PathBuf)> = entries
-        .flatten()
-        .filter_map(|e| {
-            let key = parse_checkpoint_name(e.file_name().to_str()?)?;
-            let path = e.path();
-            path.join(STATE_FILE).is_file().then_some((key, path))
-        })
-        .collect();
-    found.sort_by_key(|(key, _)| *key);
-    found.into_iter().map(|(_, path)| path).collect()
+    checkpoint_folders(dir, |path| path.join(STATE_FILE).is_file())
 }
 
 /// Folders of `dir` named like checkpoints that are not complete ones (no training state),
 /// oldest first: what [`list_checkpoints`] leaves out, for a resume to name.
 pub fn incomplete_checkpoints(dir: &Path) -> Vec<PathBuf> {
+    checkpoint_folders(dir, |path| path.is_dir() && !path.join(STATE_FILE).is_file())
+}
+
+/// The entries of `dir` named `e<epoch>-s<step>` that `keep` accepts, oldest first.
+fn checkpoint_folders(dir: &Path, keep: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut found: Vec<((u64, u64), PathBuf)> = entries
         .flatten()
         .filter_map(|e| {
             let key = parse_checkpoint_name(e.file_name().to_str()?)?;
             let path = e.path();
-            (path.is_dir() && !path.join(STATE_FILE).is_file()).then_some((key, path))
+            keep(&path).then_some((key, path))
         })
         .collect();
     found.sort_by_key(|(key, _)| *key);

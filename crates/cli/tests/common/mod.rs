@@ -63,6 +63,15 @@ pub fn coconut(args: &[&str]) -> Command {
     cmd
 }
 
+/// `eval` of checkpoint `ckpt` under `config`, on its first two samples, with `extra`
+/// arguments.
+pub fn eval_two(config: &Path, ckpt: &Path, extra: &[&str]) -> Output {
+    let (config, ckpt) = (config.to_str().unwrap(), ckpt.to_str().unwrap());
+    let mut args = vec!["eval", "--config", config, "--checkpoint", ckpt, "--limit", "2"];
+    args.extend_from_slice(extra);
+    coconut(&args).output().unwrap()
+}
+
 pub fn train(config: &Path) -> Command {
     coconut(&["train-all-stages", "--config", config.to_str().unwrap()])
 }
