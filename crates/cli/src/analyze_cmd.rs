@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use coconut_curriculum::{tokenize_samples, CurriculumConfig, Mode, Sample};
-use coconut_eval::latent_search::{aggregate, node_values, ProsqaGraph, SearchFigures};
+use coconut_eval::latent_search::{
+    aggregate, node_values, GraphQuestion, ProsqaGraph, SearchFigures,
+};
 use coconut_trainer::checkpoint::{read_state, STATE_FILE};
 use coconut_trainer::{device_name, load_model_dir, usable_device, LoadedModel};
 use plotters::prelude::*;
@@ -190,7 +192,8 @@ fn search_figures(
             .filter(|(s, _)| s.steps.len() > k)
             .map(|(s, t)| {
                 let model = loaded.model.as_ref();
-                node_values(model, &loaded.tokenizer, mode, t, &s.steps, &s.graph, k, device)
+                let question = GraphQuestion { sample: t, steps: &s.steps, graph: &s.graph };
+                node_values(model, &loaded.tokenizer, mode, &question, k, device)
             })
             .collect();
         per_k.push(aggregate(k, &values));

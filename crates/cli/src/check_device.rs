@@ -27,8 +27,7 @@ use coconut_curriculum::{
     StagedSample, TokenizedSample, Tokenizer,
 };
 use coconut_eval::generate;
-use coconut_model::testing::tiny_models_on;
-use coconut_model::{load_pretrained, save_pretrained, CausalLm};
+use coconut_model::{load_pretrained, save_pretrained, tiny_models_on, CausalLm};
 use coconut_trainer::adamw::AdamW;
 use coconut_trainer::gradients::Gradients;
 use coconut_trainer::{cuda_backend_version, training_loss, usable_device, DeviceBatch, RunConfig};

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use coconut_curriculum::{load_samples, tokenize_samples, Mode};
-use coconut_eval::{evaluate, EvalMetrics, EvalOptions};
+use coconut_eval::{evaluate, EvalMetrics};
 use coconut_trainer::checkpoint::list_checkpoints;
 use coconut_trainer::{load_model_dir, Ranks, RunConfig};
 use plotters::prelude::*;
@@ -390,7 +390,7 @@ fn thought_ablation(config: &RunConfig, run: &RunResult) -> Result<ThoughtAblati
     let tokenized = tokenize_samples(&loaded.tokenizer, &samples);
     let mut by_stage = Vec::new();
     for stage in 0..=config.curriculum.max_latent_stage {
-        let options = EvalOptions::for_run(config, stage);
+        let options = crate::run::eval_options(config, stage);
         let model = loaded.model.as_ref();
         let (metrics, _) =
             evaluate(model, &loaded.tokenizer, &config.curriculum, &samples, &tokenized, &options);

@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use coconut_curriculum::{load_samples, tokenize_samples, CurriculumConfig, Sample};
-use coconut_eval::{
-    comparison_table, evaluate, inspect_samples, thoughts_report, EvalOptions, TableRow,
-};
+use coconut_eval::{comparison_table, evaluate, inspect_samples, thoughts_report, TableRow};
 use coconut_trainer::checkpoint::{read_state, STATE_FILE};
 use coconut_trainer::{check_sample_lengths, load_model_dir, teacher_forced_loss, RunConfig};
 
@@ -99,7 +97,7 @@ impl EvalRun<'_> {
         let positions = loaded.model.shape().max_positions;
         let max_new_tokens = Some(config.eval.max_new_tokens);
         check_sample_lengths(self.data, &tokenized, &curriculum, max_new_tokens, positions)?;
-        let options = EvalOptions::for_run(config, stage);
+        let options = crate::run::eval_options(config, stage);
         let (model, tokenizer) = (loaded.model.as_ref(), &loaded.tokenizer);
         let (metrics, predictions) =
             evaluate(model, tokenizer, &curriculum, self.samples, &tokenized, &options);

@@ -55,7 +55,7 @@ pub fn train_all_stages(
     let max_new_tokens = Some(config.eval.max_new_tokens);
     check_sample_lengths(test_file, &tokenized, &config.curriculum, max_new_tokens, positions)?;
     let mut per_epoch = |t: &Trainer, epoch: usize| -> Result<EpochEval, TrainError> {
-        let options = EvalOptions::for_run(&t.config, t.config.curriculum.stage_of_epoch(epoch));
+        let options = eval_options(&t.config, t.config.curriculum.stage_of_epoch(epoch));
         let (samples, tokenized) = t.valid_split();
         let (m, _) = sharded_evaluate(t.ranks(), t, samples, tokenized, &options)
             .map_err(|e| TrainError::Evaluation(e.into()))?;
@@ -69,7 +69,7 @@ pub fn train_all_stages(
 
     // The final model on the test split, at the final stage.
     let final_stage = config.curriculum.stage_of_epoch(config.train.num_epochs.saturating_sub(1));
-    let options = EvalOptions::for_run(&config, final_stage);
+    let options = eval_options(&config, final_stage);
     let (metrics, predictions) = sharded_evaluate(ranks, &trainer, &samples, &tokenized, &options)?;
     if !ranks.is_main() {
         return Ok(run_dir);
@@ -163,6 +163,16 @@ impl Drop for StopOnSignals {
         for id in self.0.drain(..) {
             signal_hook::low_level::unregister(id);
         }
+    }
+}
+
+/// The options of a run's evaluations at `stage`: its `eval` settings and its device.
+pub fn eval_options(config: &RunConfig, stage: usize) -> EvalOptions {
+    EvalOptions {
+        stage,
+        max_new_tokens: config.eval.max_new_tokens,
+        batch_size: config.eval.batch_size,
+        device: config.device(),
     }
 }
 

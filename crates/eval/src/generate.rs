@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 
 use coconut_curriculum::{collate_prompts, SpecialTokens};
+use coconut_latent::{latent_hidden_states, DeviceBatch};
 use coconut_model::{causal_bias, padding_bias, CausalLm, KvCache};
-use coconut_trainer::{latent_hidden_states, DeviceBatch};
 use tch::{Device, Kind, Tensor};
 
 /// Prompts per chunk of the prompt phase (see [`generate`]).

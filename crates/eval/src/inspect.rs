@@ -5,8 +5,8 @@
 use coconut_curriculum::{
     collate_prompts, eval_prompt, CurriculumConfig, Sample, TokenizedSample, Tokenizer,
 };
+use coconut_latent::{latent_hidden_states, DeviceBatch};
 use coconut_model::{CausalLm, KvCache};
-use coconut_trainer::{latent_hidden_states, DeviceBatch};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 

@@ -23,8 +23,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use coconut_curriculum::{Mode, TokenizedSample, Tokenizer};
+use coconut_latent::{latent_hidden_states, DeviceBatch};
 use coconut_model::{causal_bias, CausalLm, KvCache};
-use coconut_trainer::{latent_hidden_states, DeviceBatch};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -150,20 +150,28 @@ pub struct NodeValue {
     pub height: usize,
 }
 
-/// Scores every node of `graph` (but the root) after `k` thoughts for one sample:
-/// `question` is its tokenized question, `steps` its reference steps (a CoT model reads the
-/// first k of them instead of thoughts).
-#[allow(clippy::too_many_arguments)]
+/// One ProsQA question as the latent-search analysis reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphQuestion<'a> {
+    /// The tokenized sample.
+    pub sample: &'a TokenizedSample,
+    /// Its reference steps as text (a CoT model reads the first k of them instead of
+    /// thoughts).
+    pub steps: &'a [String],
+    /// The graph of its question.
+    pub graph: &'a ProsqaGraph,
+}
+
+/// Scores every node of the question's graph (but the root) after `k` thoughts.
 pub fn node_values(
     model: &dyn CausalLm,
     tokenizer: &Tokenizer,
     mode: Mode,
-    sample: &TokenizedSample,
-    steps: &[String],
-    graph: &ProsqaGraph,
+    question: &GraphQuestion,
     k: usize,
     device: Device,
 ) -> Vec<NodeValue> {
+    let GraphQuestion { sample, steps, graph } = *question;
     let special = tokenizer.special();
     let (forced, end) = step_text(k, &graph.idx_to_symbol[graph.root]);
     let mut prompt = sample.question.clone();

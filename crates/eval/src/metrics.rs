@@ -4,7 +4,6 @@ use std::time::Instant;
 
 use coconut_curriculum::{eval_prompt, CurriculumConfig, Sample, TokenizedSample, Tokenizer};
 use coconut_model::CausalLm;
-use coconut_trainer::RunConfig;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
@@ -21,18 +20,6 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// Where the model lives.
     pub device: Device,
-}
-
-impl EvalOptions {
-    /// The options of a run's evaluations at `stage`: its `eval` settings and its device.
-    pub fn for_run(config: &RunConfig, stage: usize) -> Self {
-        Self {
-            stage,
-            max_new_tokens: config.eval.max_new_tokens,
-            batch_size: config.eval.batch_size,
-            device: config.device(),
-        }
-    }
 }
 
 /// One sample's outcome (a line of `predictions.jsonl`).

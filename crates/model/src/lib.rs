@@ -35,7 +35,9 @@ mod llama;
 mod memory;
 mod packing;
 mod recompute;
+#[cfg(feature = "testing")]
 pub mod testing;
+mod tiny;
 
 use std::path::PathBuf;
 
@@ -48,10 +50,11 @@ pub use checkpoint::{
 pub use dropout::dropout;
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use kv_cache::{KeysValues, KvCache};
-pub use llama::{Llama, Llama3Scaling, LlamaConfig, Rope};
+pub use llama::{Llama, Llama3Scaling, LlamaConfig, LlamaShape, Rope};
 pub use memory::keep_freed_memory;
 pub use packing::{upload, Packing};
 pub use recompute::{gradient_root, RecomputedPass};
+pub use tiny::{tiny_models, tiny_models_on};
 
 /// What can go wrong when reading or writing a checkpoint. Every variant names the file.
 #[derive(Debug, thiserror::Error)]

@@ -176,38 +176,50 @@ impl LlamaConfig {
     /// A Llama-shaped config for a model trained from scratch: tied embeddings (as Llama
     /// 3.2 1B), rotary base 10,000, no biases, with the HF fields transformers needs to load
     /// the saved checkpoint.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        vocab_size: usize,
-        max_positions: usize,
-        hidden_size: usize,
-        n_layer: usize,
-        n_head: usize,
-        n_kv_head: usize,
-        intermediate_size: usize,
-        attention_dropout: f64,
-    ) -> Result<Self, String> {
+    pub fn new(shape: &LlamaShape) -> Result<Self, String> {
+        let s = shape;
         Self::from_hf(serde_json::json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
-            "vocab_size": vocab_size,
-            "hidden_size": hidden_size,
-            "intermediate_size": intermediate_size,
-            "num_hidden_layers": n_layer,
-            "num_attention_heads": n_head,
-            "num_key_value_heads": n_kv_head,
-            "head_dim": hidden_size / n_head.max(1),
-            "max_position_embeddings": max_positions,
+            "vocab_size": s.vocab_size,
+            "hidden_size": s.hidden_size,
+            "intermediate_size": s.intermediate_size,
+            "num_hidden_layers": s.n_layer,
+            "num_attention_heads": s.n_head,
+            "num_key_value_heads": s.n_kv_head,
+            "head_dim": s.hidden_size / s.n_head.max(1),
+            "max_position_embeddings": s.max_positions,
             "rms_norm_eps": 1e-5,
             "rope_theta": 10000.0,
             "hidden_act": "silu",
             "tie_word_embeddings": true,
             "attention_bias": false,
-            "attention_dropout": attention_dropout,
+            "attention_dropout": s.attention_dropout,
             "initializer_range": 0.02,
             "use_cache": true,
         }))
     }
+}
+
+/// The sizes of a Llama trained from scratch ([`LlamaConfig::new`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LlamaShape {
+    /// Vocabulary size, added tokens included.
+    pub vocab_size: usize,
+    /// The longest sequence.
+    pub max_positions: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// Number of blocks.
+    pub n_layer: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key-value heads (a divisor of `n_head`).
+    pub n_kv_head: usize,
+    /// MLP inner size.
+    pub intermediate_size: usize,
+    /// Dropout on the attention probabilities.
+    pub attention_dropout: f64,
 }
 
 impl Rope {

@@ -238,21 +238,26 @@ char* torch_ext_dropout_mask(at::Tensor* like, double p, at::Tensor** out) {
   return guarded([&] { *out = new at::Tensor(dropout_mask(*like, p)); });
 }
 
-// AdamW over lists of tensors in one call of LibTorch's fused kernel (`_fused_adamw_`,
-// with CPU and CUDA kernels). `steps` holds each list entry's step count, already
-// incremented for this update (float tensors on the parameters' device).
-char* torch_ext_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs,
-                            at::Tensor** exp_avg_sqs, at::Tensor** steps, size_t n, double lr,
-                            double beta1, double beta2, double weight_decay, double eps) {
+// The hyperparameters of one AdamW update, as the Rust side's `#[repr(C)]` `AdamWStep`.
+struct AdamWStep {
+  double lr, beta1, beta2, weight_decay, eps;
+};
+
+// AdamW over lists of `n` tensors in one call of LibTorch's fused kernel (`_fused_adamw_`,
+// with CPU and CUDA kernels). `lists` holds the parameters, their gradients, both moments
+// and each entry's step count, already incremented for this update (float tensors on the
+// parameters' device).
+char* torch_ext_fused_adamw(at::Tensor** const (*lists)[5], size_t n, const AdamWStep* step) {
   return guarded([&] {
-    auto p = tensor_list(params, n);
-    auto g = tensor_list(grads, n);
-    auto m = tensor_list(exp_avgs, n);
-    auto v = tensor_list(exp_avg_sqs, n);
-    auto s = tensor_list(steps, n);
+    auto p = tensor_list((*lists)[0], n);
+    auto g = tensor_list((*lists)[1], n);
+    auto m = tensor_list((*lists)[2], n);
+    auto v = tensor_list((*lists)[3], n);
+    auto s = tensor_list((*lists)[4], n);
     c10::NoGradGuard no_grad;
-    at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/{}, s, lr, beta1, beta2, weight_decay,
-                      eps, /*amsgrad=*/false, /*maximize=*/false);
+    at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/{}, s, step->lr, step->beta1,
+                      step->beta2, step->weight_decay, step->eps, /*amsgrad=*/false,
+                      /*maximize=*/false);
   });
 }
 

@@ -19,19 +19,10 @@ mod ffi {
 
     extern "C" {
         pub fn torch_ext_free_error(message: *mut c_char);
-        #[allow(clippy::too_many_arguments)]
         pub fn torch_ext_fused_adamw(
-            params: *const TensorPtr,
-            grads: *const TensorPtr,
-            exp_avgs: *const TensorPtr,
-            exp_avg_sqs: *const TensorPtr,
-            steps: *const TensorPtr,
+            lists: *const [*const TensorPtr; 5],
             n: usize,
-            lr: f64,
-            beta1: f64,
-            beta2: f64,
-            weight_decay: f64,
-            eps: f64,
+            step: *const super::AdamWStep,
         ) -> *mut c_char;
         pub fn torch_ext_set_sdp_backend(backend: i32, enabled: bool) -> *mut c_char;
         pub fn torch_ext_sdp_backend_enabled(backend: i32, enabled: *mut bool) -> *mut c_char;
@@ -82,6 +73,7 @@ fn pointers(tensors: &[&Tensor]) -> Vec<ffi::TensorPtr> {
 
 /// The hyperparameters of one AdamW update (PyTorch's `AdamW`, decoupled weight decay).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)] // read by the C++ side as `AdamWStep`
 pub struct AdamWStep {
     /// Learning rate.
     pub lr: f64,
@@ -119,23 +111,11 @@ pub fn fused_adamw(
         pointers(exp_avg_sqs),
         pointers(steps),
     );
-    // SAFETY: every pointer is a live tensor of tch's for the duration of the call; the
-    // kernel writes the parameters and moments in place, which the caller owns.
-    check(unsafe {
-        ffi::torch_ext_fused_adamw(
-            p.as_ptr(),
-            g.as_ptr(),
-            m.as_ptr(),
-            v.as_ptr(),
-            s.as_ptr(),
-            n,
-            step.lr,
-            step.beta1,
-            step.beta2,
-            step.weight_decay,
-            step.eps,
-        )
-    })
+    let lists = [p.as_ptr(), g.as_ptr(), m.as_ptr(), v.as_ptr(), s.as_ptr()];
+    // SAFETY: every pointer is a live tensor of tch's for the duration of the call (each list
+    // holds `n`); the kernel writes the parameters and moments in place, which the caller
+    // owns.
+    check(unsafe { ffi::torch_ext_fused_adamw(&lists, n, &step) })
 }
 
 /// A dropout mask shaped and typed like `like`: each element `1 / (1 - p)` with probability

@@ -190,6 +190,17 @@ impl Gradients {
     }
 }
 
+impl coconut_latent::Backprop for Gradients {
+    fn backward_and_grads(
+        &mut self,
+        root: &Tensor,
+        others: &[&Tensor],
+        keep_graph: bool,
+    ) -> Vec<Tensor> {
+        Gradients::backward_and_grads(self, root, others, keep_graph)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

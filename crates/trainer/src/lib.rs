@@ -11,7 +11,6 @@
 
 pub mod adamw;
 pub mod checkpoint;
-mod coconut;
 mod config;
 pub mod cuda_runtime;
 pub mod flat;
@@ -29,7 +28,7 @@ mod validation;
 
 use std::path::PathBuf;
 
-pub use coconut::{
+pub use coconut_latent::{
     coconut_loss, latent_hidden_states, pass_ranges, training_loss, DeviceBatch, TrainingLoss,
 };
 pub use config::{

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use coconut_curriculum::{Mode, Sample, Tokenizer};
-use coconut_model::{load_pretrained, CausalLm, Gpt2, Gpt2Config, Llama, LlamaConfig};
+use coconut_model::{load_pretrained, CausalLm, Gpt2, Gpt2Config, Llama, LlamaConfig, LlamaShape};
 use tch::{nn::VarStore, Device};
 
 use crate::config::{Architecture, RunConfig};
@@ -104,17 +104,18 @@ fn from_scratch(
             Box::new(Gpt2::new(&vs.root(), &config))
         }
         Architecture::Llama => {
-            let mut config = LlamaConfig::new(
-                vocab,
-                m.n_positions,
-                m.n_embd,
-                m.n_layer,
-                m.n_head,
-                m.kv_heads(),
-                m.llama_intermediate_size(),
-                m.dropout,
-            )
-            .expect("RunConfig::validate checks the shape");
+            let shape = LlamaShape {
+                vocab_size: vocab,
+                max_positions: m.n_positions,
+                hidden_size: m.n_embd,
+                n_layer: m.n_layer,
+                n_head: m.n_head,
+                n_kv_head: m.kv_heads(),
+                intermediate_size: m.llama_intermediate_size(),
+                attention_dropout: m.dropout,
+            };
+            let mut config =
+                LlamaConfig::new(&shape).expect("RunConfig::validate checks the shape");
             for (key, id) in special_ids {
                 config.hf.insert(key.to_string(), id.into());
             }

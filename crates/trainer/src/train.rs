@@ -26,7 +26,6 @@ use crate::checkpoint::{
     checkpoint_name, copy_model_folder, list_checkpoints, prune_checkpoints, read_state,
     recover_checkpoints, save_checkpoint, DiskIo, TrainState,
 };
-use crate::coconut::{training_loss, DeviceBatch};
 use crate::config::{OptimizerReset, RunConfig};
 use crate::gradients::Gradients;
 use crate::metrics::{EpochEval, MetricLine, MetricsFile};
@@ -37,6 +36,7 @@ use crate::start::resume_or_start;
 use crate::state::LossSums;
 use crate::validation::{check_sample_lengths, teacher_forced_sums};
 use crate::TrainError;
+use coconut_latent::{training_loss, DeviceBatch};
 
 /// The result of [`Trainer::run`].
 #[derive(Debug, Clone, Serialize)]

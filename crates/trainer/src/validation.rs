@@ -8,9 +8,9 @@ use coconut_curriculum::{
 };
 use tch::{Kind, Tensor};
 
-use crate::coconut::{coconut_loss, DeviceBatch};
 use crate::model_setup::LoadedModel;
 use crate::TrainError;
+use coconut_latent::{coconut_loss, DeviceBatch};
 
 /// Checks that every sample of `file` fits a model of `positions` positions, before any
 /// work is spent on it: its longest training form (every step kept, plus the most thoughts

@@ -10,7 +10,7 @@ use coconut_curriculum::{
     CurriculumConfig, Mode, Sample, StagedSample, Tokenizer,
 };
 use coconut_eval::{generate, generate_without_cache};
-use coconut_model::{CausalLm, Gpt2, Gpt2Config, Llama, LlamaConfig};
+use coconut_model::{CausalLm, Gpt2, Gpt2Config, Llama, LlamaConfig, LlamaShape};
 use coconut_torch_ext::OpCounter;
 use coconut_trainer::adamw::{AdamW, AdamWConfig};
 use coconut_trainer::gradients::Gradients;
@@ -650,8 +650,17 @@ pub(crate) const REFERENCE_ADAMW: AdamWConfig =
 /// the Llama of the tiny shape (no dropout, as Llama trains).
 pub(crate) fn bench_model(vs: &VarStore, name: &str, vocab: usize) -> Box<dyn CausalLm> {
     if name == "tiny_llama" {
-        let config =
-            LlamaConfig::new(vocab, 1024, 256, 4, 4, 2, 704, 0.0).expect("a valid Llama shape");
+        let shape = LlamaShape {
+            vocab_size: vocab,
+            max_positions: 1024,
+            hidden_size: 256,
+            n_layer: 4,
+            n_head: 4,
+            n_kv_head: 2,
+            intermediate_size: 704,
+            attention_dropout: 0.0,
+        };
+        let config = LlamaConfig::new(&shape).expect("a valid Llama shape");
         return Box::new(Llama::new(&vs.root(), &config));
     }
     let (n_layer, n_embd, n_head) = if name == "gpt2" { (12, 768, 12) } else { (4, 256, 4) };

@@ -40,8 +40,6 @@ use coconut_model::{
 };
 use tch::{Device, Kind, Tensor};
 
-use crate::gradients::Gradients;
-
 /// A collated batch on the device, with everything the passes need built once.
 #[derive(Debug)]
 pub struct DeviceBatch {
@@ -344,6 +342,20 @@ pub fn coconut_loss(model: &dyn CausalLm, batch: &DeviceBatch, train: bool) -> T
     loss_on_supervised_columns(model, batch, &hidden)
 }
 
+/// Where a backward pass sends its gradients: the trainer's gradient accumulator
+/// (`coconut_trainer::gradients::Gradients`), or anything that sums parameter gradients.
+pub trait Backprop {
+    /// Backpropagates `root`, adds the parameters' gradients to the sums, and returns the
+    /// gradients of `others` (tensors of the graph that are not parameters; undefined where
+    /// `root` does not reach one). With `keep_graph` the graph can be walked again.
+    fn backward_and_grads(
+        &mut self,
+        root: &Tensor,
+        others: &[&Tensor],
+        keep_graph: bool,
+    ) -> Vec<Tensor>;
+}
+
 /// The loss of a training batch (dropout on), ready for its backward pass.
 #[derive(Debug)]
 pub struct TrainingLoss {
@@ -381,7 +393,7 @@ impl TrainingLoss {
     /// Recomputation reseeds torch for dropout, so either way the backward pass ends by
     /// seeding torch from a seed drawn at its start: what runs next (the next micro-batch)
     /// draws the same masks with and without checkpointing.
-    pub fn backward(self, model: &dyn CausalLm, grads: &mut Gradients, weight: f64) {
+    pub fn backward(self, model: &dyn CausalLm, grads: &mut dyn Backprop, weight: f64) {
         let continuation = draw_seed();
         let TrainingLoss { value, mut recomputed } = self;
         let mut root = Some(&value * weight);
@@ -406,7 +418,7 @@ impl TrainingLoss {
             root = gradient_root(pass.inputs().into_iter().zip(&input_grads));
         }
         if let Some(root) = root {
-            grads.backward(&root);
+            grads.backward_and_grads(&root, &[], false);
         }
         tch::manual_seed(continuation);
     }
