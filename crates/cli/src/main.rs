@@ -1,28 +1,14 @@
 //! `coconut`: train, evaluate and inspect Coconut models. `cargo xtask <command>` runs it.
 
-mod analyze_cmd;
-mod ask_cmd;
-mod bench;
-mod check_device;
-mod child;
-mod compare;
-mod data;
-mod eval_cmd;
-mod import_config;
-mod report;
-mod run;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use coconut_bench::check_device;
+use coconut_runs::{analyze, ask, compare, data, evaluate, import_config, run};
 use coconut_trainer::Ranks;
 use tracing_subscriber::EnvFilter;
-
-/// The configuration run when no `--config` is given: a small GPT-2 trained from scratch on
-/// generated data, sized for a CPU.
-pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/default.toml");
 
 #[derive(Parser)]
 #[command(
@@ -48,40 +34,7 @@ enum Command {
         overrides: Vec<String>,
     },
     /// Evaluate checkpoints (one comparison table for several).
-    Eval {
-        /// Run config giving the data and, for HF folders without a run state, the curriculum.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Checkpoint folders (ours, or an HF GPT-2 folder with tokenizer.json).
-        #[arg(long = "checkpoint", required = true)]
-        checkpoints: Vec<PathBuf>,
-        /// Which split to evaluate.
-        #[arg(long, default_value = "valid")]
-        split: data::Split,
-        /// Prompt stage (default: the final stage of the checkpoint's curriculum).
-        #[arg(long)]
-        stage: Option<usize>,
-        /// Evaluate only the first N samples (0 = all).
-        #[arg(long, default_value_t = 0)]
-        limit: usize,
-        /// Inspect the thoughts of this many samples.
-        #[arg(long, default_value_t = 3)]
-        inspect: usize,
-        /// Where to write metrics, predictions and the table (default: `<run>/eval/<checkpoint>`
-        /// for a checkpoint of a run, `<folder>/eval` for a bare model folder).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// The device to evaluate on (`cpu`, `cuda`, `cuda:N`); the config's `train.device`
-        /// when absent.
-        #[arg(long)]
-        device: Option<String>,
-        /// Prompts decoded together; the config's `eval.batch_size` when absent.
-        #[arg(long)]
-        batch_size: Option<usize>,
-        /// Override a config key, for example `--set eval.max_new_tokens=64` (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        overrides: Vec<String>,
-    },
+    Eval(evaluate::EvalArgs),
     /// Ask a trained checkpoint a question of your own: the answer, and each continuous
     /// thought's top tokens through the LM head.
     Ask {
@@ -129,10 +82,10 @@ enum Command {
     /// bf16) and time the GPT-2 shape on it; the last line is `device_check=pass|fail`.
     CheckDevice(check_device::CheckDeviceArgs),
     /// Benchmarks at one thread with the shapes of the PyTorch reference; prints JSON lines.
-    Bench(bench::BenchArgs),
+    Bench(coconut_bench::BenchArgs),
     /// The paper's latent-search analysis of a checkpoint on ProsQA-format data: the value
     /// of each graph node after k thoughts, as latent_search.json and plots.
-    Analyze(analyze_cmd::AnalyzeArgs),
+    Analyze(analyze::AnalyzeArgs),
     /// Translate an args YAML of the official Coconut repository into a run config: the TOML
     /// goes to stdout, one line per decision to stderr.
     ImportConfig(import_config::ImportArgs),
@@ -169,33 +122,7 @@ fn dispatch(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Eval {
-            config,
-            checkpoints,
-            split,
-            stage,
-            limit,
-            inspect,
-            out,
-            device,
-            batch_size,
-            mut overrides,
-        } => {
-            // The flags are shorthands for their keys.
-            overrides.extend(device.map(|d| format!("train.device={d}")));
-            overrides.extend(batch_size.map(|b| format!("eval.batch_size={b}")));
-            let (config, path) = run::load_config(config.as_deref(), &overrides)?;
-            eval_cmd::eval(
-                &config,
-                &path,
-                &checkpoints,
-                split,
-                stage,
-                limit,
-                inspect,
-                out.as_deref(),
-            )
-        }
+        Command::Eval(args) => evaluate::run(&args),
         Command::Ask {
             checkpoint,
             question,
@@ -205,7 +132,7 @@ fn dispatch(command: Command) -> Result<()> {
             device,
             config,
             json,
-        } => ask_cmd::run(&ask_cmd::AskArgs {
+        } => ask::run(&ask::AskArgs {
             checkpoint: &checkpoint,
             config: config.as_deref(),
             question: &question,
@@ -218,10 +145,10 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Data(args) => data::run(&args),
         Command::Stats { file, reference } => data::stats(&file, reference.as_deref()),
         Command::Compare(args) => compare::run(&args),
-        Command::Bench(args) => bench::run(&args),
+        Command::Bench(args) => coconut_bench::run(&args),
         Command::CheckDevice(args) => check_device::run(&args),
         Command::Analyze(args) => {
-            let out = analyze_cmd::run(&args)?;
+            let out = analyze::run(&args)?;
             println!("{}", out.display());
             Ok(())
         }

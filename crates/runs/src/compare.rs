@@ -109,6 +109,8 @@ pub struct Comparison {
 }
 
 /// Trains every method of `args` for every seed, then writes and prints the comparison.
+/// With `--jobs` above 1 the runs are children, this executable started as `coconut
+/// train-all-stages`, so the caller is the `coconut` binary or one with the same command line.
 pub fn run(args: &CompareArgs) -> Result<()> {
     let (mut config, config_path) = run::load_config(args.config.as_deref(), &args.overrides)?;
     let methods = parse_methods(&args.methods)?;

@@ -1,15 +1,21 @@
+//! Measurements of this implementation: [`run`] (`coconut bench`) and the device check
+//! ([`check_device`]).
+//!
 //! `bench`: the training step and generation at one thread, with the shapes of the PyTorch
 //! reference (`tiny` = 4 layers x 256, and the GPT-2 124M shape; random weights; the GPT-2
 //! tokenizer; ProsQA batches of 8), and a Llama of the tiny shape (`tiny_llama`: 4 query
 //! heads sharing 2 key-value heads, SwiGLU). Each measurement runs in a child process so that its
 //! peak RSS is its own. One JSON line per measurement, then the ratios scripts read.
 
+#![warn(missing_docs)]
+
+pub mod check_device;
 mod ddp;
 mod measure;
 mod records;
 mod reference;
 
-pub(crate) use measure::{bench_model, median, reference_curriculum, REFERENCE_ADAMW};
+use measure::{bench_model, median, reference_curriculum, REFERENCE_ADAMW};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -71,7 +77,9 @@ fn key(m: &Measurement) -> String {
     format!("{}:{}:{}:{}{recompute}", m.name, m.model, m.batch, m.stage)
 }
 
-/// Runs every measurement in a child process and prints the ratios.
+/// Runs every measurement in a child process and prints the ratios. The children are this
+/// executable started as `coconut bench --only KEY`, so the caller is the `coconut` binary
+/// or one that dispatches the same command line.
 pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(only) = args.only.as_deref().and_then(|o| o.strip_prefix("ddp:")) {
         let threads: usize = only.parse().context("ddp:<threads>")?;
@@ -163,7 +171,7 @@ fn run_measurements(args: &BenchArgs, exe: &Path) -> Result<Vec<ResultLine>> {
             && (on_cpu || m.model != "default")
     };
     for m in MEASUREMENTS.iter().filter(wanted) {
-        let oom_before = crate::child::oom_kills();
+        let oom_before = coconut_runs::child::oom_kills();
         let output = Command::new(exe)
             .args(["bench", "--only", &key(m), "--device", &args.device, "--data"])
             .arg(&args.data)
@@ -171,7 +179,7 @@ fn run_measurements(args: &BenchArgs, exe: &Path) -> Result<Vec<ResultLine>> {
             .arg(&args.tokenizer)
             .output()?;
         if !output.status.success() {
-            let how = crate::child::failure(output.status, oom_before);
+            let how = coconut_runs::child::failure(output.status, oom_before);
             bail!("measurement {} {how}: {}", key(m), String::from_utf8_lossy(&output.stderr));
         }
         let text = String::from_utf8(output.stdout)?;

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use crate::bench::{bench_model, median, reference_curriculum, REFERENCE_ADAMW};
+use crate::{bench_model, median, reference_curriculum, REFERENCE_ADAMW};
 
 /// Arguments of `coconut check-device`.
 #[derive(clap::Args, Debug)]
@@ -81,7 +81,8 @@ const TIMED_NEW_TOKENS: usize = 32;
 const PROSQA_TRAIN_QUESTIONS: usize = 17_886;
 
 /// Runs every check, prints one line each and `device_check=pass|fail` last; an error when
-/// any failed.
+/// any failed. The timings run in children, this executable started as `coconut
+/// check-device`, so the caller is the `coconut` binary or one with the same command line.
 pub fn run(args: &CheckDeviceArgs) -> Result<()> {
     if let Some(only) = &args.only {
         let timing = timing_in_this_process(args, only.parse()?)?;
@@ -523,7 +524,7 @@ fn timings(args: &CheckDeviceArgs) -> Result<bool> {
     for bf16 in [false, true] {
         let jobs = TIMED_STAGES.iter().map(|&s| TimingJob { bf16, stage: Some(s) });
         for job in jobs.chain([TimingJob { bf16, stage: None }]) {
-            let oom_before = crate::child::oom_kills();
+            let oom_before = coconut_runs::child::oom_kills();
             let output = Command::new(&exe)
                 .args(["check-device", "--only", &job.to_string(), "--device", &args.device])
                 .args(["--timed-model", &args.timed_model, "--timed-batch", &batch.to_string()])
@@ -538,7 +539,7 @@ fn timings(args: &CheckDeviceArgs) -> Result<bool> {
             let Some(timing) = timing.filter(|_| output.status.success()) else {
                 let stderr = String::from_utf8_lossy(&output.stderr);
                 let last = stderr.lines().last().unwrap_or_default();
-                let how = crate::child::failure(output.status, oom_before);
+                let how = coconut_runs::child::failure(output.status, oom_before);
                 let why = if last.is_empty() { how } else { format!("{how}: {last}") };
                 println!("time[{job}]: FAIL ({why})");
                 return Ok(false);

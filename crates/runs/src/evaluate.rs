@@ -11,29 +11,68 @@ use coconut_trainer::{check_sample_lengths, load_model_dir, teacher_forced_loss,
 use crate::data::Split;
 use crate::run::{write_file, write_predictions};
 
-/// Evaluates every checkpoint on `split` and writes metrics, predictions, thoughts and the
-/// comparison table.
-#[allow(clippy::too_many_arguments)]
-pub fn eval(
-    config: &RunConfig,
-    config_path: &Path,
-    checkpoints: &[PathBuf],
-    split: Split,
-    stage: Option<usize>,
-    limit: usize,
-    inspect: usize,
-    out: Option<&Path>,
-) -> Result<()> {
-    let data = split_file(config, config_path, split)?;
-    config.usable_device(config_path)?;
-    crate::data::ensure_generated(config)?;
+/// Arguments of `coconut eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Run config giving the data and, for HF folders without a run state, the curriculum.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Checkpoint folders (ours, or an HF GPT-2 folder with tokenizer.json).
+    #[arg(long = "checkpoint", required = true)]
+    pub checkpoints: Vec<PathBuf>,
+    /// Which split to evaluate.
+    #[arg(long, default_value = "valid")]
+    pub split: Split,
+    /// Prompt stage (default: the final stage of the checkpoint's curriculum).
+    #[arg(long)]
+    pub stage: Option<usize>,
+    /// Evaluate only the first N samples (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Inspect the thoughts of this many samples.
+    #[arg(long, default_value_t = 3)]
+    pub inspect: usize,
+    /// Where to write metrics, predictions and the table (default: `<run>/eval/<checkpoint>`
+    /// for a checkpoint of a run, `<folder>/eval` for a bare model folder).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The device to evaluate on (`cpu`, `cuda`, `cuda:N`); the config's `train.device`
+    /// when absent.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Prompts decoded together; the config's `eval.batch_size` when absent.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Override a config key, for example `--set eval.max_new_tokens=64` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// Evaluates every checkpoint on the split and writes metrics, predictions, thoughts and the
+/// comparison table (`comparison.md`, `comparison.json`) into the first one's output folder.
+pub fn run(args: &EvalArgs) -> Result<()> {
+    // The flags are shorthands for their keys.
+    let mut overrides = args.overrides.clone();
+    overrides.extend(args.device.as_ref().map(|d| format!("train.device={d}")));
+    overrides.extend(args.batch_size.map(|b| format!("eval.batch_size={b}")));
+    let (config, config_path) = crate::run::load_config(args.config.as_deref(), &overrides)?;
+    let data = split_file(&config, &config_path, args.split)?;
+    config.usable_device(&config_path)?;
+    crate::data::ensure_generated(&config)?;
     let mut samples = load_samples(&data)?;
-    if limit > 0 {
-        samples.truncate(limit);
+    if args.limit > 0 {
+        samples.truncate(args.limit);
     }
-    let dirs = output_dirs(checkpoints, out)?;
-    let run =
-        EvalRun { config, data: &data, samples: &samples, split: split.name(), stage, inspect };
+    let checkpoints = &args.checkpoints;
+    let dirs = output_dirs(checkpoints, args.out.as_deref())?;
+    let run = EvalRun {
+        config: &config,
+        data: &data,
+        samples: &samples,
+        split: args.split.name(),
+        stage: args.stage,
+        inspect: args.inspect,
+    };
     let mut rows = Vec::new();
     for (ckpt, dir) in checkpoints.iter().zip(&dirs) {
         rows.push(run.checkpoint(ckpt, dir)?);

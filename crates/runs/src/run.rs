@@ -14,7 +14,7 @@ use coconut_trainer::{
     check_model_paths, check_sample_lengths, EpochEval, Ranks, RunConfig, TrainError, Trainer,
 };
 
-use crate::{analyze_cmd, data, report, DEFAULT_CONFIG};
+use crate::{analyze, data, report, DEFAULT_CONFIG};
 
 /// Reads a run config, or the embedded default, and applies `--set KEY=VALUE` overrides.
 pub fn load_config(path: Option<&Path>, overrides: &[String]) -> Result<(RunConfig, PathBuf)> {
@@ -84,13 +84,13 @@ pub fn train_all_stages(
     report::write_report(&run_dir, &config, split, &metrics, &predictions, &thoughts)?;
     if let Some(ckpt) = summary.last_checkpoint.as_deref() {
         // On ProsQA data, the paper's latent-search analysis of the final model.
-        if analyze_cmd::applies(test_file, config.curriculum.mode) {
+        if analyze::applies(test_file, config.curriculum.mode) {
             let out = run_dir.join("analysis");
-            let args = analyze_cmd::AnalyzeArgs::for_run(ckpt, test_file, &out, config.device());
-            analyze_cmd::run(&args)?;
+            let args = analyze::AnalyzeArgs::for_run(ckpt, test_file, &out, config.device());
+            analyze::run(&args)?;
             report::append_latent_search(
                 &run_dir,
-                &analyze_cmd::summary_table_of(&out.join("latent_search.json"))?,
+                &analyze::summary_table_of(&out.join("latent_search.json"))?,
             )?;
         }
     }

@@ -14,8 +14,8 @@ use coconut_trainer::gradients::Gradients;
 use coconut_trainer::{training_loss, DeviceBatch, Ranks};
 use tch::{nn::VarStore, Device, Kind};
 
-use super::measure::{bench_model, median, peak_rss_mb, reference_curriculum, REFERENCE_ADAMW};
-use super::records::{json_line, DdpRecord, ResultLine};
+use crate::measure::{bench_model, median, peak_rss_mb, reference_curriculum, REFERENCE_ADAMW};
+use crate::records::{json_line, DdpRecord, ResultLine};
 
 /// The data-parallel figures of the bench's closing lines.
 #[derive(Debug, Clone, Copy)]

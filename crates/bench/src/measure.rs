@@ -17,7 +17,7 @@ use coconut_trainer::gradients::Gradients;
 use coconut_trainer::{training_loss, DeviceBatch};
 use tch::{nn::VarStore, Device, Kind};
 
-use super::records::{
+use crate::records::{
     json_line, GenerateRecord, HashRecord, OpCountRecord, OverheadRecord, StepRecord,
 };
 
@@ -169,7 +169,7 @@ struct Setup {
 /// group similar lengths).
 fn default_run_setup() -> Result<Setup> {
     let config = coconut_trainer::RunConfig::parse(
-        crate::DEFAULT_CONFIG,
+        coconut_runs::DEFAULT_CONFIG,
         Path::new("configs/default.toml"),
     )?;
     let generate = config.data.generate.as_ref().context("the default run generates its data")?;
@@ -442,7 +442,7 @@ fn measure_checkpoint_hash(setup: Setup, m: &Measurement) -> Result<HashRecord> 
     let optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW, Kind::Float);
     let loaded = coconut_trainer::LoadedModel { vs, model, tokenizer };
     let config = coconut_trainer::RunConfig::parse(
-        crate::DEFAULT_CONFIG,
+        coconut_runs::DEFAULT_CONFIG,
         Path::new("configs/default.toml"),
     )?;
     let state = TrainState {

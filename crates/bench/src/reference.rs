@@ -14,9 +14,9 @@ use coconut_curriculum::{
 };
 use serde_json::{json, Value};
 
-use super::measure::{reference_curriculum, GENERATED_TOKENS, MEASUREMENTS, OPS_STAGE};
-use super::records::ResultLine;
-use super::BenchArgs;
+use crate::measure::{reference_curriculum, GENERATED_TOKENS, MEASUREMENTS, OPS_STAGE};
+use crate::records::ResultLine;
+use crate::BenchArgs;
 
 /// What the reference runs: (name, model, batch, stage, warmup steps, measured steps). The
 /// same work as our measurements of these names, fewer steps (its steps are slower). The
