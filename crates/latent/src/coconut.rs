@@ -58,8 +58,8 @@ pub struct DeviceBatch {
     pub lacks_latent: Vec<Tensor>,
     /// The first column whose hidden state the loss reads (it predicts a supervised next
     /// token in some row); `T - 1` when nothing is supervised.
-    pub first_loss_column: i64,
-    /// Flat indices into the (B, T - first_loss_column) hidden states of the columns whose
+    pub outputs_from: i64,
+    /// Flat indices into the (B, T - outputs_from) hidden states of the columns whose
     /// next token is supervised.
     pub supervised_positions: Tensor,
     /// The supervised next tokens, aligned with `supervised_positions`.
@@ -90,15 +90,15 @@ impl DeviceBatch {
             (0..seq.saturating_sub(1))
                 .filter(move |p| batch.labels[row * seq + p + 1] != IGNORE_INDEX)
         };
-        let first_loss_column = (0..batch.batch_size)
+        let outputs_from = (0..batch.batch_size)
             .filter_map(|row| supervised(row).next())
             .min()
             .unwrap_or(seq.saturating_sub(1));
-        let read = seq - first_loss_column; // columns of hidden states the loss receives
+        let read = seq - outputs_from; // columns of hidden states the loss receives
         let (mut positions, mut targets) = (Vec::new(), Vec::new());
         for row in 0..batch.batch_size {
             for p in supervised(row) {
-                positions.push((row * read + p - first_loss_column) as i64);
+                positions.push((row * read + p - outputs_from) as i64);
                 targets.push(batch.labels[row * seq + p + 1]);
             }
         }
@@ -109,7 +109,7 @@ impl DeviceBatch {
             position_ids: tensor(&batch.position_ids),
             first_latent,
             lacks_latent,
-            first_loss_column: first_loss_column as i64,
+            outputs_from: outputs_from as i64,
             supervised_positions: upload(Tensor::from_slice(&positions), device),
             targets: upload(Tensor::from_slice(&targets), device),
             real_tokens: batch.attention_mask.iter().map(|&m| m != 0).collect(),
@@ -202,19 +202,19 @@ impl Pass {
 }
 
 /// The passes over the [`pass_ranges`] of a batch, for a caller that reads the hidden
-/// states of columns `[read_from, seq_len)`. With `recompute`, the two long passes (the
+/// states of columns `[outputs_from, seq_len)`. With `recompute`, the two long passes (the
 /// first and the final) are recomputed in the backward pass.
 fn plan_passes(
     first_latent: i64,
     n_latents: usize,
     seq_len: i64,
-    read_from: i64,
+    outputs_from: i64,
     recompute: bool,
 ) -> Vec<Pass> {
     let ranges = pass_ranges(first_latent, n_latents, seq_len);
     let last = ranges.len() - 1;
     let plan = ranges.into_iter().enumerate().map(|(i, (start, end))| {
-        let read = read_from.clamp(start, end)..end;
+        let read = outputs_from.clamp(start, end)..end;
         let computed_from = if i < last { read.start.min(end - 1) } else { read.start };
         Pass {
             columns: start..end,
@@ -307,10 +307,10 @@ impl Forward<'_> {
         let bias = self.batch.bias.narrow(2, start, len).narrow(3, 0, pass.columns.end);
         let pos = self.batch.position_ids.narrow(1, start, len);
         let tables = self.position_tables.iter().map(|t| t.narrow(1, start, len)).collect();
-        let from = pass.computed.start - start;
-        let packing = self.batch.packing(&pass.columns, from);
+        let outputs_from = pass.computed.start - start;
+        let packing = self.batch.packing(&pass.columns, outputs_from);
         let inputs = PassInputs::new(&pos, &bias, self.train)
-            .outputs_from(from)
+            .outputs_from(outputs_from)
             .packed(packing.as_ref())
             .with_position_tables(tables);
         if pass.recomputed {
@@ -337,8 +337,7 @@ fn width(range: &Range<i64>) -> i64 {
 /// late stages only a few percent of the positions carry a label. For the same reason the
 /// last block runs only from the first column the loss reads.
 pub fn coconut_loss(model: &dyn CausalLm, batch: &DeviceBatch, train: bool) -> Tensor {
-    let hidden =
-        latent_hidden_states(model, batch, &mut KvCache::new(), train, batch.first_loss_column);
+    let hidden = latent_hidden_states(model, batch, &mut KvCache::new(), train, batch.outputs_from);
     loss_on_supervised_columns(model, batch, &hidden)
 }
 
@@ -375,7 +374,7 @@ pub fn training_loss(
 ) -> TrainingLoss {
     let mut cache = KvCache::new();
     let (hidden, recomputed) =
-        multi_pass(model, batch, &mut cache, true, batch.first_loss_column, gradient_checkpointing);
+        multi_pass(model, batch, &mut cache, true, batch.outputs_from, gradient_checkpointing);
     TrainingLoss { value: loss_on_supervised_columns(model, batch, &hidden), recomputed }
 }
 
@@ -432,7 +431,7 @@ fn add_gradient(sum: &mut Tensor, g: Tensor) {
 }
 
 /// Cross-entropy of the next token at the supervised columns of `hidden`, the hidden
-/// states of columns `[first_loss_column, T)`.
+/// states of columns `[outputs_from, T)`.
 fn loss_on_supervised_columns(
     model: &dyn CausalLm,
     batch: &DeviceBatch,

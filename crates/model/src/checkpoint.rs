@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::error::ModelError;
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::llama::{Llama, LlamaConfig};
-use crate::{CausalLm, ModelError};
+use crate::CausalLm;
 
 /// File name of the configuration inside a checkpoint folder.
 pub const CONFIG_FILE: &str = "config.json";

@@ -7,8 +7,8 @@ use tch::Tensor;
 /// `train`; `x` itself otherwise. The same distribution as `Tensor::dropout`.
 ///
 /// On a CPU, LibTorch draws each element's keep-or-drop as a Bernoulli of a 64-bit draw
-/// (two steps of its Mersenne twister and a double-precision uniform), a tenth of a
-/// GPT-2-shaped training step whose attention probabilities take dropout. A single-precision
+/// (two steps of its Mersenne twister and a double-precision uniform); docs/BENCHMARKS.md
+/// ("Where the time goes") measures its share of a training step. A single-precision
 /// uniform takes one 32-bit draw: the mask is [`dropout_mask`], `x` times it one operator,
 /// and so is the backward pass. On a GPU the fused kernel stays.
 pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {

@@ -7,10 +7,8 @@
 /// it is freed, and trims freed memory off the top of its heap. A GPT-2-sized training step
 /// (attention probabilities of about 80 MB a layer, MLP activations of about 45 MB) then gets
 /// new pages for its activations at every step, and the kernel zeroes every page on its first
-/// touch. Measured on a 2-core Xeon at one thread, the GPT-2-shaped stage-6 step at batch 8
-/// took 31 s with 5.0 million page faults by default and 23 s with 2.0 million (those of the
-/// first step) with this; the small default run is unchanged. Called first thing in `main`;
-/// a no-op where the C library is not glibc.
+/// touch. docs/BENCHMARKS.md ("Where the time goes") has the step times and page faults with
+/// and without this. Called first thing in `main`; a no-op where the C library is not glibc.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets glibc's allocation policy, for allocations made after it.

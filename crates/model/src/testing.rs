@@ -1,6 +1,6 @@
 //! Helpers for tests (the `testing` feature): tensor comparisons with
 //! [`coconut_testing::is_close`]'s rule (the semantics of `torch.testing.assert_close`)
-//! applied to every element, and the tiny random models of [`crate::tiny`], so that a test of
+//! applied to every element, and the tiny random models of [`crate::tiny_models`], so that a test of
 //! the trainer or of generation runs for each architecture.
 
 use coconut_testing::Tolerance;

@@ -8,8 +8,8 @@
 //! read, not trained again, so an interrupted comparison continues where it stopped.
 //!
 //! With `--jobs N`, N runs train at once, each in a process of its own with the cores shared
-//! out. A small model does not keep many cores busy: on 2 cores, two runs at one thread each
-//! get through about 1.3 times the tokens of one run at two threads.
+//! out: a small model does not keep many cores busy (docs/BENCHMARKS.md, "Data-parallel
+//! training", has the figures).
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};

@@ -43,7 +43,7 @@ pub struct Summary {
 }
 
 /// The figures of an epoch's evaluation as `metrics.jsonl` records them: the accuracy, and
-/// every figure of `metrics` as the extra (read back by [`evaluated_metrics`]).
+/// every figure of `metrics` as the extra (read back by `evaluated_metrics`).
 pub fn epoch_eval(metrics: &EvalMetrics) -> EpochEval {
     let serde_json::Value::Object(extra) =
         serde_json::to_value(metrics).expect("metrics serialise")

@@ -34,10 +34,10 @@ use coconut_model::{
 use tch::{Device, Tensor};
 
 use crate::adamw::{AdamW, AdamWConfig};
+use crate::error::TrainError;
 use crate::manifest::{manifest_file, verify, Verified, MANIFEST_FILE};
 use crate::model_setup::{load_model_dir, LoadedModel};
 pub use crate::state::{read_state, LossSums, TrainState, STATE_FILE};
-use crate::TrainError;
 use coconut_curriculum::GENERATION_CONFIG_FILE;
 use coconut_curriculum::TOKENIZER_FILE;
 

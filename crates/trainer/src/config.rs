@@ -7,8 +7,8 @@ use coconut_curriculum::CurriculumConfig;
 use coconut_datasets::{DatasetConfig, DatasetKind, Preset};
 use serde::{Deserialize, Serialize};
 
+use crate::error::TrainError;
 use crate::precision::Precision;
-use crate::TrainError;
 
 /// A whole run: data, model, curriculum, optimisation and evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

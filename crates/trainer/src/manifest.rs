@@ -17,8 +17,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
+use crate::error::TrainError;
 use crate::state::STATE_FILE;
-use crate::TrainError;
 
 /// File of the checksums inside a checkpoint.
 pub const MANIFEST_FILE: &str = "manifest.json";

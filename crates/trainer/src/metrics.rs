@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::TrainError;
 use crate::state::TrainState;
-use crate::TrainError;
 
 /// What the caller's evaluation reports at the end of an epoch (the trainer knows nothing
 /// of generation; the eval crate does).

@@ -9,8 +9,8 @@ use coconut_model::{load_pretrained, CausalLm, Gpt2, Gpt2Config, Llama, LlamaCon
 use tch::{nn::VarStore, Device};
 
 use crate::config::{Architecture, RunConfig};
+use crate::error::TrainError;
 use crate::state::{read_state, STATE_FILE};
-use crate::TrainError;
 
 use coconut_curriculum::TOKENIZER_FILE;
 

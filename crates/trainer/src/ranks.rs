@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use coconut_collective::{Collective, Single};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
+use crate::error::TrainError;
 use crate::gradients::Gradients;
-use crate::TrainError;
 
 /// This process's place among the ranks of the run, and the engine that connects them.
 pub struct Ranks {

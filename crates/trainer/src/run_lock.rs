@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::Path;
 
-use crate::TrainError;
+use crate::error::TrainError;
 
 /// The lock file inside a run folder.
 pub const LOCK_FILE: &str = ".lock";

@@ -12,11 +12,11 @@ use crate::checkpoint::{
     STATE_FILE,
 };
 use crate::config::RunConfig;
+use crate::error::TrainError;
 use crate::model_setup::{build_model, LoadedModel};
 use crate::precision::Precision;
 use crate::ranks::Ranks;
 use crate::state::LossSums;
-use crate::TrainError;
 
 /// The model, the optimizer and the position a run continues from.
 pub(crate) type Start = (LoadedModel, AdamW, TrainState);

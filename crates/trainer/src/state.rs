@@ -8,8 +8,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
+use crate::error::TrainError;
 use crate::precision::Precision;
-use crate::TrainError;
 
 /// File of the training position inside a checkpoint; written last.
 pub const STATE_FILE: &str = "train_state.json";

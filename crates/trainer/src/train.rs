@@ -27,6 +27,7 @@ use crate::checkpoint::{
     recover_checkpoints, save_checkpoint, DiskIo, TrainState,
 };
 use crate::config::{OptimizerReset, RunConfig};
+use crate::error::TrainError;
 use crate::gradients::Gradients;
 use crate::metrics::{EpochEval, MetricLine, MetricsFile};
 use crate::model_setup::{check_model_paths, LoadedModel};
@@ -35,7 +36,6 @@ use crate::run_lock::RunLock;
 use crate::start::resume_or_start;
 use crate::state::LossSums;
 use crate::validation::{check_sample_lengths, teacher_forced_sums};
-use crate::TrainError;
 use coconut_latent::{training_loss, DeviceBatch};
 
 /// The result of [`Trainer::run`].

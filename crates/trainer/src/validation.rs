@@ -8,8 +8,8 @@ use coconut_curriculum::{
 };
 use tch::{Kind, Tensor};
 
+use crate::error::TrainError;
 use crate::model_setup::LoadedModel;
-use crate::TrainError;
 use coconut_latent::{coconut_loss, DeviceBatch};
 
 /// Checks that every sample of `file` fits a model of `positions` positions, before any
