@@ -133,6 +133,49 @@ pub trait Collective: Send {
     unsafe fn all_reduce_sum_device(&mut self, ptr: u64, len: usize)
         -> Result<(), CollectiveError>;
 
+    /// Sums `values` over the ranks where this rank keeps its shard: `values` is
+    /// `world_size` equal shards laid end to end, and afterwards shard `rank()` holds the
+    /// element-wise sum of every rank's shard `rank()`; the other shards are left
+    /// unspecified. The first half of a sharded optimizer step (ZeRO-1): each rank then
+    /// updates its shard alone. All ranks pass the same length, a multiple of
+    /// `world_size`.
+    fn reduce_scatter_sum(&mut self, values: &mut [f32]) -> Result<(), CollectiveError>;
+
+    /// Hands every rank every rank's shard, in place: `values` is `world_size` equal shards
+    /// of bytes laid end to end, this rank's the `rank()`-th, and afterwards every shard
+    /// holds what its rank had there. The second half of a sharded optimizer step, which
+    /// brings every rank the weights the others updated; bytes, so that f32 weights and
+    /// bf16 copies travel as they are. All ranks pass the same length, a multiple of
+    /// `world_size`.
+    fn all_gather_shards(&mut self, values: &mut [u8]) -> Result<(), CollectiveError>;
+
+    /// [`Collective::reduce_scatter_sum`] of `len` `f32` values on a CUDA device at `ptr`,
+    /// queued on the default stream like [`Collective::all_reduce_sum_device`]. Only
+    /// [`Nccl`] does this; [`Single`] accepts it as the identity, and `Mpi` returns
+    /// [`CollectiveError::Unsupported`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`Collective::all_reduce_sum_device`].
+    unsafe fn reduce_scatter_sum_device(
+        &mut self,
+        ptr: u64,
+        len: usize,
+    ) -> Result<(), CollectiveError>;
+
+    /// [`Collective::all_gather_shards`] of `bytes` bytes on a CUDA device at `ptr`, queued
+    /// on the default stream. Only [`Nccl`] does this; [`Single`] accepts it as the
+    /// identity, and `Mpi` returns [`CollectiveError::Unsupported`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`Collective::all_reduce_sum_device`], for `bytes` bytes.
+    unsafe fn all_gather_shards_device(
+        &mut self,
+        ptr: u64,
+        bytes: usize,
+    ) -> Result<(), CollectiveError>;
+
     /// Replaces `bytes` on every rank with rank `root`'s `bytes`. The lengths may differ
     /// between ranks: the root's length is sent first.
     fn broadcast_bytes(&mut self, bytes: &mut Vec<u8>, root: usize) -> Result<(), CollectiveError>;
@@ -157,6 +200,25 @@ fn check_root(engine: &'static str, root: usize, world_size: usize) -> Result<()
             engine,
             operation: "broadcast_bytes",
             message: format!("root {root} is not a rank of a world of {world_size}"),
+        })
+    }
+}
+
+/// Checks that a buffer of `len` elements splits into `world_size` equal shards, for the
+/// sharded operations of every engine; returns the shard's length.
+fn shard_len(
+    engine: &'static str,
+    operation: &'static str,
+    len: usize,
+    world_size: usize,
+) -> Result<usize, CollectiveError> {
+    if len.is_multiple_of(world_size) {
+        Ok(len / world_size)
+    } else {
+        Err(CollectiveError::InvalidArgument {
+            engine,
+            operation,
+            message: format!("{len} elements do not split into {world_size} equal shards"),
         })
     }
 }

@@ -6,7 +6,7 @@ use mpi::environment::Universe;
 use mpi::traits::{Communicator, CommunicatorCollectives, Equivalence, Root};
 use mpi::Threading;
 
-use crate::{check_root, Collective, CollectiveError};
+use crate::{check_root, shard_len, Collective, CollectiveError};
 
 const ENGINE: &str = "mpi";
 
@@ -38,6 +38,7 @@ pub struct Mpi {
     local_rank: usize,
     scratch_f32: Vec<f32>,
     scratch_f64: Vec<f64>,
+    scratch_bytes: Vec<u8>,
 }
 
 impl Mpi {
@@ -78,6 +79,7 @@ impl Mpi {
             local_rank,
             scratch_f32: Vec::new(),
             scratch_f64: Vec::new(),
+            scratch_bytes: Vec::new(),
         })
     }
 
@@ -128,6 +130,15 @@ fn sum_in_chunks<T: Equivalence + Copy + Default>(
     }
 }
 
+/// The device operations' error: a host engine sums host buffers.
+fn device_unsupported(operation: &'static str) -> CollectiveError {
+    CollectiveError::Unsupported {
+        engine: ENGINE,
+        operation,
+        hint: "device buffers are summed by the nccl engine (Nccl::from_mpi)",
+    }
+}
+
 impl Collective for Mpi {
     fn rank(&self) -> usize {
         self.rank
@@ -152,11 +163,67 @@ impl Collective for Mpi {
         _ptr: u64,
         _len: usize,
     ) -> Result<(), CollectiveError> {
-        Err(CollectiveError::Unsupported {
-            engine: ENGINE,
-            operation: "all_reduce_sum_device",
-            hint: "device buffers are summed by the nccl engine (Nccl::from_mpi)",
-        })
+        Err(device_unsupported("all_reduce_sum_device"))
+    }
+
+    /// `MPI_Reduce_scatter_block` in chunks: each chunk of the shard length packs the
+    /// ranks' pieces of it side by side in scratch memory (at most [`CHUNK`] elements),
+    /// so that MPI's counts stay C ints and the extra memory bounded.
+    fn reduce_scatter_sum(&mut self, values: &mut [f32]) -> Result<(), CollectiveError> {
+        let (world_size, rank) = (self.world_size, self.rank);
+        let shard = shard_len(ENGINE, "reduce_scatter_sum", values.len(), world_size)?;
+        let chunk = (CHUNK / world_size).max(1).min(shard);
+        self.scratch_f32.resize(chunk * (world_size + 1), 0.0);
+        let (send, received) = self.scratch_f32.split_at_mut(chunk * world_size);
+        let world = self.universe.world();
+        for start in (0..shard).step_by(chunk.max(1)) {
+            let n = chunk.min(shard - start);
+            for (q, piece) in send[..n * world_size].chunks_mut(n).enumerate() {
+                piece.copy_from_slice(&values[q * shard + start..][..n]);
+            }
+            world.reduce_scatter_block_into(
+                &send[..n * world_size],
+                &mut received[..n],
+                SystemOperation::sum(),
+            );
+            values[rank * shard + start..][..n].copy_from_slice(&received[..n]);
+        }
+        Ok(())
+    }
+
+    /// `MPI_Allgather` in chunks of the shard, through scratch memory of at most
+    /// [`CHUNK`] f32's worth of bytes.
+    fn all_gather_shards(&mut self, values: &mut [u8]) -> Result<(), CollectiveError> {
+        let (world_size, rank) = (self.world_size, self.rank);
+        let shard = shard_len(ENGINE, "all_gather_shards", values.len(), world_size)?;
+        let chunk = (4 * CHUNK / world_size).max(1).min(shard);
+        self.scratch_bytes.resize(chunk * world_size, 0);
+        let world = self.universe.world();
+        for start in (0..shard).step_by(chunk.max(1)) {
+            let n = chunk.min(shard - start);
+            let gathered = &mut self.scratch_bytes[..n * world_size];
+            world.all_gather_into(&values[rank * shard + start..][..n], &mut gathered[..]);
+            for (q, piece) in gathered.chunks(n).enumerate() {
+                values[q * shard + start..][..n].copy_from_slice(piece);
+            }
+        }
+        Ok(())
+    }
+
+    unsafe fn reduce_scatter_sum_device(
+        &mut self,
+        _ptr: u64,
+        _len: usize,
+    ) -> Result<(), CollectiveError> {
+        Err(device_unsupported("reduce_scatter_sum_device"))
+    }
+
+    unsafe fn all_gather_shards_device(
+        &mut self,
+        _ptr: u64,
+        _bytes: usize,
+    ) -> Result<(), CollectiveError> {
+        Err(device_unsupported("all_gather_shards_device"))
     }
 
     fn broadcast_bytes(&mut self, bytes: &mut Vec<u8>, root: usize) -> Result<(), CollectiveError> {

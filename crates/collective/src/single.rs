@@ -1,6 +1,6 @@
 //! The engine of a run alone: rank 0 of 1.
 
-use crate::{check_root, Collective, CollectiveError};
+use crate::{check_root, shard_len, Collective, CollectiveError};
 
 /// Rank 0 of a world of one: every sum is the identity, a broadcast keeps the bytes, a
 /// gather returns them alone, and a barrier returns at once. What the trainer did before
@@ -38,6 +38,32 @@ impl Collective for Single {
         &mut self,
         _ptr: u64,
         _len: usize,
+    ) -> Result<(), CollectiveError> {
+        Ok(())
+    }
+
+    /// One shard, the whole buffer: already its own sum.
+    fn reduce_scatter_sum(&mut self, values: &mut [f32]) -> Result<(), CollectiveError> {
+        shard_len(self.name(), "reduce_scatter_sum", values.len(), 1).map(drop)
+    }
+
+    /// One shard, already in place.
+    fn all_gather_shards(&mut self, values: &mut [u8]) -> Result<(), CollectiveError> {
+        shard_len(self.name(), "all_gather_shards", values.len(), 1).map(drop)
+    }
+
+    unsafe fn reduce_scatter_sum_device(
+        &mut self,
+        _ptr: u64,
+        _len: usize,
+    ) -> Result<(), CollectiveError> {
+        Ok(())
+    }
+
+    unsafe fn all_gather_shards_device(
+        &mut self,
+        _ptr: u64,
+        _bytes: usize,
     ) -> Result<(), CollectiveError> {
         Ok(())
     }
@@ -89,6 +115,19 @@ mod tests {
     fn device_sum_touches_nothing() {
         // A null pointer is fine: the sum over one rank reads and writes nothing.
         unsafe { Single::new().all_reduce_sum_device(0, 1 << 20) }.unwrap();
+        unsafe { Single::new().reduce_scatter_sum_device(0, 1 << 20) }.unwrap();
+        unsafe { Single::new().all_gather_shards_device(0, 1 << 20) }.unwrap();
+    }
+
+    #[test]
+    fn one_shard_is_the_whole_buffer() {
+        let mut single = Single::new();
+        let mut values = vec![1.5f32, -2.0, 7.0];
+        single.reduce_scatter_sum(&mut values).unwrap();
+        assert_eq!(values, [1.5, -2.0, 7.0]);
+        let mut bytes = b"weights".to_vec();
+        single.all_gather_shards(&mut bytes).unwrap();
+        assert_eq!(bytes, b"weights");
     }
 
     #[test]

@@ -77,6 +77,27 @@ fn rank_world() -> ExitCode {
     let gathered = mpi.all_gather_bytes(&vec![rank as u8; 1000 * (rank + 1)]).unwrap();
     assert_eq!(gathered, [vec![0; 1000], vec![1; 2000]]);
 
+    // The sharded step's halves, over more than one MPI call's chunk: rank r keeps shard
+    // r of the sum, then every rank gets every shard.
+    let shard = (1 << 21) + 3;
+    let mut values: Vec<f32> =
+        (0..2 * shard).map(|i| (i % 977) as f32 + rank as f32 * 0.5).collect();
+    mpi.reduce_scatter_sum(&mut values).unwrap();
+    let own = &values[rank * shard..][..shard];
+    let expected = |i: usize| 2.0 * (i % 977) as f32 + 0.5;
+    assert!(own.iter().enumerate().all(|(j, v)| *v == expected(rank * shard + j)));
+    let shard_bytes = 4 * (1 << 22) + 7;
+    let mut bytes = vec![0u8; 2 * shard_bytes];
+    let byte = |i: usize| (i % 251) as u8;
+    for (j, b) in bytes[rank * shard_bytes..][..shard_bytes].iter_mut().enumerate() {
+        *b = byte(rank * shard_bytes + j);
+    }
+    mpi.all_gather_shards(&mut bytes).unwrap();
+    assert!(bytes.iter().enumerate().all(|(i, b)| *b == byte(i)));
+    let err = mpi.reduce_scatter_sum(&mut [1.0; 3]).unwrap_err();
+    assert!(err.to_string().contains("do not split into 2 equal shards"), "{err}");
+    mpi.all_gather_shards(&mut []).unwrap();
+
     mpi.barrier().unwrap();
 
     let err = unsafe { mpi.all_reduce_sum_device(0, 4) }.unwrap_err();

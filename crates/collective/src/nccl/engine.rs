@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_int};
 use std::time::Duration;
 
 use super::ffi::*;
-use crate::{check_root, Collective, CollectiveError, TorchrunEnv};
+use crate::{check_root, shard_len, Collective, CollectiveError, TorchrunEnv};
 
 /// Every operation of [`Collective`] through NCCL, between the CUDA devices of the ranks:
 /// the engine of GPU runs, whichever launcher started them, with no other engine beside it.
@@ -358,6 +358,70 @@ impl Nccl {
         self.download(operation, values, buffer)
     }
 
+    /// Queues NCCL's in-place reduce-scatter of `len` f32 at device address `ptr` (this
+    /// rank's shard receives the sum). The context is pushed.
+    ///
+    /// # Safety
+    /// `ptr..ptr + 4 * len` is device memory of the engine's device, written by nothing
+    /// else until the call has run.
+    unsafe fn queue_reduce_scatter(
+        &mut self,
+        operation: &'static str,
+        ptr: CuDevicePtr,
+        len: usize,
+    ) -> Result<(), CollectiveError> {
+        let shard = shard_len(ENGINE, operation, len, self.world_size)?;
+        if shard == 0 {
+            return Ok(());
+        }
+        let own = ptr + (self.rank * shard * 4) as u64;
+        // SAFETY: in place, as NCCL allows: the receive buffer is this rank's shard of the
+        // send buffer; the null stream is the default stream.
+        let result = unsafe {
+            (self.device.nccl.reduce_scatter)(
+                device_ptr(ptr),
+                device_ptr(own),
+                shard,
+                NCCL_FLOAT32,
+                NCCL_SUM,
+                self.comm,
+                std::ptr::null_mut(),
+            )
+        };
+        self.check(operation, &format!("ncclReduceScatter of {len} f32"), result)
+    }
+
+    /// Queues NCCL's in-place all-gather of `bytes` bytes at device address `ptr`. The
+    /// context is pushed.
+    ///
+    /// # Safety
+    /// As for [`Nccl::queue_reduce_scatter`], for `bytes` bytes.
+    unsafe fn queue_all_gather(
+        &mut self,
+        operation: &'static str,
+        ptr: CuDevicePtr,
+        bytes: usize,
+    ) -> Result<(), CollectiveError> {
+        let shard = shard_len(ENGINE, operation, bytes, self.world_size)?;
+        if shard == 0 {
+            return Ok(());
+        }
+        let own = ptr + (self.rank * shard) as u64;
+        // SAFETY: in place, as NCCL allows: the send buffer is this rank's shard of the
+        // receive buffer; the null stream is the default stream.
+        let result = unsafe {
+            (self.device.nccl.all_gather)(
+                device_ptr(own),
+                device_ptr(ptr),
+                shard,
+                NCCL_UINT8,
+                self.comm,
+                std::ptr::null_mut(),
+            )
+        };
+        self.check(operation, &format!("ncclAllGather of {bytes} bytes"), result)
+    }
+
     /// Replaces host `values` with rank `root`'s, through the staging buffer. Every rank
     /// passes the same length. The context is pushed.
     fn broadcast_host<T: Element>(
@@ -497,6 +561,62 @@ impl Collective for Nccl {
             )
         };
         self.check(operation, &format!("ncclAllReduce of {len} f32"), result)
+    }
+
+    /// Through the staging buffer: the whole buffer up, this rank's shard back.
+    fn reduce_scatter_sum(&mut self, values: &mut [f32]) -> Result<(), CollectiveError> {
+        let operation = "reduce_scatter_sum";
+        let shard = shard_len(ENGINE, operation, values.len(), self.world_size)?;
+        let _pushed = self.enter(operation)?;
+        if shard == 0 {
+            return Ok(());
+        }
+        let buffer = self.staging(operation, std::mem::size_of_val(values))?;
+        self.upload(operation, buffer, values)?;
+        // SAFETY: the staging buffer holds `values`, and only this operation uses it.
+        unsafe { self.queue_reduce_scatter(operation, buffer, values.len()) }?;
+        self.wait(operation)?;
+        let own = self.rank * shard;
+        self.download(operation, &mut values[own..own + shard], buffer + 4 * own as u64)
+    }
+
+    /// Through the staging buffer: this rank's shard up, every shard back.
+    fn all_gather_shards(&mut self, values: &mut [u8]) -> Result<(), CollectiveError> {
+        let operation = "all_gather_shards";
+        let shard = shard_len(ENGINE, operation, values.len(), self.world_size)?;
+        let _pushed = self.enter(operation)?;
+        if shard == 0 {
+            return Ok(());
+        }
+        let buffer = self.staging(operation, values.len())?;
+        let own = self.rank * shard;
+        self.upload(operation, buffer + own as u64, &values[own..own + shard])?;
+        // SAFETY: the staging buffer has room for `values`, and only this operation uses it.
+        unsafe { self.queue_all_gather(operation, buffer, values.len()) }?;
+        self.wait(operation)?;
+        self.download(operation, values, buffer)
+    }
+
+    unsafe fn reduce_scatter_sum_device(
+        &mut self,
+        ptr: u64,
+        len: usize,
+    ) -> Result<(), CollectiveError> {
+        let operation = "reduce_scatter_sum_device";
+        let _pushed = self.enter(operation)?;
+        // SAFETY: the caller's guarantee.
+        unsafe { self.queue_reduce_scatter(operation, ptr, len) }
+    }
+
+    unsafe fn all_gather_shards_device(
+        &mut self,
+        ptr: u64,
+        bytes: usize,
+    ) -> Result<(), CollectiveError> {
+        let operation = "all_gather_shards_device";
+        let _pushed = self.enter(operation)?;
+        // SAFETY: the caller's guarantee.
+        unsafe { self.queue_all_gather(operation, ptr, bytes) }
     }
 
     fn broadcast_bytes(&mut self, bytes: &mut Vec<u8>, root: usize) -> Result<(), CollectiveError> {

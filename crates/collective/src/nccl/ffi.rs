@@ -67,6 +67,16 @@ pub(super) struct NcclApi {
         NcclComm,
         CuStream,
     ) -> NcclResult,
+    /// `(sendbuff, recvbuff, recvcount, datatype, op, comm, stream)`.
+    pub(super) reduce_scatter: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        NcclComm,
+        CuStream,
+    ) -> NcclResult,
     /// `(sendbuff, recvbuff, count, datatype, root, comm, stream)`.
     pub(super) broadcast: unsafe extern "C" fn(
         *const c_void,
@@ -174,6 +184,7 @@ pub(super) fn load_nccl_from(candidates: &[String]) -> Result<NcclApi, String> {
             get_unique_id: symbol(&library, "ncclGetUniqueId")?,
             comm_init_rank: symbol(&library, "ncclCommInitRank")?,
             all_reduce: symbol(&library, "ncclAllReduce")?,
+            reduce_scatter: symbol(&library, "ncclReduceScatter")?,
             broadcast: symbol(&library, "ncclBroadcast")?,
             all_gather: symbol(&library, "ncclAllGather")?,
             comm_destroy: symbol(&library, "ncclCommDestroy")?,
