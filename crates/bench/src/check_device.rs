@@ -332,7 +332,12 @@ fn nccl_one_rank_step(vocab: usize, data: &CheckData, index: usize) -> Result<St
                 .map_err(|e| e.to_string())?;
         }
         optimizer.step(&mut grads);
-        Ok(optimizer.masters().into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect())
+        Ok(optimizer
+            .masters()
+            .expect("whole")
+            .into_iter()
+            .map(|(n, t)| (n, t.to_device(Device::Cpu)))
+            .collect())
     };
     let (alone, reduced) = (step(false)?, step(true)?);
     let differing: Vec<&str> = alone

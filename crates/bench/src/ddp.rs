@@ -133,7 +133,7 @@ pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Resu
         let waited = wait_started.elapsed().as_secs_f64();
         let reduce_started = Instant::now();
         let mut scalars = [real];
-        ranks.sum_gradients(&mut grads, &mut scalars)?;
+        ranks.sum_gradients(&mut grads, &mut scalars, optimizer.partition())?;
         let reduced = reduce_started.elapsed().as_secs_f64();
         optimizer.step(&mut grads);
         ranks.barrier()?;

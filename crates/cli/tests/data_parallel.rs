@@ -1,7 +1,7 @@
 //! Data-parallel training over MPI: two ranks started by `mpirun` end with the weights of
 //! one rank with twice the accumulation (dropout on, so its seeds must not depend on the
-//! rank), also through a resume with another number of ranks; a rank that dies ends the
-//! job with an error naming it. Needs the `mpi` feature (`cargo xtask test` enables it) and
+//! rank), also through a resume with another number of ranks, and also with the optimizer
+//! state sharded across the ranks; a rank that dies ends the job with an error naming it. Needs the `mpi` feature (`cargo xtask test` enables it) and
 //! OpenMPI (`cargo xtask setup` installs it).
 #![cfg(feature = "mpi")]
 
@@ -38,8 +38,14 @@ fn train(ranks: usize, config: &Path) -> Command {
 /// A run of 24 samples in micro-batches of 4 with dropout: six micro-batches an epoch, so
 /// three optimizer steps with two micro-batches each.
 fn config(dir: &Path, name: &str, grad_accum: usize, epochs: usize) -> PathBuf {
+    config_with(dir, name, grad_accum, epochs, "")
+}
+
+/// [`config`] with more `[train]` keys.
+fn config_with(dir: &Path, name: &str, grad_accum: usize, epochs: usize, train: &str) -> PathBuf {
     let model = format!("{SMALL_GPT2}\ndropout = 0.1");
-    let path = write_config_with_model(dir, name, &model, &format!("grad_accum = {grad_accum}"));
+    let train = format!("grad_accum = {grad_accum}\n{train}");
+    let path = write_config_with_model(dir, name, &model, &train);
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("max_train_samples = 32", "max_train_samples = 24")
@@ -87,6 +93,49 @@ fn two_ranks_give_the_weights_of_one_rank_with_twice_the_accumulation() {
     let out = train(1, &other).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("grad_accum x ranks"), "{err}");
+}
+
+/// The optimizer state sharded over 2 ranks (ZeRO-1) gives the weights of 2 replicated
+/// ranks and of 1 rank with twice the accumulation (dropout on); so does a run cut short
+/// after a mid-epoch checkpoint and resumed, sharded on 2 ranks, on 1 rank alone, or from
+/// a replicated run's checkpoint.
+#[test]
+fn a_sharded_optimizer_gives_the_weights_of_a_replicated_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str| dir.path().join(name);
+    let every_step = "save_every_steps = 1\nkeep_last = 0";
+    let sharded = format!("{every_step}\nshard_optimizer = true");
+    succeed(train(1, &config_with(dir.path(), "straight", 2, 2, every_step)));
+    succeed(train(2, &config_with(dir.path(), "replicated", 1, 2, every_step)));
+    succeed(train(2, &config_with(dir.path(), "zero", 1, 2, &sharded)));
+    let reference = last_checkpoint(&run("straight"));
+    assert_same_weights(&reference, &last_checkpoint(&run("replicated")), "replicated");
+    assert_same_weights(&reference, &last_checkpoint(&run("zero")), "sharded");
+    // One optimizer file per rank, both in the one manifest.
+    let ckpt = last_checkpoint(&run("zero"));
+    let manifest = std::fs::read_to_string(ckpt.join("manifest.json")).unwrap();
+    for part in ["optimizer-part-0-of-2.safetensors", "optimizer-part-1-of-2.safetensors"] {
+        assert!(ckpt.join(part).is_file() && manifest.contains(part), "{part}: {manifest}");
+    }
+    assert!(!ckpt.join("optimizer.safetensors").exists());
+
+    let runs = [
+        ("zero-again", "zero", 2, 1, sharded.as_str()),
+        ("zero-to-one", "zero", 1, 2, every_step),
+        ("replicated-to-zero", "replicated", 2, 1, sharded.as_str()),
+    ];
+    for (name, from, ranks, grad_accum, train_keys) in runs {
+        // What a kill after the second epoch's first step leaves on disk.
+        common::copy_tree(&run(from), &run(name));
+        for ckpt in list_checkpoints(&run(name).join("checkpoints")) {
+            if read_state(&ckpt).unwrap().global_step > 4 {
+                std::fs::remove_dir_all(&ckpt).unwrap();
+            }
+        }
+        assert_eq!(read_state(&last_checkpoint(&run(name))).unwrap().global_step, 4);
+        succeed(train(ranks, &config_with(dir.path(), name, grad_accum, 2, train_keys)));
+        assert_same_weights(&reference, &last_checkpoint(&run(name)), name);
+    }
 }
 
 #[test]

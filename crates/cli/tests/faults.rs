@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use coconut_trainer::checkpoint::{list_checkpoints, load_checkpoint, read_state};
+use coconut_trainer::flat::Partition;
 use common::{
     assert_same_metrics, assert_same_weights, coconut, copy_tree, eval_two, fixture_samples,
     last_checkpoint, step_lines, succeed, train, write_config,
@@ -28,7 +29,7 @@ fn assert_checkpoints_load(run: &Path, context: &str) {
             eps: 1e-8,
             weight_decay: 0.01,
         };
-        if let Err(e) = load_checkpoint(&ckpt, Device::Cpu, adamw) {
+        if let Err(e) = load_checkpoint(&ckpt, Device::Cpu, adamw, Partition::WHOLE) {
             panic!("{context}: {} does not load: {e}", ckpt.display());
         }
     }

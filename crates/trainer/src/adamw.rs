@@ -9,15 +9,24 @@
 //! `coconut-torch-ext`) once per group: PyTorch's `AdamW` update, with weight decay applied
 //! only to parameters of two or more dimensions (matrices and embeddings), as nanoGPT does.
 //!
+//! Sharded across ranks (ZeRO-1, a [`Partition`] other than the whole), an optimizer holds
+//! the moments, and in bf16 the f32 masters, of its rank's part of each group only, and
+//! updates that part: the ranks then exchange their parts of the weights
+//! ([`crate::ranks::Ranks::gather_weights`]). In f32 the masters are the model's weights,
+//! which every rank holds whole.
+//!
 //! The checkpointed state names each parameter's moments (`exp_avg.<name>`,
-//! `exp_avg_sq.<name>`) and the step count, whatever the layout.
+//! `exp_avg_sq.<name>`) and the step count; a rank's part of a sharded state names each
+//! group's part (`exp_avg.decayed`, `exp_avg_sq.not_decayed`, ...). Either loads into any
+//! partition ([`AdamW::load_state`]).
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use coconut_torch_ext::{fused_adamw, AdamWStep};
 use tch::{Kind, Tensor};
 
-use crate::flat::FlatLayout;
+use crate::flat::{part_of, FlatLayout, Group, Partition};
 use crate::gradients::Gradients;
 
 /// AdamW hyperparameters.
@@ -41,17 +50,26 @@ pub struct AdamWConfig {
 pub struct AdamW {
     config: AdamWConfig,
     layout: FlatLayout,
-    /// (numel) f32: the parameters' values.
-    masters: Tensor,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    /// (numel) in the model's kind when it is not f32: the values the model computes with.
-    copies: Option<Tensor>,
-    /// Each group's views of the masters and the two moments, made once.
-    group_views: Vec<[Tensor; 3]>,
+    partition: Partition,
+    /// (numel) in the kind the model computes in: its variables are views of it. In f32
+    /// these are the masters themselves.
+    weights: Tensor,
+    /// This rank's part of each group, in group order.
+    parts: Vec<Part>,
     step: i64,
     /// (1) f32 on the parameters' device: the step count the fused kernel reads.
     step_tensor: Tensor,
+}
+
+/// A rank's part of one group of the flat buffers.
+#[derive(Debug)]
+struct Part {
+    /// The elements of the group it covers (group-relative, padding included).
+    range: Range<i64>,
+    /// f32: a view of the weights when the model computes in f32, its own buffer otherwise.
+    masters: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
 }
 
 impl AdamW {
@@ -64,56 +82,62 @@ impl AdamW {
         config: AdamWConfig,
         compute: Kind,
     ) -> Self {
+        Self::sharded(variables, config, compute, Partition::WHOLE)
+    }
+
+    /// [`AdamW::new`] holding only `partition`'s part of the state (every rank of a
+    /// sharded run makes its own, from the same weights).
+    pub fn sharded(
+        variables: impl IntoIterator<Item = (String, Tensor)>,
+        config: AdamWConfig,
+        compute: Kind,
+        partition: Partition,
+    ) -> Self {
         let variables: Vec<(String, Tensor)> = variables.into_iter().collect();
-        let layout = FlatLayout::of(&variables);
+        let layout = FlatLayout::of(&variables, partition.ranks);
         let device = variables.first().map_or(tch::Device::Cpu, |(_, t)| t.device());
         let masters = layout.zeros(Kind::Float, device);
-        let copies = (compute != Kind::Float).then(|| layout.zeros(compute, device));
+        let variable = |name: &str| -> Tensor {
+            let (_, tensor) = variables.iter().find(|(n, _)| n == name).expect("a member");
+            tensor.shallow_clone()
+        };
         tch::no_grad(|| {
-            let master_views = layout.member_views(&masters);
-            let copy_views = copies.as_ref().map(|c| layout.member_views(c));
-            for (i, member) in layout.members.iter().enumerate() {
-                let (_, variable) =
-                    variables.iter().find(|(n, _)| *n == member.name).expect("a member");
-                master_views[i].shallow_clone().copy_(variable);
-                // set_data swaps the storage under the same variable: the model, the
-                // VarStore and every shallow clone see the view.
-                let mut variable = variable.shallow_clone();
-                match &copy_views {
-                    Some(views) => {
-                        views[i].shallow_clone().copy_(&master_views[i]);
-                        variable.set_data(&views[i]);
-                    }
-                    None => variable.set_data(&master_views[i]),
-                }
+            for (member, view) in layout.members.iter().zip(layout.member_views(&masters)) {
+                view.shallow_clone().copy_(&variable(&member.name));
             }
         });
-        let exp_avg = layout.zeros(Kind::Float, device);
-        let exp_avg_sq = layout.zeros(Kind::Float, device);
-        let step_tensor = Tensor::zeros([1], (Kind::Float, device));
-        let group_views = (0..layout.groups.len())
-            .map(|g| {
-                [&masters, &exp_avg, &exp_avg_sq].map(|flat| layout.group_views(flat).remove(g))
+        let weights =
+            if compute == Kind::Float { masters.shallow_clone() } else { masters.to_kind(compute) };
+        tch::no_grad(|| {
+            for (member, view) in layout.members.iter().zip(layout.member_views(&weights)) {
+                // set_data swaps the storage under the same variable: the model, the
+                // VarStore and every shallow clone see the view.
+                variable(&member.name).set_data(&view);
+            }
+        });
+        let parts = layout
+            .groups
+            .iter()
+            .map(|group| {
+                let range = group.part(partition);
+                let len = range.end - range.start;
+                let in_flat = masters.narrow(0, group.offset + range.start, len);
+                let masters = if compute == Kind::Float { in_flat } else { in_flat.copy() };
+                let zeros = || Tensor::zeros([len], (Kind::Float, device));
+                Part { range, masters, exp_avg: zeros(), exp_avg_sq: zeros() }
             })
             .collect();
-        Self {
-            config,
-            layout,
-            masters,
-            exp_avg,
-            exp_avg_sq,
-            copies,
-            group_views,
-            step: 0,
-            step_tensor,
-        }
+        let step_tensor = Tensor::zeros([1], (Kind::Float, device));
+        Self { config, layout, partition, weights, parts, step: 0, step_tensor }
     }
 
     /// Forgets the moments (a new optimizer, as the paper does at a stage switch).
     pub fn reset(&mut self) {
         tch::no_grad(|| {
-            let _ = self.exp_avg.zero_();
-            let _ = self.exp_avg_sq.zero_();
+            for part in &mut self.parts {
+                let _ = part.exp_avg.zero_();
+                let _ = part.exp_avg_sq.zero_();
+            }
         });
         self.step = 0;
     }
@@ -125,17 +149,72 @@ impl AdamW {
 
     /// The kind the model computes in: f32, or the kind of the masters' copies.
     pub fn compute_kind(&self) -> Kind {
-        self.copies.as_ref().map_or(Kind::Float, Tensor::kind)
+        self.weights.kind()
     }
 
-    /// The f32 master weights by name (views of the masters), for a checkpoint's model
-    /// file: what the model's variables hold, at full precision.
-    pub fn masters(&self) -> Vec<(String, Tensor)> {
-        self.named(&self.masters)
+    /// The layout of the buffers (padded for the partition's ranks).
+    pub fn layout(&self) -> &FlatLayout {
+        &self.layout
     }
 
-    /// One AdamW update from the sums of `grads` (in the same layout; a parameter without a
-    /// sum is not updated, as in PyTorch), then the copies rewritten from the masters.
+    /// The part of the state this optimizer holds.
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
+
+    /// The flat buffer the model's variables are views of, in the compute kind.
+    pub fn weights(&self) -> &Tensor {
+        &self.weights
+    }
+
+    /// Bytes of the state this optimizer holds beyond the model's weights: the moments, and
+    /// the f32 masters when the model computes in another kind.
+    pub fn state_bytes(&self) -> i64 {
+        let own_masters = self.compute_kind() != Kind::Float;
+        let per_part = |p: &Part| (p.range.end - p.range.start) * 4 * (2 + i64::from(own_masters));
+        self.parts.iter().map(per_part).sum()
+    }
+
+    /// The f32 master weights by name, for a checkpoint's model file: what the model's
+    /// variables hold, at full precision. `None` when they are spread over the ranks (a
+    /// sharded optimizer of a bf16 model): [`crate::ranks::Ranks::gather_masters`]
+    /// collects them.
+    pub fn masters(&self) -> Option<Vec<(String, Tensor)>> {
+        if self.compute_kind() == Kind::Float {
+            return Some(self.named(&self.weights));
+        }
+        self.partition.is_whole().then(|| {
+            let mut named = Vec::new();
+            for (group, part) in self.layout.groups.iter().zip(&self.parts) {
+                for member in &self.layout.members[group.members.clone()] {
+                    let view = part.masters.narrow(0, member.offset - group.offset, member.numel);
+                    named.push((member.name.clone(), view.view(member.shape.as_slice())));
+                }
+            }
+            named
+        })
+    }
+
+    /// Writes this rank's part of the f32 masters into `flat` (f32, of this layout) at its
+    /// place: the first half of gathering them.
+    pub fn write_master_parts(&self, flat: &Tensor) {
+        tch::no_grad(|| {
+            for (group, part) in self.layout.groups.iter().zip(&self.parts) {
+                let len = part.range.end - part.range.start;
+                flat.narrow(0, group.offset + part.range.start, len).copy_(&part.masters);
+            }
+        });
+    }
+
+    /// Every parameter's view of `flat` (a buffer of this layout), by name.
+    pub fn named(&self, flat: &Tensor) -> Vec<(String, Tensor)> {
+        let views = self.layout.member_views(flat);
+        self.layout.members.iter().map(|m| m.name.clone()).zip(views).collect()
+    }
+
+    /// One AdamW update of this optimizer's part from the sums of `grads` (in the same
+    /// layout; a parameter without a sum is not updated, as in PyTorch), then the copies of
+    /// that part rewritten from the masters.
     ///
     /// # Panics
     /// If `grads` holds the gradients of other parameters.
@@ -145,90 +224,192 @@ impl AdamW {
         let AdamWConfig { lr, betas: (beta1, beta2), eps, weight_decay } = self.config;
         let present = grads.present().to_vec();
         let flat_grads = grads.flat().shallow_clone();
-        let grad_groups = grads.group_views();
+        let copies = self.compute_kind() != Kind::Float;
         tch::no_grad(|| {
             let _ = self.step_tensor.fill_(self.step as f64);
-            for (index, group) in self.layout.groups.iter().enumerate() {
+            for (group, part) in self.layout.groups.iter().zip(&self.parts) {
                 let weight_decay = if group.decayed { weight_decay } else { 0.0 };
                 let step = AdamWStep { lr, beta1, beta2, weight_decay, eps };
-                let members = &present[group.members.clone()];
-                let lists = if members.iter().all(|&p| p) {
-                    // The whole group at once: one entry per list.
-                    let [masters, exp_avg, exp_avg_sq] = &self.group_views[index];
-                    [masters, &grad_groups[index], exp_avg, exp_avg_sq]
-                        .map(|t| vec![t.shallow_clone()])
-                } else {
-                    // Only the parameters with a gradient: one entry each.
-                    let mut lists: [Vec<Tensor>; 4] = Default::default();
-                    for index in group.members.clone().filter(|&i| present[i]) {
-                        let m = &self.layout.members[index];
-                        for (list, flat) in lists.iter_mut().zip([
-                            &self.masters,
-                            &flat_grads,
-                            &self.exp_avg,
-                            &self.exp_avg_sq,
-                        ]) {
-                            list.push(flat.narrow(0, m.offset, m.numel));
-                        }
-                    }
-                    lists
-                };
+                let lists = part_lists(group, part, &self.layout, &present, &flat_grads);
                 if lists[0].is_empty() {
                     continue;
                 }
                 let [p, g, m, v] = lists.each_ref().map(|l| l.iter().collect::<Vec<&Tensor>>());
                 let steps = vec![&self.step_tensor; p.len()];
                 fused_adamw(&p, &g, &m, &v, &steps, step).expect("the fused AdamW kernel runs");
-            }
-            if let Some(copies) = &mut self.copies {
-                copies.copy_(&self.masters);
+                if copies {
+                    let len = part.range.end - part.range.start;
+                    let mut copy = self.weights.narrow(0, group.offset + part.range.start, len);
+                    copy.copy_(&part.masters);
+                }
             }
         });
     }
 
-    /// The moments and step as named tensors, for a checkpoint.
+    /// The moments and step as named tensors, for a checkpoint: per parameter when this
+    /// optimizer holds the whole state, per group part otherwise (padding left out).
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("step".to_string(), Tensor::from(self.step))];
-        for (prefix, flat) in [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
-            out.extend(self.named(flat).into_iter().map(|(n, t)| (format!("{prefix}.{n}"), t)));
+        for (prefix, moment) in MOMENTS {
+            if self.partition.is_whole() {
+                for (group, part) in self.layout.groups.iter().zip(&self.parts) {
+                    for member in &self.layout.members[group.members.clone()] {
+                        let view =
+                            moment(part).narrow(0, member.offset - group.offset, member.numel);
+                        let name = format!("{prefix}.{}", member.name);
+                        out.push((name, view.view(member.shape.as_slice())));
+                    }
+                }
+            } else {
+                for (group, part) in self.layout.groups.iter().zip(&self.parts) {
+                    let held = saved_range(group, self.partition);
+                    let view = moment(part).narrow(0, 0, held.end - held.start);
+                    out.push((format!("{prefix}.{}", group_key(group)), view));
+                }
+            }
         }
         out
     }
 
-    /// Restores what [`AdamW::state`] produced. Errors name the missing or mismatched tensor.
-    pub fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), String> {
-        let step = state.get("step").ok_or("missing tensor step")?;
-        tch::no_grad(|| {
-            for (prefix, flat) in [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
-                for (name, view) in self.named(flat) {
-                    let key = format!("{prefix}.{name}");
-                    let src = state.get(&key).ok_or_else(|| format!("missing tensor {key}"))?;
-                    if src.size() != view.size() {
-                        return Err(format!(
-                            "tensor {key} has shape {:?}, expected {:?}",
-                            src.size(),
-                            view.size()
-                        ));
-                    }
-                    view.shallow_clone().copy_(src);
+    /// Restores the moments and the step from a state saved by an optimizer of
+    /// `saved_ranks` parts (what [`AdamW::state`] gave on each; 1: one state of every
+    /// parameter), whatever this optimizer's partition: the state is re-partitioned.
+    /// `read(q)` returns saved part `q`; only the parts that overlap this optimizer's are
+    /// read, one at a time. Errors name the missing or mismatched tensor.
+    pub fn load_state(
+        &mut self,
+        saved_ranks: usize,
+        mut read: impl FnMut(usize) -> Result<BTreeMap<String, Tensor>, String>,
+    ) -> Result<(), String> {
+        let mut step = None;
+        for q in 0..saved_ranks {
+            let saved = Partition { rank: q, ranks: saved_ranks };
+            // The elements of each group that part q holds and this optimizer needs.
+            let overlaps: Vec<(usize, Range<i64>, Range<i64>)> = (self.layout.groups.iter())
+                .zip(&self.parts)
+                .enumerate()
+                .filter_map(|(g, (group, part))| {
+                    let theirs = saved_range(group, saved);
+                    let both = theirs.start.max(part.range.start)..theirs.end.min(part.range.end);
+                    (both.start < both.end).then_some((g, theirs, both))
+                })
+                .collect();
+            if overlaps.is_empty() && !(q + 1 == saved_ranks && step.is_none()) {
+                continue;
+            }
+            let state = read(q)?;
+            let saved_step = state.get("step").ok_or("missing tensor step")?.int64_value(&[]);
+            if step.is_some_and(|s| s != saved_step) {
+                return Err(format!("part {q} was saved at step {saved_step}, not {step:?}"));
+            }
+            step = Some(saved_step);
+            for (prefix, moment) in MOMENTS {
+                for (g, theirs, both) in &overlaps {
+                    let (group, part) = (&self.layout.groups[*g], &self.parts[*g]);
+                    let vector = self.saved_vector(&state, prefix, group, saved, theirs)?;
+                    let len = both.end - both.start;
+                    let source = vector.narrow(0, both.start - theirs.start, len);
+                    tch::no_grad(|| {
+                        let target = moment(part).narrow(0, both.start - part.range.start, len);
+                        target.shallow_clone().copy_(&source);
+                    });
                 }
             }
-            Ok(())
-        })?;
-        self.step = step.int64_value(&[]);
+        }
+        self.step = step.ok_or("no saved part")?;
         Ok(())
     }
 
-    /// Each parameter's view of the flat buffer `flat`, by name.
-    fn named(&self, flat: &Tensor) -> Vec<(String, Tensor)> {
-        let views = self.layout.member_views(flat);
-        self.layout.members.iter().map(|m| m.name.clone()).zip(views).collect()
+    /// Group `group`'s moment `prefix` as saved by part `saved` (elements `theirs` of the
+    /// group), one f32 vector.
+    fn saved_vector(
+        &self,
+        state: &BTreeMap<String, Tensor>,
+        prefix: &str,
+        group: &Group,
+        saved: Partition,
+        theirs: &Range<i64>,
+    ) -> Result<Tensor, String> {
+        let get = |key: &str, shape: &[i64]| -> Result<Tensor, String> {
+            let tensor = state.get(key).ok_or_else(|| format!("missing tensor {key}"))?;
+            if tensor.size() != shape {
+                return Err(format!(
+                    "tensor {key} has shape {:?}, expected {shape:?}",
+                    tensor.size()
+                ));
+            }
+            Ok(tensor.to_kind(Kind::Float).flatten(0, -1))
+        };
+        if !saved.is_whole() {
+            return get(&format!("{prefix}.{}", group_key(group)), &[theirs.end - theirs.start]);
+        }
+        let members = &self.layout.members[group.members.clone()];
+        let vectors = members
+            .iter()
+            .map(|m| get(&format!("{prefix}.{}", m.name), &m.shape))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Tensor::cat(&vectors, 0))
     }
+}
+
+/// The two moments: their names in a checkpoint, and where a part keeps them.
+const MOMENTS: [(&str, fn(&Part) -> &Tensor); 2] =
+    [("exp_avg", |p| &p.exp_avg), ("exp_avg_sq", |p| &p.exp_avg_sq)];
+
+/// The name of a group in a sharded state.
+fn group_key(group: &Group) -> &'static str {
+    if group.decayed {
+        "decayed"
+    } else {
+        "not_decayed"
+    }
+}
+
+/// The elements of `group` that `partition`'s part holds, padding left out (empty when the
+/// part is all padding): the parts of a layout padded for `partition.ranks` ranks.
+fn saved_range(group: &Group, partition: Partition) -> Range<i64> {
+    let part = part_of(group.numel, partition);
+    part.start.min(group.numel)..part.end.min(group.numel)
+}
+
+/// The fused kernel's four lists (masters, gradients, moments) for `part` of `group`: the
+/// whole part as one entry when every parameter of the group has a sum, else one entry per
+/// parameter with a sum, cut to the part.
+fn part_lists(
+    group: &Group,
+    part: &Part,
+    layout: &FlatLayout,
+    present: &[bool],
+    flat_grads: &Tensor,
+) -> [Vec<Tensor>; 4] {
+    let len = part.range.end - part.range.start;
+    let grads = flat_grads.narrow(0, group.offset + part.range.start, len);
+    if present[group.members.clone()].iter().all(|&p| p) {
+        return [&part.masters, &grads, &part.exp_avg, &part.exp_avg_sq]
+            .map(|t| vec![t.shallow_clone()]);
+    }
+    let mut lists: [Vec<Tensor>; 4] = Default::default();
+    for index in group.members.clone().filter(|&i| present[i]) {
+        let member = &layout.members[index];
+        let start = member.offset - group.offset;
+        let both = start.max(part.range.start)..(start + member.numel).min(part.range.end);
+        if both.start >= both.end {
+            continue;
+        }
+        let (at, n) = (both.start - part.range.start, both.end - both.start);
+        for (list, tensor) in
+            lists.iter_mut().zip([&part.masters, &grads, &part.exp_avg, &part.exp_avg_sq])
+        {
+            list.push(tensor.narrow(0, at, n));
+        }
+    }
+    lists
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coconut_model::testing::assert_close;
     use tch::Device;
 
     fn shallow(named: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
@@ -282,8 +463,8 @@ mod tests {
         let expected_b = Tensor::from_slice(&[0.154_699_37f32, -0.850_185_9]);
         // The values torch.optim.AdamW gives for the same three steps.
         let tol = coconut_testing::Tolerance::scaled(1e-5);
-        coconut_model::testing::assert_close(&w, &expected_w, tol, "w");
-        coconut_model::testing::assert_close(&b, &expected_b, tol, "b");
+        assert_close(&w, &expected_w, tol, "w");
+        assert_close(&b, &expected_b, tol, "b");
         assert_eq!(opt.step_count(), 3);
     }
 
@@ -328,13 +509,136 @@ mod tests {
             }
         }
         for (fused, reference) in fused_params.iter().zip(&reference_params) {
-            coconut_model::testing::assert_close(
-                fused,
-                reference,
-                coconut_testing::Tolerance::scaled(1e-6),
-                "parameter",
-            );
+            assert_close(fused, reference, coconut_testing::Tolerance::scaled(1e-6), "parameter");
         }
+    }
+
+    /// Ranks that each update their part of the state, then hand each other their parts of
+    /// the weights (what the all-gather does), end with the weights of one optimizer holding
+    /// the whole state, bit for bit, in f32 and in bf16 (copies and f32 masters alike), a
+    /// parameter without a gradient in one step left alone. Their saved parts load into
+    /// other partitions and back into a whole optimizer unchanged.
+    #[test]
+    fn parts_updated_apart_then_gathered_are_the_whole_update() {
+        let config = AdamWConfig { lr: 1e-2, betas: (0.9, 0.99), eps: 1e-8, weight_decay: 0.1 };
+        let shapes: [&[i64]; 4] = [&[13, 7], &[5], &[9, 4], &[3]];
+        let same =
+            |a: &Tensor, b: &Tensor, what: &str| assert!(a.detach().equal(&b.detach()), "{what}");
+        for kind in [Kind::Float, Kind::BFloat16] {
+            for ranks in [2, 3] {
+                tch::manual_seed(3);
+                let init: Vec<Tensor> =
+                    shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, Device::Cpu))).collect();
+                let model = || -> Vec<(String, Tensor)> {
+                    let copy = |(i, t): (usize, &Tensor)| {
+                        (format!("p{i}"), t.copy().set_requires_grad(true))
+                    };
+                    init.iter().enumerate().map(copy).collect()
+                };
+                let whole_vars = model();
+                let mut whole = AdamW::new(shallow(&whole_vars), config, kind);
+                let rank_vars: Vec<_> = (0..ranks).map(|_| model()).collect();
+                let mut parts: Vec<AdamW> = (0..ranks)
+                    .map(|rank| {
+                        let partition = Partition { rank, ranks };
+                        AdamW::sharded(shallow(&rank_vars[rank]), config, kind, partition)
+                    })
+                    .collect();
+                for step in 1..=4 {
+                    let targets: Vec<Tensor> =
+                        shapes.iter().map(|s| Tensor::randn(*s, (kind, Device::Cpu))).collect();
+                    // Step 2: the second parameter takes no part in the loss.
+                    let loss = |vars: &[(String, Tensor)]| {
+                        (0..shapes.len())
+                            .filter(|&i| step != 2 || i != 1)
+                            .map(|i| {
+                                let v = &vars[i].1;
+                                (v * &targets[i]).sum(Kind::Float) + v.square().sum(Kind::Float)
+                            })
+                            .reduce(|a, b| a + b)
+                            .unwrap()
+                    };
+                    let mut grads = Gradients::new(shallow(&whole_vars));
+                    grads.backward(&loss(&whole_vars));
+                    whole.step(&mut grads);
+                    for (vars, part) in rank_vars.iter().zip(&mut parts) {
+                        let mut grads = Gradients::for_ranks(shallow(vars), ranks);
+                        grads.backward(&loss(vars));
+                        part.step(&mut grads);
+                    }
+                    hand_over_parts(&parts);
+                }
+                for (rank, vars) in rank_vars.iter().enumerate() {
+                    for ((name, ours), (_, theirs)) in vars.iter().zip(&whole_vars) {
+                        assert_eq!(ours.kind(), kind);
+                        let what = format!("{kind:?}, rank {rank} of {ranks}: {name}");
+                        same(ours, theirs, &what);
+                    }
+                }
+                // The f32 masters, gathered from the parts.
+                let flat = parts[0].layout().zeros(Kind::Float, Device::Cpu);
+                parts.iter().for_each(|part| part.write_master_parts(&flat));
+                for ((name, ours), (_, theirs)) in
+                    parts[0].named(&flat).iter().zip(&whole.masters().unwrap())
+                {
+                    same(ours, theirs, &format!("{kind:?}, {ranks} ranks: master {name}"));
+                }
+                // Saved in `ranks` parts, loaded into `ranks + 1` parts, saved again and
+                // loaded into a whole optimizer: the whole optimizer's state.
+                let mut more: Vec<AdamW> = (0..ranks + 1)
+                    .map(|rank| {
+                        let partition = Partition { rank, ranks: ranks + 1 };
+                        let mut opt = AdamW::sharded(model(), config, kind, partition);
+                        opt.load_state(ranks, |q| Ok(parts[q].state().into_iter().collect()))
+                            .unwrap();
+                        opt
+                    })
+                    .collect();
+                let mut back = AdamW::new(model(), config, kind);
+                back.load_state(ranks + 1, |q| Ok(more[q].state().into_iter().collect())).unwrap();
+                let mut direct = AdamW::new(model(), config, kind);
+                direct.load_state(ranks, |q| Ok(parts[q].state().into_iter().collect())).unwrap();
+                assert_eq!((back.step_count(), direct.step_count()), (4, 4));
+                let (back, direct, whole) = (back.state(), direct.state(), whole.state());
+                for (((name, back), (_, direct)), (_, whole)) in
+                    back.iter().zip(&direct).zip(&whole)
+                {
+                    let what = format!("{kind:?}, {ranks} ranks: state {name}");
+                    same(back, direct, &what);
+                    same(direct, whole, &what);
+                }
+                // A moment missing from one part is named.
+                more[0].reset();
+                let err = more[0]
+                    .load_state(ranks, |q| {
+                        let mut state: BTreeMap<String, Tensor> =
+                            parts[q].state().into_iter().collect();
+                        state.remove("exp_avg.decayed");
+                        Ok(state)
+                    })
+                    .unwrap_err();
+                assert_eq!(err, "missing tensor exp_avg.decayed");
+            }
+        }
+    }
+
+    /// What the all-gather of the weights does between ranks in one process: every part of
+    /// every optimizer's weights, copied to the other optimizers' weights.
+    fn hand_over_parts(parts: &[AdamW]) {
+        tch::no_grad(|| {
+            for (rank, from) in parts.iter().enumerate() {
+                let partition = Partition { rank, ranks: parts.len() };
+                for group in &from.layout().groups {
+                    let range = group.part(partition);
+                    let len = range.end - range.start;
+                    let source = from.weights().narrow(0, group.offset + range.start, len);
+                    for to in parts {
+                        let _ =
+                            to.weights().narrow(0, group.offset + range.start, len).copy_(&source);
+                    }
+                }
+            }
+        });
     }
 
     /// With a bf16 compute kind the model's variables are bf16 views rewritten from the f32
@@ -353,7 +657,7 @@ mod tests {
             grads.backward(&(&w * &w).sum(Kind::Float));
             opt.step(&mut grads);
         }
-        let masters = opt.masters();
+        let masters = opt.masters().unwrap();
         assert_eq!(masters[0].1.kind(), Kind::Float);
         let expected = masters[0].1.to_kind(Kind::BFloat16);
         assert!(w.detach().equal(&expected), "the copy is the rounded master");

@@ -9,6 +9,11 @@
 //!     manifest.json                                    (every other file's checksum)
 //! ```
 //!
+//! A run whose optimizer state is sharded across ranks (`train.shard_optimizer`) writes one
+//! optimizer file per rank instead, `optimizer-part-<r>-of-<ranks>.safetensors`, each
+//! rank its own (see [`save_sharded_checkpoint`]); the model folder is the same. Either
+//! kind loads into a run of any number of ranks, sharded or not.
+//!
 //! Every load checks the files it reads against the manifest (see [`crate::manifest`]).
 //!
 //! A checkpoint is first written into a hidden temporary folder and renamed into place, so
@@ -35,14 +40,34 @@ use tch::{Device, Tensor};
 
 use crate::adamw::{AdamW, AdamWConfig};
 use crate::error::TrainError;
-use crate::manifest::{manifest_file, verify, Verified, MANIFEST_FILE};
+use crate::flat::Partition;
+use crate::manifest::{
+    manifest_file, manifest_file_with, verify, FileSum, Verified, MANIFEST_FILE,
+};
 use crate::model_setup::{load_model_dir, LoadedModel};
+use crate::ranks::Ranks;
 pub use crate::state::{read_state, LossSums, TrainState, STATE_FILE};
 use coconut_curriculum::GENERATION_CONFIG_FILE;
 use coconut_curriculum::TOKENIZER_FILE;
 
 /// File of the optimizer state inside a checkpoint.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// The file of part `partition.rank` of a sharded optimizer state.
+pub fn optimizer_part_file(partition: Partition) -> String {
+    format!("optimizer-part-{}-of-{}.safetensors", partition.rank, partition.ranks)
+}
+
+/// The optimizer files of the checkpoint whose training state is `state`: one, or one per
+/// rank of a run whose optimizer was sharded, in rank order.
+pub fn optimizer_files(state: &TrainState) -> Vec<String> {
+    if !state.config.train.shard_optimizer || state.ranks <= 1 {
+        return vec![OPTIMIZER_FILE.to_string()];
+    }
+    (0..state.ranks)
+        .map(|rank| optimizer_part_file(Partition { rank, ranks: state.ranks }))
+        .collect()
+}
 /// Name prefix of a checkpoint being written (`.tmp-<name>-<writer>`); never a checkpoint.
 pub const TMP_PREFIX: &str = ".tmp-";
 /// Name prefix of a checkpoint being deleted (`.trash-<name>-<writer>`); never a checkpoint.
@@ -120,24 +145,47 @@ pub fn parse_checkpoint_name(name: &str) -> Option<(u64, u64)> {
 /// The files of a checkpoint as bytes, in the order they are written: the HF model folder,
 /// the tokenizer, the optimizer state, the training state, and last the manifest of their
 /// checksums.
+///
+/// # Panics
+/// If the optimizer holds only a part of the state (see [`save_sharded_checkpoint`]).
 pub fn checkpoint_files(
     loaded: &LoadedModel,
     optimizer: &AdamW,
     state: &TrainState,
 ) -> Result<Vec<(&'static str, Vec<u8>)>, TrainError> {
-    let mut files = pretrained_files(optimizer.masters(), loaded.model.as_ref());
+    assert!(optimizer.partition().is_whole(), "a sharded optimizer saves its part alone");
+    let masters = optimizer.masters().expect("a whole optimizer holds every master");
+    let optimizer_file = (OPTIMIZER_FILE, optimizer_bytes(optimizer, OPTIMIZER_FILE)?);
+    shared_files(loaded, masters, Some(optimizer_file), state, &[])
+}
+
+/// The files rank 0 writes: the model folder from `masters`, the tokenizer, the optimizer
+/// file when there is one, the training state, and the manifest of these and of the
+/// `others` (files the other ranks wrote, with their checksums).
+fn shared_files(
+    loaded: &LoadedModel,
+    masters: Vec<(String, Tensor)>,
+    optimizer_file: Option<(&'static str, Vec<u8>)>,
+    state: &TrainState,
+    others: &[(String, FileSum)],
+) -> Result<Vec<(&'static str, Vec<u8>)>, TrainError> {
+    let mut files = pretrained_files(masters, loaded.model.as_ref());
     files.push((TOKENIZER_FILE, loaded.tokenizer.to_json()?.into_bytes()));
     for (name, text) in loaded.tokenizer.config_files() {
         files.push((name, text.into_bytes()));
     }
     files.push((GENERATION_CONFIG_FILE, generation_config(&loaded.tokenizer).into_bytes()));
-    let optimizer_bytes = serialize_tensors(&optimizer.state(), None)
-        .map_err(|message| ModelError::Weights { path: PathBuf::from(OPTIMIZER_FILE), message })?;
-    files.push((OPTIMIZER_FILE, optimizer_bytes));
+    files.extend(optimizer_file);
     let json = serde_json::to_string_pretty(state).expect("the state serialises");
     files.push((STATE_FILE, json.into_bytes()));
-    files.push((MANIFEST_FILE, manifest_file(&files)));
+    files.push((MANIFEST_FILE, manifest_file_with(&files, others)));
     Ok(files)
+}
+
+/// The optimizer's state (its part, when sharded) as the bytes of `file`.
+fn optimizer_bytes(optimizer: &AdamW, file: &str) -> Result<Vec<u8>, TrainError> {
+    serialize_tensors(&optimizer.state(), None)
+        .map_err(|message| ModelError::Weights { path: PathBuf::from(file), message }.into())
 }
 
 /// The `generation_config.json` of a checkpoint: every stop id, so that transformers'
@@ -186,6 +234,51 @@ pub fn save_checkpoint_as(
     write_checkpoint(io, dir, writer, &checkpoint_name(state), &files)
 }
 
+/// Saves a checkpoint of a run whose optimizer state is sharded across `ranks`: called by
+/// every rank, each with its part of the optimizer and the gathered f32 `masters`.
+///
+/// Rank 0 makes the temporary folder; each rank writes and fsyncs its optimizer part into
+/// it and hands rank 0 the part's checksum; rank 0 writes the model folder, the training
+/// state and the one manifest that lists every file, then publishes and fsyncs as
+/// [`write_checkpoint`] does. No process holds more than its own part of the optimizer
+/// state. Returns the checkpoint's path (on every rank).
+pub fn save_sharded_checkpoint(
+    io: &dyn CheckpointIo,
+    dir: &Path,
+    loaded: &LoadedModel,
+    optimizer: &AdamW,
+    masters: Vec<(String, Tensor)>,
+    state: &TrainState,
+    ranks: &Ranks,
+) -> Result<PathBuf, TrainError> {
+    let name = checkpoint_name(state);
+    // The temporary folder is named after rank 0's process.
+    let mut writer = std::process::id().to_string().into_bytes();
+    ranks.broadcast(&mut writer)?;
+    let writer = String::from_utf8_lossy(&writer).into_owned();
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{writer}"));
+    if ranks.is_main() {
+        start_checkpoint(io, dir, &tmp)?;
+    }
+    ranks.barrier()?;
+    let file = optimizer_part_file(optimizer.partition());
+    let bytes = optimizer_bytes(optimizer, &file)?;
+    let path = tmp.join(&file);
+    io.write_file(&path, &bytes).map_err(io_error(&path))?;
+    let sum = serde_json::to_vec(&(file, FileSum::of(&bytes))).expect("a checksum serialises");
+    let sums = ranks.gather(&sum)?;
+    if !ranks.is_main() {
+        return Ok(dir.join(name));
+    }
+    let others = sums
+        .iter()
+        .map(|bytes| serde_json::from_slice(bytes))
+        .collect::<Result<Vec<(String, FileSum)>, _>>()
+        .map_err(|e| TrainError::Checkpoint { path: tmp.clone(), message: e.to_string() })?;
+    let files = shared_files(loaded, masters, None, state, &others)?;
+    finish_checkpoint(io, dir, &writer, &name, &tmp, &files)
+}
+
 /// The writing part of [`save_checkpoint_as`]: publishes `files` (in order, the training
 /// state last, as [`checkpoint_files`] gives them) as the checkpoint `dir/<name>`.
 pub fn write_checkpoint(
@@ -196,31 +289,49 @@ pub fn write_checkpoint(
     files: &[(&'static str, Vec<u8>)],
 ) -> Result<PathBuf, TrainError> {
     let tmp = dir.join(format!("{TMP_PREFIX}{name}-{writer}"));
-    let aside = dir.join(format!("{TRASH_PREFIX}{name}-{writer}"));
-    let dst = dir.join(name);
+    start_checkpoint(io, dir, &tmp)?;
+    finish_checkpoint(io, dir, writer, name, &tmp, files)
+}
 
+/// Makes `dir` (and its missing ancestors) and the empty temporary folder `tmp` in it,
+/// removing what an earlier failed or killed save of the same writer left there.
+fn start_checkpoint(io: &dyn CheckpointIo, dir: &Path, tmp: &Path) -> Result<(), TrainError> {
     let missing: Vec<&Path> =
         dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.is_dir()).collect();
     for d in missing.into_iter().rev() {
         io.create_dir(d).map_err(io_error(d))?;
     }
-    // What an earlier failed or killed save of this writer left behind.
     if tmp.exists() {
-        io.remove_dir_all(&tmp).map_err(io_error(&tmp))?;
+        io.remove_dir_all(tmp).map_err(io_error(tmp))?;
     }
-    match publish(io, dir, files, &tmp, &aside, &dst) {
+    io.create_dir(tmp).map_err(io_error(tmp))
+}
+
+/// Writes `files` into the temporary folder `tmp` and publishes it as `dir/<name>`; on
+/// failure the temporary folder is removed when possible.
+fn finish_checkpoint(
+    io: &dyn CheckpointIo,
+    dir: &Path,
+    writer: &str,
+    name: &str,
+    tmp: &Path,
+    files: &[(&'static str, Vec<u8>)],
+) -> Result<PathBuf, TrainError> {
+    let aside = dir.join(format!("{TRASH_PREFIX}{name}-{writer}"));
+    let dst = dir.join(name);
+    match publish(io, dir, files, tmp, &aside, &dst) {
         Ok(()) => Ok(dst),
         Err(e) => {
             if tmp.exists() {
                 // Best effort: the error at hand is the one to report.
-                let _ = io.remove_dir_all(&tmp);
+                let _ = io.remove_dir_all(tmp);
             }
             Err(e)
         }
     }
 }
 
-/// Steps 1 to 3 of a save (see the module documentation).
+/// Steps 1 to 3 of a save (see the module documentation), into the existing `tmp`.
 fn publish(
     io: &dyn CheckpointIo,
     dir: &Path,
@@ -229,7 +340,6 @@ fn publish(
     aside: &Path,
     dst: &Path,
 ) -> Result<(), TrainError> {
-    io.create_dir(tmp).map_err(io_error(tmp))?;
     for (file, bytes) in files {
         let path = tmp.join(file);
         io.write_file(&path, bytes).map_err(io_error(&path))?;
@@ -300,9 +410,11 @@ fn checkpoint_folders(dir: &Path, keep: impl Fn(&Path) -> bool) -> Vec<PathBuf> 
 pub fn recover_checkpoints(io: &dyn CheckpointIo, dir: &Path) -> Result<(), TrainError> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
     let complete = |path: &Path| {
-        [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, OPTIMIZER_FILE, STATE_FILE]
+        [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, STATE_FILE]
             .iter()
             .all(|file| path.join(file).is_file())
+            && read_state(path)
+                .is_ok_and(|state| optimizer_files(&state).iter().all(|f| path.join(f).is_file()))
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
@@ -326,35 +438,63 @@ pub fn recover_checkpoints(io: &dyn CheckpointIo, dir: &Path) -> Result<(), Trai
     Ok(())
 }
 
-/// Loads a checkpoint: the model and tokenizer, an optimizer with the saved moments, and
-/// the training state. Any missing or corrupt file is an error naming it, and so is a file
+/// Loads a checkpoint: the model and tokenizer, an optimizer holding `partition`'s part of
+/// the saved state (re-partitioned from however many parts it was saved in), and the
+/// training state. Any missing or corrupt file is an error naming it, and so is a file
 /// whose checksum differs from the manifest's.
 pub fn load_checkpoint(
     ckpt: &Path,
     device: Device,
     adamw: AdamWConfig,
+    partition: Partition,
 ) -> Result<(LoadedModel, AdamW, TrainState), TrainError> {
-    // The model's files are checked by `load_model_dir`, the optimizer's here.
-    let opt_path = ckpt.join(OPTIMIZER_FILE);
-    if verify(ckpt, |file| file == OPTIMIZER_FILE)? == Verified::Checked(0) {
-        let message = format!("not listed in {}", ckpt.join(MANIFEST_FILE).display());
-        return Err(TrainError::Checkpoint { path: opt_path, message });
-    }
     let state = read_state(ckpt)?;
+    let files = optimizer_files(&state);
+    // The model's files are checked by `load_model_dir`, the optimizer's here.
+    if let Verified::Checked(n) = verify(ckpt, |file| files.iter().any(|f| f == file))? {
+        if n < files.len() {
+            let message = format!("not listed in {}", ckpt.join(MANIFEST_FILE).display());
+            let unlisted = files.iter().find(|f| ckpt.join(f).exists()).unwrap_or(&files[0]);
+            return Err(TrainError::Checkpoint { path: ckpt.join(unlisted), message });
+        }
+    }
     let loaded = load_model_dir(ckpt, device, &state.config.model.latent_init_token)?;
-    let mut optimizer = AdamW::new(loaded.vs.variables(), adamw, state.precision().kind());
-    let moments: BTreeMap<String, Tensor> = Tensor::read_safetensors(&opt_path)
-        .map_err(|e| TrainError::Checkpoint { path: opt_path.clone(), message: e.to_string() })?
+    let mut optimizer =
+        AdamW::sharded(loaded.vs.variables(), adamw, state.precision().kind(), partition);
+    // A file's own error (unreadable, not finite) is kept whole; the state's mismatches are
+    // about the files together.
+    let mut failure = None;
+    let loaded_state = optimizer.load_state(files.len(), |part| {
+        let path = ckpt.join(&files[part]);
+        read_optimizer_file(&path, device).map_err(|e| {
+            let message = e.to_string();
+            failure = Some(e);
+            message
+        })
+    });
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    let at = if files.len() == 1 { ckpt.join(&files[0]) } else { ckpt.to_path_buf() };
+    loaded_state.map_err(|message| TrainError::Checkpoint { path: at, message })?;
+    Ok((loaded, optimizer, state))
+}
+
+/// The tensors of an optimizer file, on `device`, every one finite.
+fn read_optimizer_file(
+    path: &Path,
+    device: Device,
+) -> Result<BTreeMap<String, Tensor>, TrainError> {
+    let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
+        .map_err(|e| TrainError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?
         .into_iter()
         .map(|(n, t)| (n, t.to_device(device)))
         .collect();
-    if let Some(name) = moments.iter().find(|(_, t)| !is_finite(t)).map(|(n, _)| n) {
-        return Err(ModelError::NonFiniteTensor { path: opt_path, name: name.clone() }.into());
+    if let Some(name) = tensors.iter().find(|(_, t)| !is_finite(t)).map(|(n, _)| n) {
+        let path = path.to_path_buf();
+        return Err(ModelError::NonFiniteTensor { path, name: name.clone() }.into());
     }
-    optimizer
-        .load_state(&moments)
-        .map_err(|message| TrainError::Checkpoint { path: opt_path, message })?;
-    Ok((loaded, optimizer, state))
+    Ok(tensors)
 }
 
 /// Copies the HF part of a checkpoint (config, weights, tokenizer, and the tokenizer and

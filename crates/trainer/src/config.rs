@@ -252,6 +252,12 @@ pub struct TrainConfig {
     /// The older spelling, still read: `true` is `precision = "bf16"`, `false` is `"f32"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bf16: Option<bool>,
+    /// With several data-parallel ranks, each rank holds and updates only its part of the
+    /// optimizer state (ZeRO-1): the AdamW moments, and in bf16 the f32 master weights,
+    /// are split across the ranks, the gradients are reduce-scattered instead of
+    /// all-reduced, and the updated weights all-gathered. The same weights as without it;
+    /// a checkpoint resumes sharded or not, on any number of ranks.
+    pub shard_optimizer: bool,
     /// Torch intra-op threads (0 = leave the default).
     pub threads: usize,
     /// Also checkpoint every N optimizer steps (0 = only at epoch ends).
@@ -303,6 +309,7 @@ impl Default for TrainConfig {
             device: tch::Device::Cpu,
             precision: None,
             bf16: None,
+            shard_optimizer: false,
             threads: 0,
             save_every_steps: 0,
             keep_last: 3,

@@ -8,6 +8,7 @@
 //! optimizer and the collectives read.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use tch::{Kind, Tensor};
 
@@ -37,8 +38,14 @@ impl Gradients {
     /// An empty accumulator for `variables` (the model's, name and tensor), laid out by
     /// [`FlatLayout::of`].
     pub fn new(variables: impl IntoIterator<Item = (String, Tensor)>) -> Self {
+        Self::for_ranks(variables, 1)
+    }
+
+    /// [`Gradients::new`] with each group padded for an optimizer sharded over `ranks`
+    /// ranks (the layout of [`crate::adamw::AdamW::sharded`]).
+    pub fn for_ranks(variables: impl IntoIterator<Item = (String, Tensor)>, ranks: usize) -> Self {
         let variables: Vec<(String, Tensor)> = variables.into_iter().collect();
-        let layout = FlatLayout::of(&variables);
+        let layout = FlatLayout::of(&variables, ranks);
         let device = variables.first().map_or(tch::Device::Cpu, |(_, t)| t.device());
         let params = layout
             .members
@@ -156,6 +163,43 @@ impl Gradients {
     /// wait for every queued kernel): the sums are divided by
     /// `max(norm + 1e-6, max_norm) / max_norm`.
     pub fn clip_norm(&mut self, max_norm: f64) {
+        tch::no_grad(|| {
+            let total = self.flat().norm(); // a scalar on the device
+            let divisor = self.clip_divisor(max_norm, total);
+            let _ = self.flat.g_div_(&divisor);
+        });
+    }
+
+    /// [`Gradients::clip_norm`] on ranks that each hold their `parts` of the summed
+    /// gradients (ranges of the flat buffer, after a reduce-scatter): the global norm is the
+    /// square root of the sum over the ranks of each rank's squared norm of its parts,
+    /// which `sum_over_ranks` computes in place on a one-element f32 tensor of the device;
+    /// only the parts are scaled.
+    pub fn clip_norm_of_parts<E>(
+        &mut self,
+        max_norm: f64,
+        parts: &[Range<i64>],
+        sum_over_ranks: impl FnOnce(&Tensor) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.zero_absent();
+        let views: Vec<Tensor> =
+            parts.iter().map(|r| self.flat.narrow(0, r.start, r.end - r.start)).collect();
+        tch::no_grad(|| {
+            let squares = views.iter().map(|v| v.dot(v)).reduce(|a, b| a + b);
+            let squares =
+                squares.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.flat.device())));
+            let squares = squares.reshape([1]);
+            sum_over_ranks(&squares)?;
+            let divisor = self.clip_divisor(max_norm, squares.sqrt());
+            for view in &views {
+                let _ = view.shallow_clone().g_div_(&divisor);
+            }
+            Ok(())
+        })
+    }
+
+    /// `max(norm + 1e-6, max_norm) / max_norm` on the device, for the global `norm`.
+    fn clip_divisor(&mut self, max_norm: f64, norm: Tensor) -> Tensor {
         let device = self.flat.device();
         let (_, eps, inverse) = match &self.clip_constants {
             Some(constants) if constants.0 == max_norm => constants,
@@ -167,12 +211,14 @@ impl Gradients {
                 Tensor::from((1.0 / max_norm) as f32).to_device(device),
             )),
         };
-        let (eps, inverse) = (eps.shallow_clone(), inverse.shallow_clone());
-        tch::no_grad(|| {
-            let total = self.flat().norm(); // a scalar on the device
-            let divisor = (total + eps).clamp_min(max_norm) * inverse;
-            let _ = self.flat.g_div_(&divisor);
-        });
+        (norm + &*eps).clamp_min(max_norm) * &*inverse
+    }
+
+    /// The flat buffer as scratch memory of this layout (f32), its sums forgotten: for
+    /// work between optimizer steps that needs a whole f32 buffer for a moment.
+    pub fn borrow_buffer(&mut self) -> &Tensor {
+        self.clear();
+        &self.flat
     }
 
     /// Forgets the sums: the next backward pass starts them afresh.
@@ -226,6 +272,23 @@ mod tests {
         coconut_model::testing::assert_close(grads.get("w").unwrap(), &clipped, tol, "unclipped");
         grads.clear();
         assert!(grads.is_empty());
+        grads.backward(&(&w * &w).sum(Kind::Float)); // 2w
+                                                     // Clipped in two parts whose squared norms are summed elsewhere: as clipped whole.
+        let mut whole = Gradients::new([("w".to_string(), w.shallow_clone())]);
+        whole.backward(&(&w * &w).sum(Kind::Float));
+        whole.clip_norm(1.0);
+        let parts = [0..2, 2..grads.layout().numel()]; // `u` and w[0], then w[1] and padding
+        let mut summed = 0.0;
+        grads
+            .clip_norm_of_parts(1.0, &parts, |squares| {
+                summed = squares.double_value(&[0]);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        coconut_testing::assert_close(summed, 20.0, tol, "the squared norm of 2w");
+        let clipped = grads.get("w").unwrap();
+        coconut_model::testing::assert_close(clipped, whole.get("w").unwrap(), tol, "parts");
+        grads.clear();
         grads.backward(&w.sum(Kind::Float)); // starts afresh: 1
         let ones = Tensor::from_slice(&[1.0f32, 1.0]);
         coconut_model::testing::assert_close(grads.get("w").unwrap(), &ones, tol, "afresh");

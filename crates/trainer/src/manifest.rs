@@ -29,23 +29,32 @@ struct Manifest {
     files: BTreeMap<String, FileSum>,
 }
 
-/// One file's size and checksum.
+/// One file's size and checksum, as the manifest records it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct FileSum {
+pub struct FileSum {
     bytes: u64,
     /// xxh3-128 of the file's bytes, 32 hexadecimal digits.
     xxh3_128: String,
 }
 
+impl FileSum {
+    /// The size and checksum of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        FileSum { bytes: bytes.len() as u64, xxh3_128: hex(xxh3_128(bytes)) }
+    }
+}
+
 /// The manifest of `files` (name and bytes, as a checkpoint writes them), as the bytes of
 /// [`MANIFEST_FILE`].
 pub fn manifest_file(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let files = files
-        .iter()
-        .map(|(name, bytes)| {
-            let sum = FileSum { bytes: bytes.len() as u64, xxh3_128: hex(xxh3_128(bytes)) };
-            (name.to_string(), sum)
-        })
+    manifest_file_with(files, &[])
+}
+
+/// [`manifest_file`] that also lists `others`, files written elsewhere (by other ranks)
+/// whose checksums were handed over.
+pub fn manifest_file_with(files: &[(&str, Vec<u8>)], others: &[(String, FileSum)]) -> Vec<u8> {
+    let files = (files.iter().map(|(name, bytes)| (name.to_string(), FileSum::of(bytes))))
+        .chain(others.iter().cloned())
         .collect();
     let json = serde_json::to_string_pretty(&Manifest { files }).expect("a manifest serialises");
     (json + "\n").into_bytes()

@@ -11,7 +11,9 @@ use std::sync::Mutex;
 use coconut_collective::{Collective, Single};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
+use crate::adamw::AdamW;
 use crate::error::TrainError;
+use crate::flat::Partition;
 use crate::gradients::Gradients;
 
 /// This process's place among the ranks of the run, and the engine that connects them.
@@ -181,14 +183,27 @@ impl Ranks {
         Ok(())
     }
 
+    /// The part of the optimizer state this rank holds: its own part when `shard` (ZeRO-1,
+    /// `train.shard_optimizer`) and there are several ranks, else all of it.
+    pub fn partition(&self, shard: bool) -> Partition {
+        if shard && self.world_size > 1 {
+            Partition { rank: self.rank, ranks: self.world_size }
+        } else {
+            Partition::WHOLE
+        }
+    }
+
     /// Sums the gradients of every rank into every rank's `grads`, together with
-    /// `scalars` (the step's loss, token count, stop flag): one all-reduce of the flat
-    /// gradient buffer per optimizer step. A parameter keeps no gradient only when no rank
-    /// had one (as with one rank, it is then not updated).
+    /// `scalars` (the step's loss, token count, stop flag). For a whole `partition`, one
+    /// all-reduce of the flat gradient buffer per optimizer step; for a rank's part, one
+    /// reduce-scatter per group, after which only that part of `grads` holds the sums. A
+    /// parameter keeps no gradient only when no rank had one (as with one rank, it is then
+    /// not updated).
     pub fn sum_gradients(
         &self,
         grads: &mut Gradients,
         scalars: &mut [f64],
+        partition: Partition,
     ) -> Result<(), TrainError> {
         if self.world_size == 1 {
             return Ok(());
@@ -197,20 +212,14 @@ impl Ranks {
         let mut small: Vec<f64> = scalars.to_vec();
         small.extend(grads.present().iter().map(|&present| f64::from(u8::from(present))));
         let flat = grads.flat().shallow_clone(); // zero where a parameter has no gradient
-        let device = flat.device();
         let mut engine = self.engine();
         engine.all_reduce_sum_f64(&mut small).map_err(TrainError::Ranks)?;
-        if device == Device::Cpu {
-            let n = flat.numel();
-            // SAFETY: `flat` is a contiguous f32 CPU tensor of `n` elements that nothing
-            // else reads or writes until this call returns.
-            let values = unsafe { std::slice::from_raw_parts_mut(flat.data_ptr() as *mut f32, n) };
-            engine.all_reduce_sum(values).map_err(TrainError::Ranks)?;
+        if partition.is_whole() {
+            in_place(&mut **engine, &flat, Op::AllReduce)?;
         } else {
-            // SAFETY: `flat` is a contiguous f32 tensor on the device, alive until the
-            // call returns, and torch works on the default stream the engine uses.
-            unsafe { engine.all_reduce_sum_device(flat.data_ptr() as u64, flat.numel()) }
-                .map_err(TrainError::Ranks)?;
+            for group in grads.group_views() {
+                in_place(&mut **engine, group, Op::ReduceScatter)?;
+            }
         }
         drop(engine);
         scalars.copy_from_slice(&small[..scalars.len()]);
@@ -218,6 +227,114 @@ impl Ranks {
         grads.set_present(&present);
         Ok(())
     }
+
+    /// Clips the summed gradients to the global norm `max_norm` (see
+    /// [`Gradients::clip_norm`]); for a rank's part of a sharded optimizer, the norm's
+    /// square is summed over the ranks and this rank's part alone is scaled.
+    pub fn clip_gradients(
+        &self,
+        grads: &mut Gradients,
+        max_norm: f64,
+        optimizer: &AdamW,
+    ) -> Result<(), TrainError> {
+        let partition = optimizer.partition();
+        if partition.is_whole() {
+            grads.clip_norm(max_norm);
+            return Ok(());
+        }
+        let parts: Vec<_> = (optimizer.layout().groups.iter())
+            .map(|g| {
+                let part = g.part(partition);
+                g.offset + part.start..g.offset + part.end
+            })
+            .collect();
+        grads.clip_norm_of_parts(max_norm, &parts, |squares| {
+            in_place(&mut **self.engine(), squares, Op::AllReduce)
+        })
+    }
+
+    /// After a sharded optimizer's step, every rank's part of the weights the model
+    /// computes with, on every rank: one all-gather per group, in the compute kind. Nothing
+    /// for a whole partition.
+    pub fn gather_weights(&self, optimizer: &AdamW) -> Result<(), TrainError> {
+        if optimizer.partition().is_whole() {
+            return Ok(());
+        }
+        let mut engine = self.engine();
+        for group in optimizer.layout().group_views(optimizer.weights()) {
+            in_place(&mut **engine, &group, Op::AllGather)?;
+        }
+        Ok(())
+    }
+
+    /// The f32 master weights by name, on every rank: the optimizer's own when it holds
+    /// them all, else gathered from the ranks' parts into `scratch`, whose buffer (idle
+    /// between optimizer steps, and of the same layout) is borrowed so that a checkpoint
+    /// needs no more device memory than training: its sums are cleared.
+    pub fn gather_masters(
+        &self,
+        optimizer: &AdamW,
+        scratch: &mut Gradients,
+    ) -> Result<Vec<(String, Tensor)>, TrainError> {
+        if let Some(masters) = optimizer.masters() {
+            return Ok(masters);
+        }
+        let flat = scratch.borrow_buffer().shallow_clone();
+        optimizer.write_master_parts(&flat);
+        let mut engine = self.engine();
+        for group in optimizer.layout().group_views(&flat) {
+            in_place(&mut **engine, &group, Op::AllGather)?;
+        }
+        Ok(optimizer.named(&flat))
+    }
+}
+
+/// A collective operation on a tensor's elements, in place.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    /// Every rank's sum (f32).
+    AllReduce,
+    /// This rank's shard of the sum (f32).
+    ReduceScatter,
+    /// Every rank's shard (any kind: the bytes).
+    AllGather,
+}
+
+/// Runs `op` on the contiguous tensor `tensor` where it lives: as a host slice on the CPU,
+/// by its device address on CUDA.
+fn in_place(engine: &mut dyn Collective, tensor: &Tensor, op: Op) -> Result<(), TrainError> {
+    assert!(tensor.is_contiguous(), "a collective on a strided tensor");
+    let (ptr, numel) = (tensor.data_ptr(), tensor.numel());
+    let bytes = numel * tensor.kind().elt_size_in_bytes();
+    if matches!(op, Op::AllReduce | Op::ReduceScatter) {
+        assert_eq!(tensor.kind(), Kind::Float, "sums are of f32");
+    }
+    let result =
+        if tensor.device() == Device::Cpu {
+            // SAFETY: `tensor` is a contiguous CPU tensor of `numel` elements (`bytes` bytes)
+            // that nothing else reads or writes until the call returns.
+            unsafe {
+                match op {
+                    Op::AllReduce => engine
+                        .all_reduce_sum(std::slice::from_raw_parts_mut(ptr as *mut f32, numel)),
+                    Op::ReduceScatter => engine
+                        .reduce_scatter_sum(std::slice::from_raw_parts_mut(ptr as *mut f32, numel)),
+                    Op::AllGather => engine
+                        .all_gather_shards(std::slice::from_raw_parts_mut(ptr as *mut u8, bytes)),
+                }
+            }
+        } else {
+            // SAFETY: `tensor` is contiguous on the device, alive until the queued call has run
+            // (the caller keeps it), and torch works on the default stream the engine uses.
+            unsafe {
+                match op {
+                    Op::AllReduce => engine.all_reduce_sum_device(ptr as u64, numel),
+                    Op::ReduceScatter => engine.reduce_scatter_sum_device(ptr as u64, numel),
+                    Op::AllGather => engine.all_gather_shards_device(ptr as u64, bytes),
+                }
+            }
+        };
+    result.map_err(TrainError::Ranks)
 }
 
 /// How long the ranks of a torchrun launch wait for each other at the rendezvous.

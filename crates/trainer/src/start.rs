@@ -13,6 +13,7 @@ use crate::checkpoint::{
 };
 use crate::config::RunConfig;
 use crate::error::TrainError;
+use crate::flat::Partition;
 use crate::model_setup::{build_model, LoadedModel};
 use crate::precision::Precision;
 use crate::ranks::Ranks;
@@ -32,8 +33,12 @@ pub(crate) fn resume_or_start(
     train: &[Sample],
 ) -> Result<Start, TrainError> {
     let adamw = adamw_config(config);
-    let mut resumed =
-        if ranks.is_main() { newest_loadable(config, config_path, adamw)? } else { None };
+    let partition = ranks.partition(config.train.shard_optimizer);
+    let mut resumed = if ranks.is_main() {
+        newest_loadable(config, config_path, adamw, partition)?
+    } else {
+        None
+    };
     // Rank 0 names the checkpoint it resumes from (none: a fresh start); the others load
     // that one.
     let mut chosen = match &resumed {
@@ -44,7 +49,7 @@ pub(crate) fn resume_or_start(
     if !ranks.is_main() && !chosen.is_empty() {
         let name = String::from_utf8_lossy(&chosen).to_string();
         let ckpt = config.run_dir().join("checkpoints").join(name);
-        resumed = Some(load_checkpoint(&ckpt, config.device(), adamw)?);
+        resumed = Some(load_checkpoint(&ckpt, config.device(), adamw, partition)?);
     }
     match resumed {
         Some((loaded, optimizer, state)) => {
@@ -52,7 +57,7 @@ pub(crate) fn resume_or_start(
             let state = continued_state(state, config, config_path, ranks.world_size(), shape)?;
             Ok((loaded, optimizer, state))
         }
-        None => fresh_start(config, ranks, train, adamw),
+        None => fresh_start(config, ranks, train, adamw, partition),
     }
 }
 
@@ -63,6 +68,7 @@ fn newest_loadable(
     config: &RunConfig,
     config_path: &Path,
     adamw: AdamWConfig,
+    partition: Partition,
 ) -> Result<Option<Start>, TrainError> {
     let run_dir = config.run_dir();
     let existing = list_checkpoints(&run_dir.join("checkpoints"));
@@ -78,7 +84,7 @@ fn newest_loadable(
             failures.push(format!("{}: {why}", ckpt.display()));
         }
         for ckpt in existing.iter().rev() {
-            match load_checkpoint(ckpt, config.device(), adamw) {
+            match load_checkpoint(ckpt, config.device(), adamw, partition) {
                 Ok(found) => {
                     tracing::info!("resuming from {}", ckpt.display());
                     return Ok(Some(found));
@@ -215,17 +221,18 @@ fn check_data(
 }
 
 /// A run's first position: the model built from `config`, rank 0's weights on every rank,
-/// and a fresh optimizer.
+/// and a fresh optimizer holding `partition`'s part of the state.
 fn fresh_start(
     config: &RunConfig,
     ranks: &Ranks,
     train: &[Sample],
     adamw: AdamWConfig,
+    partition: Partition,
 ) -> Result<Start, TrainError> {
     let loaded = build_model(config, train)?;
     ranks.broadcast_variables(&loaded.vs)?;
     let precision = config.train.precision().resolve(config.train.device, loaded.model.shape());
-    let optimizer = AdamW::new(loaded.vs.variables(), adamw, precision.kind());
+    let optimizer = AdamW::sharded(loaded.vs.variables(), adamw, precision.kind(), partition);
     let state = TrainState {
         epoch: config.train.start_epoch,
         step_in_epoch: 0,
@@ -262,6 +269,7 @@ fn incompatible_changes(old: &RunConfig, new: &RunConfig) -> Vec<String> {
         c.train.keep_last = 0;
         c.train.save_only_improve = false;
         c.train.accept_changed_data = false; // data is compared by content, see `check_data`
+        c.train.shard_optimizer = false; // the state is re-partitioned on load
         c.train.log_every_steps = 0;
         c.data.max_valid_samples = 0;
         c.eval = Default::default();

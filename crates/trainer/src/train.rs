@@ -24,7 +24,7 @@ use tch::{Kind, Tensor};
 use crate::adamw::AdamW;
 use crate::checkpoint::{
     checkpoint_name, copy_model_folder, list_checkpoints, prune_checkpoints, read_state,
-    recover_checkpoints, save_checkpoint, DiskIo, TrainState,
+    recover_checkpoints, save_checkpoint, save_sharded_checkpoint, DiskIo, TrainState,
 };
 use crate::config::{OptimizerReset, RunConfig};
 use crate::error::TrainError;
@@ -108,7 +108,7 @@ impl Trainer {
         check_sample_lengths(&c.data.train, &train, &c.curriculum, None, positions)?;
         let generated = Some(c.eval.max_new_tokens);
         check_sample_lengths(&c.data.valid, &valid, &c.curriculum, generated, positions)?;
-        let grads = Gradients::new(loaded.vs.variables());
+        let grads = Gradients::for_ranks(loaded.vs.variables(), optimizer.partition().ranks);
         Ok(Self {
             config,
             loaded,
@@ -370,7 +370,8 @@ impl Trainer {
         // was asked to stop, so that every rank takes the same decisions.
         let stop = self.stop.load(Ordering::SeqCst) as f64;
         let mut scalars = [step_loss.double_value(&[]), step_tokens as f64, stop];
-        self.ranks.sum_gradients(&mut self.grads, &mut scalars)?;
+        let partition = self.optimizer.partition();
+        self.ranks.sum_gradients(&mut self.grads, &mut scalars, partition)?;
         let [step_loss, step_tokens, stops] = scalars;
         if stops > 0.0 && self.stop.load(Ordering::SeqCst) == 0 {
             self.stop.store(STOPPED_BY_ANOTHER_RANK, Ordering::SeqCst);
@@ -379,21 +380,39 @@ impl Trainer {
             return Err(self.diverged("training", epoch, step_loss, ckpt_dir));
         }
         if let Some(max_norm) = self.config.train.grad_clip {
-            self.grads.clip_norm(max_norm);
+            self.ranks.clip_gradients(&mut self.grads, max_norm, &self.optimizer)?;
         }
         self.optimizer.step(&mut self.grads);
+        self.ranks.gather_weights(&self.optimizer)?;
         self.state.global_step += 1;
         Ok((step_loss, step_tokens as usize))
     }
 
-    /// Writes a checkpoint of the current position, then prunes older ones.
-    fn checkpoint(&self, ckpt_dir: &Path) -> Result<PathBuf, TrainError> {
-        if !self.ranks.is_main() {
-            // Rank 0 writes it; the others only need its name.
-            return Ok(ckpt_dir.join(checkpoint_name(&self.state)));
+    /// Writes a checkpoint of the current position, then prunes older ones. Rank 0 writes
+    /// it, except the parts of a sharded optimizer state, which each rank writes.
+    fn checkpoint(&mut self, ckpt_dir: &Path) -> Result<PathBuf, TrainError> {
+        let saved = if self.optimizer.partition().is_whole() {
+            if !self.ranks.is_main() {
+                // The others only need its name.
+                return Ok(ckpt_dir.join(checkpoint_name(&self.state)));
+            }
+            save_checkpoint(&DiskIo, ckpt_dir, &self.loaded, &self.optimizer, &self.state)?
+        } else {
+            let masters = self.ranks.gather_masters(&self.optimizer, &mut self.grads)?;
+            let (loaded, optimizer, state) = (&self.loaded, &self.optimizer, &self.state);
+            save_sharded_checkpoint(
+                &DiskIo,
+                ckpt_dir,
+                loaded,
+                optimizer,
+                masters,
+                state,
+                &self.ranks,
+            )?
+        };
+        if self.ranks.is_main() {
+            prune_checkpoints(&DiskIo, ckpt_dir, self.config.train.keep_last)?;
         }
-        let saved = save_checkpoint(&DiskIo, ckpt_dir, &self.loaded, &self.optimizer, &self.state)?;
-        prune_checkpoints(&DiskIo, ckpt_dir, self.config.train.keep_last)?;
         Ok(saved)
     }
 

@@ -17,6 +17,7 @@ use coconut_trainer::checkpoint::{
     prune_checkpoints, recover_checkpoints, save_checkpoint, save_checkpoint_as, write_checkpoint,
     CheckpointIo, DiskIo, TrainState, OPTIMIZER_FILE, STATE_FILE, TMP_PREFIX, TRASH_PREFIX,
 };
+use coconut_trainer::flat::Partition;
 use coconut_trainer::gradients::Gradients;
 use coconut_trainer::{build_model, LoadedModel, RunConfig, TrainError};
 use tch::{Device, Kind, Tensor};
@@ -216,7 +217,7 @@ impl Fixture {
                 var.shallow_clone().copy_(&v.weights[&name]);
             }
         });
-        self.optimizer.load_state(&v.moments).unwrap();
+        self.optimizer.load_state(1, |_| Ok(shallow(&v.moments))).unwrap();
     }
 
     fn state(&self, epoch: usize, global_step: u64) -> TrainState {
@@ -253,8 +254,9 @@ impl Fixture {
     /// moments at (`epoch`, `step`).
     fn assert_holds(&self, ckpt: &Path, k: usize, (epoch, step): (usize, u64)) {
         let what = ckpt.display().to_string();
-        let (loaded, optimizer, state) = load_checkpoint(ckpt, Device::Cpu, ADAMW)
-            .unwrap_or_else(|e| panic!("{what} does not load: {e}"));
+        let (loaded, optimizer, state) =
+            load_checkpoint(ckpt, Device::Cpu, ADAMW, Partition::WHOLE)
+                .unwrap_or_else(|e| panic!("{what} does not load: {e}"));
         assert_eq!((state.epoch, state.global_step), (epoch, step), "{what}");
         let v = &self.versions[k];
         let vars = loaded.vs.variables();
@@ -657,7 +659,7 @@ fn non_finite_weights_or_moments_are_refused_on_load() {
     let _ = tch::no_grad(|| var.shallow_clone().get(3).fill_(f64::NAN));
     let state = fx.state(E1.0, E1.1);
     let ckpt = save_checkpoint(&DiskIo, &dir, &fx.loaded, &fx.optimizer, &state).unwrap();
-    let err = load_checkpoint(&ckpt, Device::Cpu, ADAMW).unwrap_err();
+    let err = load_checkpoint(&ckpt, Device::Cpu, ADAMW, Partition::WHOLE).unwrap_err();
     let TrainError::Model(ModelError::NonFiniteTensor { path, name: found }) = &err else {
         panic!("{err}")
     };
@@ -674,10 +676,10 @@ fn non_finite_weights_or_moments_are_refused_on_load() {
     let bad = moments[&key].copy();
     let _ = bad.view([-1]).get(0).fill_(f64::INFINITY);
     moments.insert(key.clone(), bad);
-    fx.optimizer.load_state(&moments).unwrap();
+    fx.optimizer.load_state(1, |_| Ok(shallow(&moments))).unwrap();
     let state = fx.state(E2.0, E2.1);
     let ckpt = save_checkpoint(&DiskIo, &dir, &fx.loaded, &fx.optimizer, &state).unwrap();
-    let err = load_checkpoint(&ckpt, Device::Cpu, ADAMW).unwrap_err();
+    let err = load_checkpoint(&ckpt, Device::Cpu, ADAMW, Partition::WHOLE).unwrap_err();
     let TrainError::Model(ModelError::NonFiniteTensor { path, name: found }) = &err else {
         panic!("{err}")
     };
@@ -704,4 +706,9 @@ fn a_write_error_names_the_file_and_prints_the_os_error_once() {
     assert_eq!(text.matches("os error").count(), 1, "{text}");
     assert_names_a_file(&err, &dir, "ENOSPC");
     assert!(leftovers(&dir, ".").is_empty());
+}
+
+/// A map of shallow clones, for `AdamW::load_state`'s reader.
+fn shallow(tensors: &BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+    tensors.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect()
 }
