@@ -309,14 +309,16 @@ fn same_adamw_step(pair: &Pair) -> Result<String, String> {
     verdict(worst <= F32_TOLERANCE && worst_moment <= F32_TOLERANCE, detail)
 }
 
-/// An optimizer step whose gradients went through NCCL's all-reduce in a world of one rank
-/// (the call a data-parallel rank makes, on the same flat buffer) against the same step
-/// without it, from the same weights and batch: the weights must come out bit-equal.
+/// An optimizer step whose gradients went through NCCL in a world of one rank, the way a
+/// data-parallel rank sends them (the all-reduce of the flat buffer; or, for a sharded
+/// optimizer, the reduce-scatter of each group, then the all-gather of the updated
+/// weights), against the same step without NCCL, from the same weights and batch: the
+/// weights must come out bit-equal.
 fn nccl_one_rank_step(vocab: usize, data: &CheckData, index: usize) -> Result<String, String> {
     let device = Device::Cuda(index);
     let id = Nccl::unique_id().map_err(|e| e.to_string())?;
     let mut nccl = Nccl::new(0, 1, id, index).map_err(|e| e.to_string())?;
-    let mut step = |through_nccl: bool| -> Result<Vec<(String, Tensor)>, String> {
+    let mut step = |route: NcclRoute| -> Result<Vec<(String, Tensor)>, String> {
         let positions = data.batch.seq_len + 64;
         let models = tiny_models_on(vocab, positions, 2, 0.0, 0, device);
         let (_, vs, model) = models.into_iter().find(|(name, _, _)| *name == "gpt2").expect("gpt2");
@@ -324,35 +326,66 @@ fn nccl_one_rank_step(vocab: usize, data: &CheckData, index: usize) -> Result<St
         let mut grads = Gradients::new(vs.variables());
         let batch = DeviceBatch::new(&data.batch, device, model.kind());
         training_loss(model.as_ref(), &batch, false).backward(model.as_ref(), &mut grads, 1.0);
-        if through_nccl {
-            let flat = grads.flat();
-            // SAFETY: `flat` is a contiguous f32 tensor on the device, alive and written by
-            // nothing else until the sum has run (the step below reads it on the same stream).
-            unsafe { nccl.all_reduce_sum_device(flat.data_ptr() as u64, flat.numel()) }
-                .map_err(|e| e.to_string())?;
+        let flat = grads.flat().shallow_clone();
+        // SAFETY (every call below): each buffer is a contiguous tensor on the device, alive
+        // and written by nothing else until the call has run (what follows reads it on the
+        // same stream).
+        let failed = |e: coconut_collective::CollectiveError| e.to_string();
+        match route {
+            NcclRoute::Alone => {}
+            NcclRoute::AllReduce => {
+                unsafe { nccl.all_reduce_sum_device(flat.data_ptr() as u64, flat.numel()) }
+                    .map_err(failed)?
+            }
+            NcclRoute::Sharded => {
+                for group in grads.group_views() {
+                    let (ptr, len) = (group.data_ptr() as u64, group.numel());
+                    unsafe { nccl.reduce_scatter_sum_device(ptr, len) }.map_err(failed)?;
+                }
+            }
         }
         optimizer.step(&mut grads);
-        Ok(optimizer
-            .masters()
-            .expect("whole")
-            .into_iter()
-            .map(|(n, t)| (n, t.to_device(Device::Cpu)))
-            .collect())
+        if route == NcclRoute::Sharded {
+            for group in optimizer.layout().group_views(optimizer.weights()) {
+                let (ptr, bytes) = (group.data_ptr() as u64, group.numel() * 4);
+                unsafe { nccl.all_gather_shards_device(ptr, bytes) }.map_err(failed)?;
+            }
+        }
+        let masters = optimizer.masters().expect("a whole optimizer");
+        Ok(masters.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect())
     };
-    let (alone, reduced) = (step(false)?, step(true)?);
-    let differing: Vec<&str> = alone
-        .iter()
-        .zip(&reduced)
-        .filter(|((_, a), (_, b))| !a.equal(b))
-        .map(|((name, _), _)| name.as_str())
-        .collect();
+    let alone = step(NcclRoute::Alone)?;
+    let mut details = Vec::new();
+    let mut passed = true;
+    for route in [NcclRoute::AllReduce, NcclRoute::Sharded] {
+        let through = step(route)?;
+        let differing: Vec<&str> = alone
+            .iter()
+            .zip(&through)
+            .filter(|((_, a), (_, b))| !a.equal(b))
+            .map(|((name, _), _)| name.as_str())
+            .collect();
+        passed &= differing.is_empty();
+        details.push(format!("{route:?}: {} differ {differing:?}", differing.len()));
+    }
     let detail = format!(
-        "{} parameters after one step through NCCL {} at one rank, {} differ {differing:?}",
+        "{} parameters after one step through NCCL {} at one rank; {}",
         alone.len(),
         nccl.nccl_version(),
-        differing.len()
+        details.join("; ")
     );
-    verdict(differing.is_empty(), detail)
+    verdict(passed, detail)
+}
+
+/// How the gradients of [`nccl_one_rank_step`] travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NcclRoute {
+    /// Not through NCCL: the step to match.
+    Alone,
+    /// The all-reduce of replicated ranks.
+    AllReduce,
+    /// The reduce-scatter and all-gather of a sharded optimizer.
+    Sharded,
 }
 
 /// Batched cached generation on the device decodes every prompt as it does alone.

@@ -27,6 +27,11 @@ pub(super) struct DdpRatios {
     pub vs_threads_2: f64,
     /// The all-reduce's share of the 2-rank step.
     pub allreduce_share: f64,
+    /// The step of 2 ranks with the optimizer state sharded (ZeRO-1) over the replicated
+    /// step, on the same micro-batches.
+    pub zero1_step_vs_ddp: f64,
+    /// A sharded rank's optimizer state at 2 ranks over the whole state of 1 rank.
+    pub state_bytes_ratio: f64,
 }
 
 /// Data-parallel training on the tiny shape: 1 rank at one thread, 2 ranks (`mpirun`) at
@@ -42,7 +47,7 @@ pub(super) fn ddp_ratios(
         println!("# ddp: skipped (needs mpirun and a build with the `mpi` feature)");
         return Ok(None);
     }
-    let mut run = |ranks: usize, threads: usize| -> Result<ResultLine> {
+    let mut run = |ranks: usize, threads: usize, sharded: bool| -> Result<ResultLine> {
         let mut cmd = if ranks == 1 {
             Command::new(exe)
         } else {
@@ -53,8 +58,9 @@ pub(super) fn ddp_ratios(
                 .arg(exe);
             c
         };
+        let only = format!("ddp:{threads}{}", if sharded { ":sharded" } else { "" });
         let output = cmd
-            .args(["bench", "--only", &format!("ddp:{threads}"), "--data"])
+            .args(["bench", "--only", &only, "--data"])
             .arg(data)
             .arg("--tokenizer")
             .arg(tokenizer)
@@ -68,14 +74,19 @@ pub(super) fn ddp_ratios(
         writeln!(out, "{line}")?;
         Ok(serde_json::from_str(line)?)
     };
-    let one = run(1, 1)?;
-    let two = run(2, 1)?;
-    let threads = run(1, 2)?;
+    let one = run(1, 1, false)?;
+    let two = run(2, 1, false)?;
+    let sharded = run(2, 1, true)?;
+    let threads = run(1, 2, false)?;
     let rate = |v: &ResultLine| v.tokens_per_s.unwrap_or(f64::NAN);
+    let step = |v: &ResultLine| v.median_step_s.unwrap_or(f64::NAN);
+    let bytes = |v: &ResultLine| v.optimizer_state_bytes.map_or(f64::NAN, |b| b as f64);
     Ok(Some(DdpRatios {
         speedup_2ranks: rate(&two) / rate(&one),
         vs_threads_2: rate(&two) / rate(&threads),
         allreduce_share: two.allreduce_share.unwrap_or(f64::NAN),
+        zero1_step_vs_ddp: step(&sharded) / step(&two),
+        state_bytes_ratio: bytes(&sharded) / bytes(&one),
     }))
 }
 
@@ -86,8 +97,14 @@ const MICRO_BATCHES_PER_STEP: usize = 2;
 
 /// One data-parallel measurement, run by every rank (rank 0 prints the line): optimizer
 /// steps of the tiny shape at stage 6 over [`MICRO_BATCHES_PER_STEP`] micro-batches of 8,
-/// shared out among the ranks, `threads` threads per rank.
-pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Result<()> {
+/// shared out among the ranks, `threads` threads per rank, the optimizer state `sharded`
+/// across the ranks or not.
+pub(super) fn measure_ddp(
+    data: &Path,
+    tokenizer: &Path,
+    threads: usize,
+    sharded: bool,
+) -> Result<()> {
     let ranks = Ranks::from_launcher(Device::Cpu)?;
     let (rank, world) = (ranks.rank(), ranks.world_size());
     tch::set_num_threads(threads as i32);
@@ -98,8 +115,9 @@ pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Resu
     let vs = VarStore::new(Device::Cpu);
     let model = bench_model(&vs, "tiny", tokenizer.vocab_size());
     ranks.broadcast_variables(&vs)?;
-    let mut optimizer = AdamW::new(vs.variables(), REFERENCE_ADAMW, Kind::Float);
-    let mut grads = Gradients::new(vs.variables());
+    let partition = ranks.partition(sharded);
+    let mut optimizer = AdamW::sharded(vs.variables(), REFERENCE_ADAMW, Kind::Float, partition);
+    let mut grads = Gradients::for_ranks(vs.variables(), partition.ranks);
     let special = tokenizer.special();
     if !MICRO_BATCHES_PER_STEP.is_multiple_of(world) {
         bail!("{world} ranks do not share {MICRO_BATCHES_PER_STEP} micro-batches evenly");
@@ -133,9 +151,12 @@ pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Resu
         let waited = wait_started.elapsed().as_secs_f64();
         let reduce_started = Instant::now();
         let mut scalars = [real];
-        ranks.sum_gradients(&mut grads, &mut scalars, optimizer.partition())?;
-        let reduced = reduce_started.elapsed().as_secs_f64();
+        ranks.sum_gradients(&mut grads, &mut scalars, partition)?;
+        let mut reduced = reduce_started.elapsed().as_secs_f64();
         optimizer.step(&mut grads);
+        let gather_started = Instant::now();
+        ranks.gather_weights(&optimizer)?;
+        reduced += gather_started.elapsed().as_secs_f64();
         ranks.barrier()?;
         if step >= warmup {
             step_s.push(started.elapsed().as_secs_f64());
@@ -153,6 +174,8 @@ pub(super) fn measure_ddp(data: &Path, tokenizer: &Path, threads: usize) -> Resu
             micro_batch: batch,
             micro_batches_per_step: MICRO_BATCHES_PER_STEP,
             ranks: world,
+            sharded: !partition.is_whole(),
+            optimizer_state_bytes: optimizer.state_bytes(),
             threads_per_rank: threads,
             steps,
             median_step_s: median(&step_s),

@@ -82,8 +82,12 @@ fn key(m: &Measurement) -> String {
 /// or one that dispatches the same command line.
 pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(only) = args.only.as_deref().and_then(|o| o.strip_prefix("ddp:")) {
-        let threads: usize = only.parse().context("ddp:<threads>")?;
-        return ddp::measure_ddp(&args.data, &args.tokenizer, threads);
+        let (threads, sharded) = match only.strip_suffix(":sharded") {
+            Some(threads) => (threads, true),
+            None => (only, false),
+        };
+        let threads: usize = threads.parse().context("ddp:<threads>[:sharded]")?;
+        return ddp::measure_ddp(&args.data, &args.tokenizer, threads, sharded);
     }
     if let Some(key) = args.only.as_deref().and_then(|o| o.strip_prefix("reference:")) {
         return reference::run_one(args, key);
@@ -262,7 +266,7 @@ fn print_contract(ours: &[ResultLine], theirs: Option<&[ResultLine]>, ddp: Optio
         }
     }
     let hash = ours_of("checkpoint_hash", "gpt2", 0).and_then(|l| l.hash_share_of_save);
-    let contract: [(&str, Option<f64>, usize, &str); 12] = [
+    let contract: [(&str, Option<f64>, usize, &str); 14] = [
         ("speedup_tiny_stage6", step_speedup("tiny"), 2, ">= 6"),
         ("speedup_gpt2_stage6", step_speedup("gpt2"), 2, ">= 2.5"),
         ("generation_batched_vs_reference", generation(), 2, ">= 2"),
@@ -273,6 +277,8 @@ fn print_contract(ours: &[ResultLine], theirs: Option<&[ResultLine]>, ddp: Optio
         ("ddp_speedup_2ranks", ddp.map(|d| d.speedup_2ranks), 2, ">= 1.6"),
         ("ddp_vs_threads_2", ddp.map(|d| d.vs_threads_2), 2, ">= 1"),
         ("allreduce_share", ddp.map(|d| d.allreduce_share), 3, "< 0.1"),
+        ("optimizer_state_bytes_ratio_2ranks", ddp.map(|d| d.state_bytes_ratio), 3, "0.5"),
+        ("zero1_step_vs_ddp_2ranks", ddp.map(|d| d.zero1_step_vs_ddp), 3, "<= 1.05"),
         ("collate_share", collate, 5, "< 0.02"),
         ("checkpoint_hash_share_gpt2", hash, 3, "<= 0.05"),
     ];

@@ -126,11 +126,16 @@ pub(super) struct DdpRecord {
     /// Micro-batches per optimizer step, shared out among the ranks.
     pub micro_batches_per_step: usize,
     pub ranks: usize,
+    /// Whether the optimizer state is sharded across the ranks (ZeRO-1).
+    pub sharded: bool,
+    /// Bytes of the optimizer state this rank holds (its part when sharded).
+    pub optimizer_state_bytes: i64,
     pub threads_per_rank: usize,
     pub steps: usize,
     pub median_step_s: f64,
     pub tokens_per_s: f64,
-    /// The all-reduce's share of the step, timed from when the ranks have met.
+    /// The collectives' share of the step (the all-reduce, or the reduce-scatter and the
+    /// all-gather), timed from when the ranks have met.
     pub allreduce_share: f64,
     /// Rank 0's share of the step spent waiting for the other ranks to finish their
     /// backward pass (micro-batches of different lengths), before the all-reduce.
@@ -167,6 +172,10 @@ pub(super) struct ResultLine {
     pub tokens_per_s: Option<f64>,
     #[serde(default)]
     pub allreduce_share: Option<f64>,
+    #[serde(default)]
+    pub median_step_s: Option<f64>,
+    #[serde(default)]
+    pub optimizer_state_bytes: Option<i64>,
     #[serde(default)]
     pub peak_rss_mb: Option<f64>,
     #[serde(default)]
