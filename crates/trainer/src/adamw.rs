@@ -250,12 +250,12 @@ impl AdamW {
     /// optimizer holds the whole state, per group part otherwise (padding left out).
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("step".to_string(), Tensor::from(self.step))];
-        for (prefix, moment) in MOMENTS {
+        for (m, prefix) in MOMENTS.into_iter().enumerate() {
             if self.partition.is_whole() {
                 for (group, part) in self.layout.groups.iter().zip(&self.parts) {
                     for member in &self.layout.members[group.members.clone()] {
                         let view =
-                            moment(part).narrow(0, member.offset - group.offset, member.numel);
+                            part.moments()[m].narrow(0, member.offset - group.offset, member.numel);
                         let name = format!("{prefix}.{}", member.name);
                         out.push((name, view.view(member.shape.as_slice())));
                     }
@@ -263,7 +263,7 @@ impl AdamW {
             } else {
                 for (group, part) in self.layout.groups.iter().zip(&self.parts) {
                     let held = saved_range(group, self.partition);
-                    let view = moment(part).narrow(0, 0, held.end - held.start);
+                    let view = part.moments()[m].narrow(0, 0, held.end - held.start);
                     out.push((format!("{prefix}.{}", group_key(group)), view));
                 }
             }
@@ -303,14 +303,15 @@ impl AdamW {
                 return Err(format!("part {q} was saved at step {saved_step}, not {step:?}"));
             }
             step = Some(saved_step);
-            for (prefix, moment) in MOMENTS {
+            for (m, prefix) in MOMENTS.into_iter().enumerate() {
                 for (g, theirs, both) in &overlaps {
                     let (group, part) = (&self.layout.groups[*g], &self.parts[*g]);
                     let vector = self.saved_vector(&state, prefix, group, saved, theirs)?;
                     let len = both.end - both.start;
                     let source = vector.narrow(0, both.start - theirs.start, len);
                     tch::no_grad(|| {
-                        let target = moment(part).narrow(0, both.start - part.range.start, len);
+                        let target =
+                            part.moments()[m].narrow(0, both.start - part.range.start, len);
                         target.shallow_clone().copy_(&source);
                     });
                 }
@@ -352,9 +353,15 @@ impl AdamW {
     }
 }
 
-/// The two moments: their names in a checkpoint, and where a part keeps them.
-const MOMENTS: [(&str, fn(&Part) -> &Tensor); 2] =
-    [("exp_avg", |p| &p.exp_avg), ("exp_avg_sq", |p| &p.exp_avg_sq)];
+/// The names of the two moments in a checkpoint, in [`Part::moments`] order.
+const MOMENTS: [&str; 2] = ["exp_avg", "exp_avg_sq"];
+
+impl Part {
+    /// The two moments, in [`MOMENTS`] order.
+    fn moments(&self) -> [&Tensor; 2] {
+        [&self.exp_avg, &self.exp_avg_sq]
+    }
+}
 
 /// The name of a group in a sharded state.
 fn group_key(group: &Group) -> &'static str {
@@ -633,8 +640,7 @@ mod tests {
                     let len = range.end - range.start;
                     let source = from.weights().narrow(0, group.offset + range.start, len);
                     for to in parts {
-                        let _ =
-                            to.weights().narrow(0, group.offset + range.start, len).copy_(&source);
+                        to.weights().narrow(0, group.offset + range.start, len).copy_(&source);
                     }
                 }
             }

@@ -211,7 +211,7 @@ impl Gradients {
                 Tensor::from((1.0 / max_norm) as f32).to_device(device),
             )),
         };
-        (norm + &*eps).clamp_min(max_norm) * &*inverse
+        (norm + eps).clamp_min(max_norm) * inverse
     }
 
     /// The flat buffer as scratch memory of this layout (f32), its sums forgotten: for
