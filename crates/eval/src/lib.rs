@@ -1,11 +1,13 @@
 //! Coconut evaluation: batched latent generation with a KV cache ([`generate`]), the
 //! figures of the paper's Table 1 ([`evaluate`]), thought inspection ([`inspect_thoughts`])
-//! comparison tables ([`comparison_table`]), and the paper's analysis of latent reasoning as
-//! search ([`latent_search`]).
+//! and diagnostics over many questions ([`thought_diagnostics`]), comparison tables
+//! ([`comparison_table`]), and the paper's analysis of latent reasoning as search
+//! ([`latent_search`]).
 
 #![warn(missing_docs)]
 
 mod ask;
+mod diagnostics;
 mod error;
 mod generate;
 mod inspect;
@@ -14,6 +16,7 @@ mod metrics;
 mod table;
 
 pub use ask::{ask, AskOptions, Reply};
+pub use diagnostics::{thought_diagnostics, ThoughtDiagnostics, ThoughtStats};
 pub use error::EvalError;
 pub use generate::{generate, generate_without_cache, Generation};
 pub use inspect::{

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use coconut_curriculum::{load_samples, tokenize_samples, Mode};
-use coconut_eval::{evaluate, EvalMetrics};
+use coconut_eval::{evaluate, EvalMetrics, ThoughtDiagnostics, ThoughtStats};
 use coconut_trainer::checkpoint::list_checkpoints;
 use coconut_trainer::{load_model_dir, Ranks, RunConfig};
 use plotters::prelude::*;
@@ -67,6 +67,9 @@ pub struct RunResult {
     pub metrics: EvalMetrics,
     /// Seconds of training and evaluation.
     pub wall_seconds: f64,
+    /// The final model's thought diagnostics (none for methods without thoughts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thoughts: Option<ThoughtDiagnostics>,
 }
 
 /// Every run of one method, and their mean.
@@ -263,6 +266,7 @@ fn trained(config: RunConfig, config_path: &Path, ranks: &Arc<Ranks>) -> Result<
         run_dir,
         metrics: summary.final_metrics,
         wall_seconds: summary.wall_seconds,
+        thoughts: summary.final_thoughts,
     }))
 }
 
@@ -437,6 +441,7 @@ fn comparison_markdown(c: &Comparison) -> String {
             percent_with_sd(m.mean_accuracy, m.sd_accuracy),
         ));
     }
+    out.push_str(&diagnostics_table(c));
     if let Some(first) = c.thought_ablation.first() {
         let stages = first.by_stage.len();
         let header: String = (0..stages).map(|k| format!(" {} |", k * c.c_thought)).collect();
@@ -464,6 +469,42 @@ fn comparison_markdown(c: &Comparison) -> String {
                 .collect();
             out.push_str(&format!("| mean |{cells}\n"));
         }
+    }
+    out
+}
+
+/// The thoughts of every run's final model, thought by thought (`a / b / ...`): empty when
+/// no method has thoughts.
+fn diagnostics_table(c: &Comparison) -> String {
+    let rows: Vec<(&MethodResult, &RunResult, &ThoughtDiagnostics)> = (c.methods.iter())
+        .flat_map(|m| m.runs.iter().filter_map(move |r| Some((m, r, r.thoughts.as_ref()?))))
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\nThe final models' thoughts, one value per thought (see the runs' reports): the norm \
+         over the mean norm of the token embeddings, the mean cosine similarity of a thought \
+         between two questions (near 1: a collapse), and the LM head's entropy in nats.\n\n\
+         | method | seed | accuracy % | norm / embedding norm | cosine across questions | entropy |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    let join = |d: &ThoughtDiagnostics, f: &dyn Fn(&ThoughtStats) -> Option<f64>| {
+        let cells: Vec<String> = (d.thoughts.iter())
+            .map(|t| f(t).map_or("-".to_string(), |v| format!("{v:.2}")))
+            .collect();
+        cells.join(" / ")
+    };
+    for (m, r, d) in rows {
+        out.push_str(&format!(
+            "| {} | {} | {:.1} | {} | {} | {} |\n",
+            method_label(m.method),
+            r.seed,
+            100.0 * r.metrics.accuracy,
+            join(d, &|t| Some(t.norm_mean / d.embedding_norm)),
+            join(d, &|t| t.cosine_across_questions),
+            join(d, &|t| Some(t.entropy)),
+        ));
     }
     out
 }

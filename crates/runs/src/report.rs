@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use coconut_eval::{thoughts_report, EvalMetrics, Prediction, SampleThoughts};
+use coconut_eval::{
+    thoughts_report, EvalMetrics, Prediction, SampleThoughts, ThoughtDiagnostics, ThoughtStats,
+};
 use coconut_trainer::{EpochEval, MetricLine, RunConfig};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -23,6 +25,10 @@ pub struct StageRow {
     pub mean_tokens: Option<f64>,
     /// Teacher-forced validation loss at the end of the stage.
     pub valid_loss: f64,
+    /// The thoughts' diagnostics on the validation questions at the end of the stage (none
+    /// at stage 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thoughts: Option<ThoughtDiagnostics>,
 }
 
 /// `summary.json`.
@@ -38,24 +44,40 @@ pub struct Summary {
     pub final_metrics: EvalMetrics,
     /// Final accuracy (the same as `final_metrics.accuracy`, for scripts).
     pub final_accuracy: f64,
+    /// The final model's thought diagnostics on the final split (none without thoughts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_thoughts: Option<ThoughtDiagnostics>,
     /// Seconds of training and evaluation over all sessions of the run.
     pub wall_seconds: f64,
 }
 
-/// The figures of an epoch's evaluation as `metrics.jsonl` records them: the accuracy, and
-/// every figure of `metrics` as the extra (read back by `evaluated_metrics`).
-pub fn epoch_eval(metrics: &EvalMetrics) -> EpochEval {
-    let serde_json::Value::Object(extra) =
+/// The figures of an epoch's evaluation as `metrics.jsonl` records them: the accuracy, every
+/// figure of `metrics` as the extra (read back by `evaluated_metrics`), and the thoughts'
+/// diagnostics under `thoughts` where there are thoughts.
+pub fn epoch_eval(metrics: &EvalMetrics, thoughts: Option<&ThoughtDiagnostics>) -> EpochEval {
+    let serde_json::Value::Object(mut extra) =
         serde_json::to_value(metrics).expect("metrics serialise")
     else {
         unreachable!("a struct serialises to an object")
     };
+    if let Some(thoughts) = thoughts {
+        let value = serde_json::to_value(thoughts).expect("diagnostics serialise");
+        extra.insert(THOUGHTS_KEY.to_string(), value);
+    }
     EpochEval { accuracy: Some(metrics.accuracy), extra }
 }
+
+/// Where [`epoch_eval`] puts the thoughts' diagnostics.
+const THOUGHTS_KEY: &str = "thoughts";
 
 /// The figures [`epoch_eval`] recorded; `None` for an epoch that was not evaluated.
 fn evaluated_metrics(eval: &EpochEval) -> Option<EvalMetrics> {
     serde_json::from_value(serde_json::Value::Object(eval.extra.clone())).ok()
+}
+
+/// The thoughts' diagnostics [`epoch_eval`] recorded, if any.
+fn evaluated_thoughts(eval: &EpochEval) -> Option<ThoughtDiagnostics> {
+    serde_json::from_value(eval.extra.get(THOUGHTS_KEY)?.clone()).ok()
 }
 
 /// A `step` line of `metrics.jsonl`, as the loss plot reads it.
@@ -73,6 +95,8 @@ struct EpochPoint {
     accuracy: Option<f64>,
     /// Mean generated tokens (thoughts included), when the epoch was evaluated.
     mean_tokens: Option<f64>,
+    /// The thoughts' diagnostics, when the epoch was evaluated and has thoughts.
+    thoughts: Option<ThoughtDiagnostics>,
     seconds: f64,
 }
 
@@ -105,6 +129,7 @@ fn read_curves(path: &Path) -> Result<Curves> {
                     valid_loss,
                     accuracy: eval.accuracy,
                     mean_tokens: evaluated_metrics(&eval).map(|m| m.mean_tokens),
+                    thoughts: evaluated_thoughts(&eval),
                     seconds,
                 });
             }
@@ -116,15 +141,24 @@ fn read_curves(path: &Path) -> Result<Curves> {
     Ok(curves)
 }
 
-/// Writes `summary.json`, `report.md`, `loss.svg` and `accuracy.svg` into the run folder.
-pub fn write_report(
-    run_dir: &Path,
-    config: &RunConfig,
-    split: &str,
-    metrics: &EvalMetrics,
-    predictions: &[Prediction],
-    thoughts: &[SampleThoughts],
-) -> Result<()> {
+/// The final evaluation's outcome, as the report shows it.
+pub struct FinalEvaluation<'a> {
+    /// The split evaluated (`test`, or `valid` without one).
+    pub split: &'a str,
+    /// Its figures.
+    pub metrics: &'a EvalMetrics,
+    /// Every answer.
+    pub predictions: &'a [Prediction],
+    /// The thoughts of the first questions.
+    pub thoughts: &'a [SampleThoughts],
+    /// The thoughts' diagnostics over the split, where there are thoughts.
+    pub diagnostics: Option<&'a ThoughtDiagnostics>,
+}
+
+/// Writes `summary.json`, `report.md`, `loss.svg`, `accuracy.svg` and, with thoughts,
+/// `thoughts.svg` into the run folder.
+pub fn write_report(run_dir: &Path, config: &RunConfig, last: &FinalEvaluation) -> Result<()> {
+    let FinalEvaluation { split, metrics, predictions, thoughts, diagnostics } = *last;
     let curves = read_curves(&run_dir.join("metrics.jsonl"))?;
     let wall_seconds = curves.epochs.iter().map(|e| e.seconds).sum::<f64>() + metrics.seconds;
     let summary = Summary {
@@ -133,12 +167,18 @@ pub fn write_report(
         final_split: split.to_string(),
         final_metrics: metrics.clone(),
         final_accuracy: metrics.accuracy,
+        final_thoughts: diagnostics.cloned(),
         wall_seconds,
     };
     write_file(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     plot_loss(&run_dir.join("loss.svg"), &curves)?;
     plot_accuracy(&run_dir.join("accuracy.svg"), &curves)?;
-    let md = report_markdown(config, &summary, predictions, thoughts);
+    let diagnosed = curves.epochs.iter().any(|e| e.thoughts.is_some());
+    if diagnosed {
+        plot_thoughts(&run_dir.join("thoughts.svg"), &curves)?;
+    }
+    let mut md = report_markdown(config, &summary, predictions, thoughts);
+    md.push_str(&diagnostics_markdown(&summary, diagnosed));
     write_file(&run_dir.join("report.md"), md)?;
     Ok(())
 }
@@ -153,6 +193,7 @@ fn per_stage(curves: &Curves) -> Vec<StageRow> {
             accuracy: e.accuracy,
             mean_tokens: e.mean_tokens,
             valid_loss: e.valid_loss,
+            thoughts: e.thoughts.clone(),
         };
         match per_stage.last_mut() {
             Some(last) if last.stage == e.stage => *last = row,
@@ -274,6 +315,103 @@ fn plot_loss(path: &Path, curves: &Curves) -> Result<()> {
     Ok(())
 }
 
+/// The thoughts' diagnostics section of `report.md`: each thought at the end of each stage
+/// and for the final model, and the plot of every evaluated epoch.
+fn diagnostics_markdown(summary: &Summary, plotted: bool) -> String {
+    let mut rows: Vec<(String, &ThoughtDiagnostics)> = summary
+        .per_stage
+        .iter()
+        .filter_map(|r| {
+            Some((format!("stage {} (epoch {})", r.stage, r.epoch), r.thoughts.as_ref()?))
+        })
+        .collect();
+    if let Some(d) = &summary.final_thoughts {
+        rows.push((format!("final ({})", summary.final_split), d));
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n## Thought diagnostics\n\nFor each thought over the validation questions (the final \
+         row: the final split): its norm against the mean norm of the questions' token \
+         embeddings, the mean cosine similarity of that thought between two questions (near 1: \
+         every question's thought alike, a collapse), the mean cosine similarity with the next \
+         thought of the same question, and the entropy (nats) of the LM head's distribution \
+         read from it.\n\n| when | thought | norm / embedding norm (mean, max) | cosine across questions | cosine to the next | entropy |\n|---|---|---|---|---|---|\n",
+    );
+    let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    for (when, d) in rows {
+        for t in &d.thoughts {
+            md.push_str(&format!(
+                "| {when} | {} | {:.2}, {:.2} | {} | {} | {:.2} |\n",
+                t.index,
+                t.norm_mean / d.embedding_norm,
+                t.norm_max / d.embedding_norm,
+                cell(t.cosine_across_questions),
+                cell(t.cosine_to_next),
+                t.entropy
+            ));
+        }
+    }
+    if plotted {
+        md.push_str("\n![thought diagnostics by epoch](thoughts.svg)\n");
+    }
+    md
+}
+
+/// `thoughts.svg`: the diagnostics of each thought index over the evaluated epochs, one
+/// panel per figure.
+fn plot_thoughts(path: &Path, curves: &Curves) -> Result<()> {
+    let root = SVGBackend::new(path, (1200, 400)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 3));
+    let last_epoch = curves.epochs.last().map_or(1, |e| e.epoch).max(1) as f64;
+    let most = curves
+        .epochs
+        .iter()
+        .filter_map(|e| e.thoughts.as_ref())
+        .map(|d| d.thoughts.len())
+        .max()
+        .unwrap_or(0);
+    type Figure = fn(&ThoughtDiagnostics, &ThoughtStats) -> Option<f64>;
+    let figures: [(&str, Figure); 3] = [
+        ("thought norm / embedding norm", |d, t| Some(t.norm_mean / d.embedding_norm)),
+        ("cosine across questions", |_, t| t.cosine_across_questions),
+        ("LM-head entropy (nats)", |_, t| Some(t.entropy)),
+    ];
+    for (panel, (caption, figure)) in panels.iter().zip(figures) {
+        let series: Vec<Vec<(f64, f64)>> = (0..most)
+            .map(|k| {
+                let point = |e: &EpochPoint| {
+                    let d = e.thoughts.as_ref()?;
+                    Some((e.epoch as f64, figure(d, d.thoughts.get(k)?)?))
+                };
+                curves.epochs.iter().filter_map(point).collect()
+            })
+            .collect();
+        let values = series.iter().flatten().map(|p| p.1).filter(|v| v.is_finite());
+        let (low, high) = values.fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let high = if high > low { high * 1.1 } else { low + 1.0 };
+        let mut chart = ChartBuilder::on(panel)
+            .caption(caption, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0.0..last_epoch, low..high)?;
+        chart.configure_mesh().x_desc("epoch").draw()?;
+        for (k, points) in series.into_iter().enumerate() {
+            let color = Palette99::pick(k).to_rgba();
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+                .label(format!("thought {k}"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], color));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
 fn plot_accuracy(path: &Path, curves: &Curves) -> Result<()> {
     let root = SVGBackend::new(path, (800, 420)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -326,6 +464,19 @@ mod tests {
             cot_exact_match: 0.25,
             seconds: 1.0,
         };
+        let diagnostics = ThoughtDiagnostics {
+            questions: 4,
+            embedding_norm: 2.0,
+            thoughts: vec![ThoughtStats {
+                index: 0,
+                questions: 4,
+                norm_mean: 3.0,
+                norm_max: 5.0,
+                cosine_across_questions: Some(0.5),
+                cosine_to_next: None,
+                entropy: 1.25,
+            }],
+        };
         let step = |global_step, stage| MetricLine::Step {
             epoch: 0,
             stage,
@@ -348,7 +499,7 @@ mod tests {
             epoch(1, EpochEval::default()),
             // A resumed run repeats the step and the epoch it had not finished.
             step(4, 1),
-            epoch(1, epoch_eval(&metrics)),
+            epoch(1, epoch_eval(&metrics, Some(&diagnostics))),
         ];
         let mut text: String =
             lines.iter().map(|l| serde_json::to_string(l).unwrap() + "\n").collect();
@@ -365,5 +516,6 @@ mod tests {
             (e.epoch, e.accuracy, e.mean_tokens, e.seconds),
             (1, Some(0.5), Some(12.5), 3.0)
         );
+        assert_eq!(e.thoughts.as_ref(), Some(&diagnostics));
     }
 }

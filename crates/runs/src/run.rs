@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use coconut_curriculum::{load_samples, tokenize_samples};
 use coconut_eval::{
-    comparison_table, evaluate, inspect_samples, thoughts_report, EvalMetrics, EvalOptions,
-    Prediction, TableRow,
+    comparison_table, evaluate, inspect_samples, thought_diagnostics, thoughts_report, EvalMetrics,
+    EvalOptions, Prediction, TableRow,
 };
 use coconut_trainer::{
     check_model_paths, check_sample_lengths, EpochEval, Ranks, RunConfig, TrainError, Trainer,
@@ -59,7 +59,12 @@ pub fn train_all_stages(
         let (samples, tokenized) = t.valid_split();
         let (m, _) = sharded_evaluate(t.ranks(), t, samples, tokenized, &options)
             .map_err(|e| TrainError::Evaluation(e.into()))?;
-        Ok(report::epoch_eval(&m))
+        // Rank 0's figures are the ones written.
+        let thoughts = t.ranks().is_main().then(|| {
+            let (model, tokenizer) = (t.loaded.model.as_ref(), &t.loaded.tokenizer);
+            thought_diagnostics(model, tokenizer, &t.config.curriculum, tokenized, &options)
+        });
+        Ok(report::epoch_eval(&m, thoughts.flatten().as_ref()))
     };
     let summary = {
         let _signals = StopOnSignals::register(&trainer.stop_flag())?;
@@ -78,10 +83,18 @@ pub fn train_all_stages(
     let model = trainer.loaded.model.as_ref();
     let (tokenizer, curriculum) = (&trainer.loaded.tokenizer, &config.curriculum);
     let thoughts = inspect_samples(model, tokenizer, curriculum, &samples, &tokenized, 3, &options);
-
-    write_file(&run_dir.join("thoughts.json"), serde_json::to_string_pretty(&thoughts)?)?;
+    let diagnostics = thought_diagnostics(model, tokenizer, curriculum, &tokenized, &options);
+    let json = serde_json::json!({ "diagnostics": diagnostics, "samples": thoughts });
+    write_file(&run_dir.join("thoughts.json"), serde_json::to_string_pretty(&json)?)?;
     write_file(&run_dir.join("thoughts.md"), thoughts_report(&thoughts))?;
-    report::write_report(&run_dir, &config, split, &metrics, &predictions, &thoughts)?;
+    let last = report::FinalEvaluation {
+        split,
+        metrics: &metrics,
+        predictions: &predictions,
+        thoughts: &thoughts,
+        diagnostics: diagnostics.as_ref(),
+    };
+    report::write_report(&run_dir, &config, &last)?;
     if let Some(ckpt) = summary.last_checkpoint.as_deref() {
         // On ProsQA data, the paper's latent-search analysis of the final model.
         if analyze::applies(test_file, config.curriculum.mode) {
