@@ -12,6 +12,7 @@
 //! - `prontoqa.rs`: questions over a fictional ontology with the skeleton of the real 5-hop
 //!   files, and [`check_prontoqa_answer`] (forward chaining over the parsed text);
 //! - `stats.rs`: [`DatasetStats`] of a file or a list of samples, and a side-by-side table;
+//! - `generate_config.rs`: [`GenerateConfig`], the `data.generate` section of a run config;
 //! - `names.rs`: the people and the "-pus" concept names.
 //!
 //! Generation is deterministic: one `u64` seed gives the same bytes on every machine.
@@ -19,6 +20,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod generate_config;
 mod names;
 mod prontoqa;
 mod prosqa;
@@ -34,6 +36,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 pub use error::DatasetError;
+pub use generate_config::GenerateConfig;
 pub use prontoqa::{check_prontoqa_answer, parse_statement, ProntoQaConfig, Statement};
 pub use prosqa::{check_prosqa_answer, parse_question, ParsedQuestion, ProsQaConfig};
 pub use stats::{format_side_by_side, DatasetStats};

@@ -8,9 +8,9 @@ use anyhow::{bail, Context, Result};
 use coconut_curriculum::{load_samples, save_samples};
 use coconut_datasets::{
     format_side_by_side, generate_splits, samples_json, sha256_hex, write_atomic, write_samples,
-    DatasetConfig, DatasetKind, DatasetStats, Preset,
+    DatasetConfig, DatasetKind, DatasetStats, GenerateConfig, Preset,
 };
-use coconut_trainer::{GenerateConfig, RunConfig};
+use coconut_trainer::RunConfig;
 
 /// A split of a dataset.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use coconut_curriculum::CurriculumConfig;
-use coconut_datasets::{DatasetConfig, DatasetKind, Preset};
+use coconut_datasets::GenerateConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
@@ -58,51 +58,6 @@ pub struct DataConfig {
     /// Use only the first N validation samples in per-epoch evaluation (0 = all).
     #[serde(default)]
     pub max_valid_samples: usize,
-}
-
-/// Settings of the dataset generators for a run that makes its own data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GenerateConfig {
-    /// `prosqa` or `prontoqa`.
-    pub kind: DatasetKind,
-    /// `small` (fast CPU training) or `paper`.
-    #[serde(default)]
-    pub preset: Preset,
-    /// Number of train, valid and test samples.
-    pub sizes: [usize; 3],
-    /// Generator seed.
-    #[serde(default)]
-    pub seed: u64,
-    /// Generator settings that replace the preset's, by name: for ProsQA `min_steps`,
-    /// `max_steps`, `min_nodes`, `max_nodes`, `mean_parents`, ...; for ProntoQA `min_hops`,
-    /// `max_hops`, `side_branches`, ... (the fields of `ProsQaConfig` / `ProntoQaConfig`).
-    /// For example `shape = { min_steps = 3, max_steps = 4 }`.
-    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
-    pub shape: serde_json::Map<String, serde_json::Value>,
-}
-
-impl GenerateConfig {
-    /// The generator's settings: the preset's, with `shape` put over them.
-    pub fn dataset_config(&self) -> Result<DatasetConfig, String> {
-        let config = match DatasetConfig::preset(self.kind, self.preset) {
-            DatasetConfig::ProsQa(c) => DatasetConfig::ProsQa(self.overlaid(c)?),
-            DatasetConfig::ProntoQa(c) => DatasetConfig::ProntoQa(self.overlaid(c)?),
-        };
-        config.validate().map_err(|e| format!("data.generate.shape: {e}"))?;
-        Ok(config)
-    }
-
-    /// `preset` with the fields of `shape` replaced (an unknown one is an error).
-    fn overlaid<T: Serialize + serde::de::DeserializeOwned>(&self, preset: T) -> Result<T, String> {
-        let err = |e: serde_json::Error| format!("data.generate.shape: {e}");
-        let serde_json::Value::Object(mut fields) = serde_json::to_value(preset).map_err(err)?
-        else {
-            unreachable!("a generator config serialises to an object")
-        };
-        fields.extend(self.shape.clone());
-        serde_json::from_value(serde_json::Value::Object(fields)).map_err(err)
-    }
 }
 
 /// A pretrained HF model folder (GPT-2, Llama or Qwen2), or the architecture and shape of a
@@ -472,15 +427,8 @@ fn validate_train(t: &TrainConfig) -> Result<(), String> {
 
 /// The `[data]` values that parse but make no sense.
 fn validate_data(data: &DataConfig) -> Result<(), String> {
-    if let Some(g) = &data.generate {
-        for (split, size) in ["train", "valid", "test"].iter().zip(g.sizes) {
-            let minimum = usize::from(*split != "test");
-            at_least(&format!("data.generate.sizes ({split})"), size, minimum, LIMIT_SAMPLES)?;
-        }
-        if g.seed > i64::MAX as u64 {
-            return Err(format!("data.generate.seed ({}) must be at most {}", g.seed, i64::MAX));
-        }
-        g.dataset_config()?;
+    if let Some(generate) = &data.generate {
+        generate.validate()?;
     }
     at_least("data.max_train_samples", data.max_train_samples, 0, LIMIT_SAMPLES)?;
     at_least("data.max_valid_samples", data.max_valid_samples, 0, LIMIT_SAMPLES)?;
@@ -659,6 +607,7 @@ fn parse_device(name: &str) -> Result<tch::Device, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coconut_datasets::DatasetConfig;
 
     const MINIMAL: &str = r#"
 name = "t"

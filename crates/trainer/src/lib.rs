@@ -32,7 +32,7 @@ pub use coconut_latent::{
 };
 pub use config::{
     cuda_backend_version, device_name, usable_device, Architecture, DataConfig, EvalConfig,
-    GenerateConfig, ModelConfig, OptimizerReset, RunConfig, TrainConfig,
+    ModelConfig, OptimizerReset, RunConfig, TrainConfig,
 };
 pub use error::TrainError;
 pub use metrics::{EpochEval, MetricLine};
