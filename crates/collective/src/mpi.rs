@@ -167,8 +167,8 @@ impl Collective for Mpi {
     }
 
     /// `MPI_Reduce_scatter_block` in chunks: each chunk of the shard length packs the
-    /// ranks' pieces of it side by side in scratch memory (at most [`CHUNK`] elements),
-    /// so that MPI's counts stay C ints and the extra memory bounded.
+    /// ranks' pieces of it side by side in scratch memory (at most 4 Mi elements), so that
+    /// MPI's counts stay C ints and the extra memory bounded.
     fn reduce_scatter_sum(&mut self, values: &mut [f32]) -> Result<(), CollectiveError> {
         let (world_size, rank) = (self.world_size, self.rank);
         let shard = shard_len(ENGINE, "reduce_scatter_sum", values.len(), world_size)?;
@@ -191,8 +191,7 @@ impl Collective for Mpi {
         Ok(())
     }
 
-    /// `MPI_Allgather` in chunks of the shard, through scratch memory of at most
-    /// [`CHUNK`] f32's worth of bytes.
+    /// `MPI_Allgather` in chunks of the shard, through scratch memory of at most 16 MiB.
     fn all_gather_shards(&mut self, values: &mut [u8]) -> Result<(), CollectiveError> {
         let (world_size, rank) = (self.world_size, self.rank);
         let shard = shard_len(ENGINE, "all_gather_shards", values.len(), world_size)?;
