@@ -256,7 +256,7 @@ pub fn save_sharded_checkpoint(
     let mut writer = std::process::id().to_string().into_bytes();
     ranks.broadcast(&mut writer)?;
     let writer = String::from_utf8_lossy(&writer).into_owned();
-    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{writer}"));
+    let tmp = temporary_folder(dir, &name, &writer);
     if ranks.is_main() {
         start_checkpoint(io, dir, &tmp)?;
     }
@@ -288,9 +288,14 @@ pub fn write_checkpoint(
     name: &str,
     files: &[(&'static str, Vec<u8>)],
 ) -> Result<PathBuf, TrainError> {
-    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{writer}"));
+    let tmp = temporary_folder(dir, name, writer);
     start_checkpoint(io, dir, &tmp)?;
     finish_checkpoint(io, dir, writer, name, &tmp, files)
+}
+
+/// Where `writer` writes the checkpoint `name` of `dir` before publishing it.
+fn temporary_folder(dir: &Path, name: &str, writer: &str) -> PathBuf {
+    dir.join(format!("{TMP_PREFIX}{name}-{writer}"))
 }
 
 /// Makes `dir` (and its missing ancestors) and the empty temporary folder `tmp` in it,
