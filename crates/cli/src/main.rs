@@ -100,14 +100,26 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = dispatch(Cli::parse().command) {
-        eprintln!("error: {e:#}");
-        // A run stopped by a signal exits as the shell expects of that signal.
-        let code = match e.downcast_ref::<coconut_trainer::TrainError>() {
-            Some(coconut_trainer::TrainError::Interrupted { signal, .. }) => 128 + signal,
-            _ => 1,
-        };
-        std::process::exit(code);
+        fail(&e);
     }
+}
+
+/// Prints `e` and exits: as the shell expects of a signal for a run stopped by one, 1
+/// otherwise.
+fn fail(e: &anyhow::Error) -> ! {
+    eprintln!("error: {e:#}");
+    let code = match e.downcast_ref::<coconut_trainer::TrainError>() {
+        Some(coconut_trainer::TrainError::Interrupted { signal, .. }) => 128 + signal,
+        _ => 1,
+    };
+    std::process::exit(code);
+}
+
+fn is_interrupted(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<coconut_trainer::TrainError>(),
+        Some(coconut_trainer::TrainError::Interrupted { .. })
+    )
 }
 
 fn dispatch(command: Command) -> Result<()> {
@@ -116,7 +128,15 @@ fn dispatch(command: Command) -> Result<()> {
             let (mut config, path) = run::load_config(config.as_deref(), &overrides)?;
             let ranks = Arc::new(Ranks::from_launcher(config.device())?);
             config.train.device = ranks.device(config.device());
-            let dir = run::train_all_stages(config, &path, &ranks)?;
+            let dir = match run::train_all_stages(config, &path, &ranks) {
+                Ok(dir) => dir,
+                // Ranks stopped by a signal stop together and finalise MPI together. Any
+                // other error may be this rank's alone: MPI's finalisation is collective and
+                // would wait for ranks that wait for this one, so it exits without it, and
+                // the launcher ends the job, naming this rank.
+                Err(e) if ranks.world_size() > 1 && !is_interrupted(&e) => fail(&e),
+                Err(e) => return Err(e),
+            };
             if ranks.is_main() {
                 println!("{}", dir.display());
             }

@@ -96,23 +96,27 @@ impl AdamW {
         let variables: Vec<(String, Tensor)> = variables.into_iter().collect();
         let layout = FlatLayout::of(&variables, partition.ranks);
         let device = variables.first().map_or(tch::Device::Cpu, |(_, t)| t.device());
-        let masters = layout.zeros(Kind::Float, device);
         let variable = |name: &str| -> Tensor {
             let (_, tensor) = variables.iter().find(|(n, _)| n == name).expect("a member");
-            tensor.shallow_clone()
+            tensor.detach()
+        };
+        // The f32 masters are one buffer when the model computes in f32 (they are its
+        // weights) or when this optimizer holds them all; a rank of a sharded run in another
+        // kind holds only its parts of them, so no rank ever holds them all.
+        let whole_masters = (compute == Kind::Float || partition.is_whole())
+            .then(|| layout.zeros(Kind::Float, device));
+        let weights = match &whole_masters {
+            Some(masters) if compute == Kind::Float => masters.shallow_clone(),
+            _ => layout.zeros(compute, device),
         };
         tch::no_grad(|| {
-            for (member, view) in layout.members.iter().zip(layout.member_views(&masters)) {
+            for (member, view) in layout.members.iter().zip(layout.member_views(&weights)) {
                 view.shallow_clone().copy_(&variable(&member.name));
             }
-        });
-        let weights =
-            if compute == Kind::Float { masters.shallow_clone() } else { masters.to_kind(compute) };
-        tch::no_grad(|| {
-            for (member, view) in layout.members.iter().zip(layout.member_views(&weights)) {
-                // set_data swaps the storage under the same variable: the model, the
-                // VarStore and every shallow clone see the view.
-                variable(&member.name).set_data(&view);
+            if let Some(masters) = whole_masters.as_ref().filter(|_| compute != Kind::Float) {
+                for (member, view) in layout.members.iter().zip(layout.member_views(masters)) {
+                    view.shallow_clone().copy_(&variable(&member.name));
+                }
             }
         });
         let parts = layout
@@ -121,12 +125,39 @@ impl AdamW {
             .map(|group| {
                 let range = group.part(partition);
                 let len = range.end - range.start;
-                let in_flat = masters.narrow(0, group.offset + range.start, len);
-                let masters = if compute == Kind::Float { in_flat } else { in_flat.copy() };
+                let masters = match &whole_masters {
+                    Some(masters) => masters.narrow(0, group.offset + range.start, len),
+                    None => {
+                        let own = Tensor::zeros([len], (Kind::Float, device));
+                        for member in &layout.members[group.members.clone()] {
+                            let start = member.offset - group.offset;
+                            let both =
+                                start.max(range.start)..(start + member.numel).min(range.end);
+                            if both.start < both.end {
+                                let n = both.end - both.start;
+                                let values = variable(&member.name).flatten(0, -1);
+                                tch::no_grad(|| {
+                                    own.narrow(0, both.start - range.start, n)
+                                        .copy_(&values.narrow(0, both.start - start, n))
+                                });
+                            }
+                        }
+                        own
+                    }
+                };
                 let zeros = || Tensor::zeros([len], (Kind::Float, device));
                 Part { range, masters, exp_avg: zeros(), exp_avg_sq: zeros() }
             })
             .collect();
+        tch::no_grad(|| {
+            for (member, view) in layout.members.iter().zip(layout.member_views(&weights)) {
+                // set_data swaps the storage under the same variable: the model, the
+                // VarStore and every shallow clone see the view.
+                let (_, tensor) =
+                    variables.iter().find(|(n, _)| *n == member.name).expect("a member");
+                tensor.shallow_clone().set_data(&view);
+            }
+        });
         let step_tensor = Tensor::zeros([1], (Kind::Float, device));
         Self { config, layout, partition, weights, parts, step: 0, step_tensor }
     }

@@ -55,7 +55,16 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// The file of part `partition.rank` of a sharded optimizer state.
 pub fn optimizer_part_file(partition: Partition) -> String {
-    format!("optimizer-part-{}-of-{}.safetensors", partition.rank, partition.ranks)
+    format!("{OPTIMIZER_PART_PREFIX}{}-of-{}.safetensors", partition.rank, partition.ranks)
+}
+
+/// The start of the name of every part of a sharded optimizer state.
+const OPTIMIZER_PART_PREFIX: &str = "optimizer-part-";
+
+/// Whether `file` holds optimizer state (the whole of it, or a part): what a checkpoint's
+/// loader checks when it reads it, and a model loader never reads.
+pub fn is_optimizer_file(file: &str) -> bool {
+    file == OPTIMIZER_FILE || file.starts_with(OPTIMIZER_PART_PREFIX)
 }
 
 /// The optimizer files of the checkpoint whose training state is `state`: one, or one per
@@ -252,21 +261,40 @@ pub fn save_sharded_checkpoint(
     ranks: &Ranks,
 ) -> Result<PathBuf, TrainError> {
     let name = checkpoint_name(state);
-    // The temporary folder is named after rank 0's process.
-    let mut writer = std::process::id().to_string().into_bytes();
+    // Rank 0 makes the temporary folder, named after its process, and hands the name out;
+    // an empty name says it could not. Every rank then fails together: one that returned
+    // alone would leave the others waiting in the next collective.
+    let (mut writer, mut started) = (Vec::new(), Ok(()));
+    if ranks.is_main() {
+        let own = std::process::id().to_string();
+        started = start_checkpoint(io, dir, &temporary_folder(dir, &name, &own));
+        if started.is_ok() {
+            writer = own.into_bytes();
+        }
+    }
     ranks.broadcast(&mut writer)?;
+    started?;
+    let not_saved = |why: &str| TrainError::Checkpoint {
+        path: dir.join(&name),
+        message: format!("not saved: {why}"),
+    };
+    if writer.is_empty() {
+        return Err(not_saved("rank 0 could not make its temporary folder"));
+    }
     let writer = String::from_utf8_lossy(&writer).into_owned();
     let tmp = temporary_folder(dir, &name, &writer);
-    if ranks.is_main() {
-        start_checkpoint(io, dir, &tmp)?;
-    }
-    ranks.barrier()?;
+    // Each rank's part, then its checksum to every rank (nothing: it could not write it).
     let file = optimizer_part_file(optimizer.partition());
-    let bytes = optimizer_bytes(optimizer, &file)?;
     let path = tmp.join(&file);
-    io.write_file(&path, &bytes).map_err(io_error(&path))?;
-    let sum = serde_json::to_vec(&(file, FileSum::of(&bytes))).expect("a checksum serialises");
-    let sums = ranks.gather(&sum)?;
+    let written = optimizer_bytes(optimizer, &file).and_then(|bytes| {
+        io.write_file(&path, &bytes).map_err(io_error(&path))?;
+        Ok(serde_json::to_vec(&(&file, FileSum::of(&bytes))).expect("a checksum serialises"))
+    });
+    let sums = ranks.gather(written.as_deref().unwrap_or_default())?;
+    written?;
+    if let Some(rank) = sums.iter().position(Vec::is_empty) {
+        return Err(not_saved(&format!("rank {rank} could not write its optimizer part")));
+    }
     if !ranks.is_main() {
         return Ok(dir.join(name));
     }
@@ -455,14 +483,6 @@ pub fn load_checkpoint(
 ) -> Result<(LoadedModel, AdamW, TrainState), TrainError> {
     let state = read_state(ckpt)?;
     let files = optimizer_files(&state);
-    // The model's files are checked by `load_model_dir`, the optimizer's here.
-    if let Verified::Checked(n) = verify(ckpt, |file| files.iter().any(|f| f == file))? {
-        if n < files.len() {
-            let message = format!("not listed in {}", ckpt.join(MANIFEST_FILE).display());
-            let unlisted = files.iter().find(|f| ckpt.join(f).exists()).unwrap_or(&files[0]);
-            return Err(TrainError::Checkpoint { path: ckpt.join(unlisted), message });
-        }
-    }
     let loaded = load_model_dir(ckpt, device, &state.config.model.latent_init_token)?;
     let mut optimizer =
         AdamW::sharded(loaded.vs.variables(), adamw, state.precision().kind(), partition);
@@ -470,8 +490,7 @@ pub fn load_checkpoint(
     // about the files together.
     let mut failure = None;
     let loaded_state = optimizer.load_state(files.len(), |part| {
-        let path = ckpt.join(&files[part]);
-        read_optimizer_file(&path, device).map_err(|e| {
+        read_optimizer_file(ckpt, &files[part], device).map_err(|e| {
             let message = e.to_string();
             failure = Some(e);
             message
@@ -485,11 +504,19 @@ pub fn load_checkpoint(
     Ok((loaded, optimizer, state))
 }
 
-/// The tensors of an optimizer file, on `device`, every one finite.
+/// The tensors of the optimizer file `file` of the checkpoint `ckpt`, on `device`, every one
+/// finite, the file first checked against the manifest (the model's files are checked by
+/// `load_model_dir`; only the optimizer files a load reads are checked).
 fn read_optimizer_file(
-    path: &Path,
+    ckpt: &Path,
+    file: &str,
     device: Device,
 ) -> Result<BTreeMap<String, Tensor>, TrainError> {
+    let path = &ckpt.join(file);
+    if verify(ckpt, |listed| listed == file)? == Verified::Checked(0) {
+        let message = format!("not listed in {}", ckpt.join(MANIFEST_FILE).display());
+        return Err(TrainError::Checkpoint { path: path.clone(), message });
+    }
     let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
         .map_err(|e| TrainError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?
         .into_iter()

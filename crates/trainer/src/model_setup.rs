@@ -136,7 +136,7 @@ pub fn load_model_dir(
 ) -> Result<LoadedModel, TrainError> {
     // Every file but the optimizer state (which a model alone does not read) against the
     // checkpoint's manifest, before anything is read.
-    crate::manifest::verify(dir, |file| file != crate::checkpoint::OPTIMIZER_FILE)?;
+    crate::manifest::verify(dir, |file| !crate::checkpoint::is_optimizer_file(file))?;
     let tokenizer_path = dir.join(TOKENIZER_FILE);
     let tokenizer = Tokenizer::from_model_dir(dir)?;
     // A checkpoint of ours names its tokenizer: a `tokenizer.json` of another run (of the

@@ -72,6 +72,9 @@ pub struct Trainer {
     _lock: Option<RunLock>,
     // Non-zero (a signal number) when the run should checkpoint and stop.
     stop: Arc<AtomicUsize>,
+    // Whether some rank's stop flag was set when the last optimizer step summed them: what
+    // every rank decides on (a signal reaches the ranks at different moments).
+    stop_agreed: bool,
 }
 
 impl Trainer {
@@ -122,6 +125,7 @@ impl Trainer {
             ranks,
             _lock: lock,
             stop: Arc::new(AtomicUsize::new(0)),
+            stop_agreed: false,
         })
     }
 
@@ -202,7 +206,11 @@ impl Trainer {
                 copy_model_folder(&saved, &self.run_dir)?;
             }
             last_checkpoint = Some(saved);
-            self.stop_if_asked(last_checkpoint.as_deref())?;
+            // Every rank's flag, summed: the ranks stop here together or go on together.
+            let mut flag = [self.stop.load(Ordering::SeqCst) as f64];
+            self.ranks.sum(&mut flag)?;
+            self.agree_on_stop(flag[0]);
+            self.stop_if_agreed(last_checkpoint.as_deref())?;
         }
         Ok(TrainSummary {
             run_dir: self.run_dir.clone(),
@@ -299,12 +307,12 @@ impl Trainer {
             // A stop asked for mid-epoch checkpoints this position (once, even when it is
             // also a `save_every_steps` position); at the epoch's end the epoch checkpoint
             // serves.
-            let stopping = self.stop.load(Ordering::SeqCst) != 0;
+            let stopping = self.stop_agreed;
             let every = self.config.train.save_every_steps as u64;
             let periodic = every > 0 && self.state.global_step.is_multiple_of(every);
             if (stopping || periodic) && step + 1 < steps {
                 *last_checkpoint = Some(self.checkpoint(ckpt_dir)?);
-                self.stop_if_asked(last_checkpoint.as_deref())?;
+                self.stop_if_agreed(last_checkpoint.as_deref())?;
             }
         }
         bar.finish_and_clear();
@@ -373,9 +381,7 @@ impl Trainer {
         let partition = self.optimizer.partition();
         self.ranks.sum_gradients(&mut self.grads, &mut scalars, partition)?;
         let [step_loss, step_tokens, stops] = scalars;
-        if stops > 0.0 && self.stop.load(Ordering::SeqCst) == 0 {
-            self.stop.store(STOPPED_BY_ANOTHER_RANK, Ordering::SeqCst);
-        }
+        self.agree_on_stop(stops);
         if !step_loss.is_finite() {
             return Err(self.diverged("training", epoch, step_loss, ckpt_dir));
         }
@@ -416,15 +422,25 @@ impl Trainer {
         Ok(saved)
     }
 
-    /// [`TrainError::Interrupted`] when the stop flag is set; `saved` holds the position.
-    fn stop_if_asked(&self, saved: Option<&Path>) -> Result<(), TrainError> {
-        match self.stop.load(Ordering::SeqCst) {
-            0 => Ok(()),
-            signal => Err(TrainError::Interrupted {
-                signal: signal as i32,
-                checkpoint: saved.map(Path::to_path_buf),
-            }),
+    /// Records whether the ranks stop, from their stop flags summed (`flags`); a rank
+    /// stopping because another was asked to marks its own flag.
+    fn agree_on_stop(&mut self, flags: f64) {
+        self.stop_agreed = flags > 0.0;
+        if self.stop_agreed && self.stop.load(Ordering::SeqCst) == 0 {
+            self.stop.store(STOPPED_BY_ANOTHER_RANK, Ordering::SeqCst);
         }
+    }
+
+    /// [`TrainError::Interrupted`] when the ranks agreed to stop; `saved` holds the
+    /// position. A flag set since the last agreement waits for the next.
+    fn stop_if_agreed(&self, saved: Option<&Path>) -> Result<(), TrainError> {
+        if !self.stop_agreed {
+            return Ok(());
+        }
+        Err(TrainError::Interrupted {
+            signal: self.stop.load(Ordering::SeqCst) as i32,
+            checkpoint: saved.map(Path::to_path_buf),
+        })
     }
 
     /// The error for a non-finite `loss` computed from the current weights. A checkpoint
