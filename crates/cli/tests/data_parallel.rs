@@ -96,9 +96,9 @@ fn two_ranks_give_the_weights_of_one_rank_with_twice_the_accumulation() {
 }
 
 /// The optimizer state sharded over 2 ranks (ZeRO-1) gives the weights of 2 replicated
-/// ranks and of 1 rank with twice the accumulation (dropout on); so does a run cut short
-/// after a mid-epoch checkpoint and resumed, sharded on 2 ranks, on 1 rank alone, or from
-/// a replicated run's checkpoint.
+/// ranks and of 1 rank with twice the accumulation (dropout on), in f32 and in bf16; so
+/// does a run cut short after a mid-epoch checkpoint and resumed, sharded on 2 ranks, on 1
+/// rank alone, or from a replicated run's checkpoint.
 #[test]
 fn a_sharded_optimizer_gives_the_weights_of_a_replicated_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,12 +119,22 @@ fn a_sharded_optimizer_gives_the_weights_of_a_replicated_one() {
     }
     assert!(!ckpt.join("optimizer.safetensors").exists());
 
+    // In bf16 the f32 masters are split across the ranks too: gathered for each
+    // checkpoint's model folder, and cut into parts again from it on resume.
+    let bf16 = format!("{every_step}\nprecision = \"bf16\"");
+    let bf16_sharded = format!("{bf16}\nshard_optimizer = true");
+    succeed(train(2, &config_with(dir.path(), "bf16", 1, 2, &bf16)));
+    succeed(train(2, &config_with(dir.path(), "bf16-zero", 1, 2, &bf16_sharded)));
+    let bf16_reference = last_checkpoint(&run("bf16"));
+    assert_same_weights(&bf16_reference, &last_checkpoint(&run("bf16-zero")), "bf16 sharded");
+
     let runs = [
-        ("zero-again", "zero", 2, 1, sharded.as_str()),
-        ("zero-to-one", "zero", 1, 2, every_step),
-        ("replicated-to-zero", "replicated", 2, 1, sharded.as_str()),
+        ("zero-again", "zero", 2, 1, sharded.as_str(), &reference),
+        ("zero-to-one", "zero", 1, 2, every_step, &reference),
+        ("replicated-to-zero", "replicated", 2, 1, sharded.as_str(), &reference),
+        ("bf16-zero-again", "bf16-zero", 2, 1, bf16_sharded.as_str(), &bf16_reference),
     ];
-    for (name, from, ranks, grad_accum, train_keys) in runs {
+    for (name, from, ranks, grad_accum, train_keys, expected) in runs {
         // What a kill after the second epoch's first step leaves on disk.
         common::copy_tree(&run(from), &run(name));
         for ckpt in list_checkpoints(&run(name).join("checkpoints")) {
@@ -134,7 +144,7 @@ fn a_sharded_optimizer_gives_the_weights_of_a_replicated_one() {
         }
         assert_eq!(read_state(&last_checkpoint(&run(name))).unwrap().global_step, 4);
         succeed(train(ranks, &config_with(dir.path(), name, grad_accum, 2, train_keys)));
-        assert_same_weights(&reference, &last_checkpoint(&run(name)), name);
+        assert_same_weights(expected, &last_checkpoint(&run(name)), name);
     }
 }
 
