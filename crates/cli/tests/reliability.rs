@@ -43,6 +43,13 @@ fn copy_of_base(work: &Path, epochs: usize) -> (PathBuf, PathBuf) {
     (run, moved)
 }
 
+/// The newest checkpoint of `run` and the one before it.
+fn newest_two(run: &Path) -> (PathBuf, PathBuf) {
+    let mut checkpoints = list_checkpoints(&run.join("checkpoints"));
+    let newest = checkpoints.pop().expect("a checkpoint");
+    (newest, checkpoints.pop().expect("two checkpoints"))
+}
+
 /// Writes `bytes` at `offset` of the file at `path`.
 fn overwrite(path: &Path, offset: usize, bytes: &[u8]) {
     let mut data = std::fs::read(path).unwrap();
@@ -66,9 +73,7 @@ fn stderr_of(out: &std::process::Output) -> String {
 fn finite_garbage_in_the_weights_is_caught_by_eval_and_by_a_resume() {
     let work = tempfile::tempdir().unwrap();
     let (run, config) = copy_of_base(work.path(), 4);
-    let checkpoints = list_checkpoints(&run.join("checkpoints"));
-    let (newest, previous) =
-        (&checkpoints[checkpoints.len() - 1], &checkpoints[checkpoints.len() - 2]);
+    let (newest, previous) = &newest_two(&run);
     // 64 bytes of small finite f32 values inside the embedding's data.
     let weights = newest.join("model.safetensors");
     let at = tensor_offset(&weights, "transformer.wte.weight") + 256;
@@ -93,9 +98,7 @@ fn finite_garbage_in_the_weights_is_caught_by_eval_and_by_a_resume() {
 fn a_changed_optimizer_step_is_caught_and_the_run_falls_back() {
     let work = tempfile::tempdir().unwrap();
     let (run, config) = copy_of_base(work.path(), 4);
-    let checkpoints = list_checkpoints(&run.join("checkpoints"));
-    let (newest, previous) =
-        (&checkpoints[checkpoints.len() - 1], &checkpoints[checkpoints.len() - 2]);
+    let (newest, previous) = &newest_two(&run);
     let optimizer = newest.join("optimizer.safetensors");
     overwrite(&optimizer, tensor_offset(&optimizer, "step"), &2_139_095_040i64.to_le_bytes());
     let out = train(&config).env("RUST_LOG", "info").output().unwrap();

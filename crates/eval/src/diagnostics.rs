@@ -81,20 +81,18 @@ pub fn thought_diagnostics(
     // Every question's thoughts, (K, C) f32 each.
     let mut per_question: Vec<Tensor> = Vec::new();
     tch::no_grad(|| {
-        for rows in groups.values() {
+        for (&thoughts, rows) in &groups {
             for chunk in rows.chunks(options.batch_size.max(1)) {
                 let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
                 let batch = collate_prompts(&batch, &special);
                 let device_batch = DeviceBatch::new(&batch, options.device, model.kind());
                 let hidden =
                     latent_hidden_states(model, &device_batch, &mut KvCache::new(), false, 0);
-                for (row, columns) in batch.latent_columns.iter().enumerate() {
-                    // Thought k is the hidden state of the column before latent k.
-                    let before: Vec<i64> = columns.iter().map(|&c| c as i64 - 1).collect();
-                    let index = Tensor::from_slice(&before).to_device(options.device);
-                    let thoughts = hidden.get(row as i64).index_select(0, &index);
-                    per_question.push(thoughts.to_kind(Kind::Float));
-                }
+                // Thought k is the hidden state of the column before latent k; every row's
+                // latents take the same columns.
+                let before_latents = device_batch.first_latent - 1;
+                let all = hidden.narrow(1, before_latents, thoughts as i64); // (B, K, C)
+                per_question.extend(all.to_kind(Kind::Float).unbind(0));
             }
         }
     });

@@ -125,15 +125,17 @@ impl AdamW {
             .map(|group| {
                 let range = group.part(partition);
                 let len = range.end - range.start;
-                let masters = match &whole_masters {
-                    Some(masters) => masters.narrow(0, group.offset + range.start, len),
-                    None => {
-                        let own = Tensor::zeros([len], (Kind::Float, device));
-                        for member in &layout.members[group.members.clone()] {
-                            let start = member.offset - group.offset;
-                            let both =
-                                start.max(range.start)..(start + member.numel).min(range.end);
-                            if both.start < both.end {
+                let masters =
+                    match &whole_masters {
+                        Some(masters) => masters.narrow(0, group.offset + range.start, len),
+                        None => {
+                            let own = Tensor::zeros([len], (Kind::Float, device));
+                            for member in &layout.members[group.members.clone()] {
+                                let start = member.offset - group.offset;
+                                let Some(both) = overlap(&(start..start + member.numel), &range)
+                                else {
+                                    continue;
+                                };
                                 let n = both.end - both.start;
                                 let values = variable(&member.name).flatten(0, -1);
                                 tch::no_grad(|| {
@@ -141,10 +143,9 @@ impl AdamW {
                                         .copy_(&values.narrow(0, both.start - start, n))
                                 });
                             }
+                            own
                         }
-                        own
-                    }
-                };
+                    };
                 let zeros = || Tensor::zeros([len], (Kind::Float, device));
                 Part { range, masters, exp_avg: zeros(), exp_avg_sq: zeros() }
             })
@@ -321,8 +322,8 @@ impl AdamW {
                 .enumerate()
                 .filter_map(|(g, (group, part))| {
                     let theirs = saved_range(group, saved);
-                    let both = theirs.start.max(part.range.start)..theirs.end.min(part.range.end);
-                    (both.start < both.end).then_some((g, theirs, both))
+                    let both = overlap(&theirs, &part.range)?;
+                    Some((g, theirs, both))
                 })
                 .collect();
             if overlaps.is_empty() && !(q + 1 == saved_ranks && step.is_none()) {
@@ -410,6 +411,12 @@ fn saved_range(group: &Group, partition: Partition) -> Range<i64> {
     part.start.min(group.numel)..part.end.min(group.numel)
 }
 
+/// The elements two ranges share, if any.
+fn overlap(a: &Range<i64>, b: &Range<i64>) -> Option<Range<i64>> {
+    let both = a.start.max(b.start)..a.end.min(b.end);
+    (both.start < both.end).then_some(both)
+}
+
 /// The fused kernel's four lists (masters, gradients, moments) for `part` of `group`: the
 /// whole part as one entry when every parameter of the group has a sum, else one entry per
 /// parameter with a sum, cut to the part.
@@ -430,10 +437,7 @@ fn part_lists(
     for index in group.members.clone().filter(|&i| present[i]) {
         let member = &layout.members[index];
         let start = member.offset - group.offset;
-        let both = start.max(part.range.start)..(start + member.numel).min(part.range.end);
-        if both.start >= both.end {
-            continue;
-        }
+        let Some(both) = overlap(&(start..start + member.numel), &part.range) else { continue };
         let (at, n) = (both.start - part.range.start, both.end - both.start);
         for (list, tensor) in
             lists.iter_mut().zip([&part.masters, &grads, &part.exp_avg, &part.exp_avg_sq])
